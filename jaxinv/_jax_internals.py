@@ -1,0 +1,11 @@
+"""The few pieces of ``jax._src`` jaxinv needs, kept in one place.
+
+Why each is here: ``split``, ``tile`` and ``stack``-style primitives are not
+exported by ``jax.extend.core.primitives`` in JAX 0.10, but appear in jaxprs of
+ordinary ``jnp`` code, so rules must be registered for them.
+"""
+
+from jax._src.lax import lax as _lax
+
+split_p = _lax.split_p
+tile_p = _lax.tile_p
