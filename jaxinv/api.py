@@ -1,0 +1,140 @@
+"""What users call: ``vjp``, ``grad``, ``value_and_grad``, ``inverse``."""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.tree_util import register_pytree_node_class, tree_flatten, tree_leaves, tree_unflatten
+
+from jaxinv import interpreter
+from jaxinv.tracing import Traced, trace
+
+
+def _zeros_like_input(x):
+    aval = jax.typeof(x) if hasattr(jax, "typeof") else jax.core.get_aval(x)
+    if jnp.issubdtype(aval.dtype, jnp.inexact):
+        return jnp.zeros(aval.shape, aval.dtype)
+    return np.zeros(aval.shape, jax.dtypes.float0)
+
+
+@register_pytree_node_class
+class VJPFunction:
+    """The ``vjp_fn`` returned by :func:`jaxinv.vjp`.
+
+    A pytree whose leaves are exactly what the backward pass keeps: the closure
+    values, the values the plan saved, and the outputs. Summing their bytes
+    measures the residual memory, as for ``jax.vjp``'s ``vjp_fn``.
+    """
+
+    def __init__(self, traced: Traced, consts, residuals, outs, arg_avals):
+        self.traced = traced
+        self.consts = list(consts)
+        self.residuals = list(residuals)
+        self.outs = list(outs)
+        self.arg_avals = arg_avals
+
+    def tree_flatten(self):
+        return (self.consts, self.residuals, self.outs), (self.traced, self.arg_avals)
+
+    @classmethod
+    def tree_unflatten(cls, aux, children):
+        return cls(aux[0], *children, aux[1])
+
+    def __call__(self, ct):
+        t = self.traced
+        flat_ct, ct_tree = tree_flatten(ct)
+        if ct_tree != t.out_tree:
+            raise TypeError(f"the cotangent's structure {ct_tree} differs from the output's {t.out_tree}")
+        for c, y in zip(flat_ct, self.outs):
+            if jnp.shape(c) != jnp.shape(y):
+                raise ValueError(f"cotangent of shape {jnp.shape(c)} for an output of shape {jnp.shape(y)}")
+        n_aux = len(self.outs) - t.num_out
+        inputs = self.consts + [None] * len(self.arg_avals)
+        cts = interpreter.backward(t.plan, inputs, self.residuals, self.outs, flat_ct + [None] * n_aux)
+        arg_cts = cts[t.num_consts:]
+        arg_cts = [c if c is not None else _zeros_like_input(a) for c, a in zip(arg_cts, self.arg_avals)]
+        arg_cts = [c.astype(a.dtype) if c.dtype != a.dtype and jnp.issubdtype(a.dtype, jnp.inexact) else c
+                   for c, a in zip(arg_cts, self.arg_avals)]
+        return tree_unflatten(t.in_tree, arg_cts)
+
+
+def vjp(f: Callable, *primals, has_aux: bool = False):
+    """Like ``jax.vjp``, with a backward pass that rebuilds values from outputs.
+
+    Returns ``(out, vjp_fn)`` (and ``aux`` with ``has_aux=True``); ``vjp_fn(ct)``
+    returns a tuple of cotangents, one per primal. Values that cannot be rebuilt
+    are saved in the forward pass, so the result always equals ``jax.vjp``'s.
+
+    Example::
+
+        y, f_vjp = jaxinv.vjp(lambda x: jnp.exp(x) * 2.0, x)
+        (ct_x,) = f_vjp(jnp.ones_like(y))
+    """
+    t = trace(f, primals, has_aux=has_aux)
+    flat_args = tree_leaves(primals)
+    outs, residuals = interpreter.forward(t.plan, [*t.consts, *flat_args])
+    out = tree_unflatten(t.out_tree, outs[:t.num_out])
+    fn = VJPFunction(t, t.consts, residuals, outs, [jax.ShapeDtypeStruct(jnp.shape(a), jnp.result_type(a))
+                                                   for a in flat_args])
+    if has_aux:
+        return out, fn, tree_unflatten(t.aux_tree, outs[t.num_out:])
+    return out, fn
+
+
+def _check_argnums(argnums, n):
+    nums = (argnums,) if isinstance(argnums, int) else tuple(argnums)
+    for a in nums:
+        if not -n <= a < n:
+            raise ValueError(f"argnums {argnums} out of range for a function called with {n} positional arguments")
+    return nums
+
+
+def value_and_grad(f: Callable, argnums: int | Sequence[int] = 0, has_aux: bool = False):
+    """Like ``jax.value_and_grad``, with the reversible backward pass.
+
+    Example::
+
+        loss, g = jaxinv.value_and_grad(loss_fn)(params, x)
+    """
+
+    def wrapped(*args, **kwargs):
+        nums = _check_argnums(argnums, len(args))
+
+        def g(*diff):
+            full = list(args)
+            for i, d in zip(nums, diff):
+                full[i] = d
+            return f(*full, **kwargs)
+
+        res = vjp(g, *[args[i] for i in nums], has_aux=has_aux)
+        out, fn = res[0], res[1]
+        leaves = tree_leaves(out)
+        if len(leaves) != 1 or jnp.shape(leaves[0]) != ():
+            raise TypeError("grad requires a function with a scalar output, got shape "
+                            f"{[jnp.shape(l) for l in leaves]}")
+        if not jnp.issubdtype(jnp.result_type(leaves[0]), jnp.inexact):
+            raise TypeError(f"grad requires a real- or complex-valued output, got {jnp.result_type(leaves[0])}")
+        grads = fn(jax.tree_util.tree_map(jnp.ones_like, out))
+        grads = grads[0] if isinstance(argnums, int) else tuple(grads)
+        return ((out, res[2]), grads) if has_aux else (out, grads)
+
+    return wrapped
+
+
+def grad(f: Callable, argnums: int | Sequence[int] = 0, has_aux: bool = False):
+    """Like ``jax.grad``, with the reversible backward pass.
+
+    Example::
+
+        g = jaxinv.grad(lambda x: jnp.sum(jnp.tanh(x) * 3.0))(x)
+    """
+    vg = value_and_grad(f, argnums, has_aux)
+
+    def wrapped(*args, **kwargs):
+        (out, g) = vg(*args, **kwargs)
+        return (g, out[1]) if has_aux else g
+
+    return wrapped

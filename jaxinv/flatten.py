@@ -1,0 +1,89 @@
+"""Tracing a function to one flat jaxpr: call-like primitives are inlined.
+
+``jit``, ``closed_call``, ``remat`` and a nested ``jaxinv.invertible`` or
+rule-less ``custom_ivjp`` carry a body that is part of the same reversible
+region: inlining them lets the planner see (and invert) across their borders.
+Units with rules of their own (``scan``, ``custom_jvp_call``, ...) are kept whole.
+
+Every re-bound equation keeps the user's source line (``user_context``), so
+errors and ``explain`` can point at it.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import jax
+from jax.extend import source_info_util
+from jax.extend.core import ClosedJaxpr, Jaxpr, Literal, Primitive
+from jax.extend.core import primitives as P
+
+# prim -> fn(params) -> ClosedJaxpr | None: the body to inline, or None to keep
+# the equation whole.
+inline_rules: dict[Primitive, Callable[[dict], ClosedJaxpr | None]] = {}
+
+
+def register_inline(prim: Primitive, body: Callable[[dict], ClosedJaxpr | None]) -> None:
+    """Declare ``prim`` call-like: ``body(params)`` gives the jaxpr to inline.
+
+    Example::
+
+        register_inline(jax.extend.core.primitives.jit_p, lambda p: p["jaxpr"])
+    """
+    inline_rules[prim] = body
+
+
+def _closed(j) -> ClosedJaxpr:
+    return j if isinstance(j, ClosedJaxpr) else ClosedJaxpr(j, ())
+
+
+register_inline(P.jit_p, lambda p: _closed(p["jaxpr"]))
+register_inline(P.closed_call_p, lambda p: _closed(p["call_jaxpr"]))
+register_inline(P.remat_p, lambda p: _closed(p["jaxpr"]))
+register_inline(P.call_p, lambda p: _closed(p["call_jaxpr"]))
+
+
+def eval_eqn(eqn, invals) -> list:
+    """Bind ``eqn``'s primitive on ``invals``, under the equation's source line."""
+    params = dict(eqn.primitive.get_bind_params(eqn.params))
+    subfuns = params.pop("subfuns", ())
+    with source_info_util.user_context(eqn.source_info.traceback):
+        out = eqn.primitive.bind(*subfuns, *invals, **params)
+    return list(out) if eqn.primitive.multiple_results else [out]
+
+
+def _inline_eval(jaxpr: Jaxpr, consts, args) -> list:
+    env: dict[Any, Any] = {}
+    read = lambda v: v.val if isinstance(v, Literal) else env[v]
+    env.update(zip(jaxpr.constvars, consts))
+    env.update(zip(jaxpr.invars, args))
+    for eqn in jaxpr.eqns:
+        invals = [read(v) for v in eqn.invars]
+        rule = inline_rules.get(eqn.primitive)
+        body = rule(eqn.params) if rule is not None else None
+        if body is not None:
+            outs = _inline_eval(body.jaxpr, body.consts, invals)
+        else:
+            outs = eval_eqn(eqn, invals)
+        env.update(zip(eqn.outvars, outs))
+    return [read(v) for v in jaxpr.outvars]
+
+
+def flatten(closed: ClosedJaxpr) -> ClosedJaxpr:
+    """Inline every call-like equation; the result's invars are ``closed``'s
+    constvars followed by its invars (closure values become explicit inputs).
+
+    Example::
+
+        flat = flatten(jax.make_jaxpr(f)(x))
+    """
+    jaxpr = closed.jaxpr
+    avals = [v.aval for v in (*jaxpr.constvars, *jaxpr.invars)]
+    n = len(jaxpr.constvars)
+    fn = lambda *a: _inline_eval(jaxpr, a[:n], a[n:])
+    return jax.make_jaxpr(fn)(*[jax.ShapeDtypeStruct(a.shape, a.dtype, weak_type=a.weak_type) for a in avals])
+
+
+def needs_flattening(closed: ClosedJaxpr) -> bool:
+    """Whether ``flatten`` would change anything (skips a re-trace when not)."""
+    return bool(closed.consts) or any(e.primitive in inline_rules for e in closed.jaxpr.eqns)

@@ -1,0 +1,215 @@
+"""Running a plan: the forward pass, reconstruction, and the reverse sweep.
+
+* :func:`forward` evaluates the jaxpr and keeps only its outputs and the values
+  the plan saves.
+* :func:`backward` walks the equations in reverse, accumulating cotangents.
+  Each equation's inputs are rebuilt on demand, following the plan: solved
+  from outputs by the equation's inverse rule (or fused ivjp rule), recomputed
+  forward, or read from the saved values. A value is computed once, reused by
+  every later step (a RevNet block's ``G(y1)`` serves both the inversion of the
+  ``add`` and ``G``'s own VJP), and dropped as soon as the sweep has passed the
+  equation that defines it.
+* Without a fused ivjp rule, an equation's input cotangents come from the
+  primitive's own VJP at the reconstructed inputs.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.extend.core import Literal, Var
+
+from jaxinv import registry
+from jaxinv.flatten import eval_eqn
+from jaxinv.plan import Plan, Source, source_line
+from jaxinv.registry import NotInvertibleError
+
+
+def forward(plan: Plan, inputs: Sequence[Any]) -> tuple[list, list]:
+    """Evaluate the plan's jaxpr on ``inputs``: returns ``(outputs, residuals)``.
+
+    Example::
+
+        outs, res = forward(plan, [x])
+    """
+    jaxpr = plan.jaxpr
+    env: dict[Var, Any] = dict(zip(jaxpr.constvars, plan.closed.consts))
+    env.update(zip(jaxpr.invars, inputs))
+    read = lambda v: v.val if isinstance(v, Literal) else env[v]
+    last_use = _last_use(plan)
+    for i in plan.live:
+        e = jaxpr.eqns[i]
+        env.update(zip(e.outvars, eval_eqn(e, [read(v) for v in e.invars])))
+        for v in last_use.get(i, ()):
+            env.pop(v, None)
+    return [read(v) for v in jaxpr.outvars], [env[v] for v in plan.saved]
+
+
+def _last_use(plan: Plan) -> dict[int, list[Var]]:
+    """eqn index -> vars no longer needed after it (for eager memory)."""
+    keep = set(plan.saved) | {v for v in plan.jaxpr.outvars if isinstance(v, Var)}
+    last: dict[Var, int] = {}
+    for i in plan.live:
+        for v in plan.jaxpr.eqns[i].invars:
+            if isinstance(v, Var):
+                last[v] = i
+    out: dict[int, list[Var]] = {}
+    for v, i in last.items():
+        if v not in keep:
+            out.setdefault(i, []).append(v)
+    return out
+
+
+_HELD = Source("held")
+
+
+class _Sweep:
+    """State of one backward / reconstruction pass over a plan."""
+
+    def __init__(self, plan: Plan, inputs, residuals, outvals):
+        self.plan = plan
+        jaxpr = plan.jaxpr
+        self.eqns = jaxpr.eqns
+        self.env: dict[Var, Any] = dict(zip(jaxpr.constvars, plan.closed.consts))
+        for v, x, k in zip(jaxpr.invars, inputs, plan.known_inputs):
+            if k:
+                self.env[v] = x
+        self.env.update(zip(plan.saved, residuals))
+        for v, y in zip(jaxpr.outvars, outvals):
+            if isinstance(v, Var):
+                self.env.setdefault(v, y)
+
+    def value(self, v):
+        if isinstance(v, Literal):
+            return v.val
+        if v in self.env:
+            return self.env[v]
+        src = self.plan.sources.get(v)
+        if src is None or src.kind not in ("invert", "recompute"):
+            raise AssertionError(f"jaxinv internal error: no way to recover {v} ({src})")
+        e = self.eqns[src.eqn]
+        if src.kind == "recompute":
+            self.env.update(zip(e.outvars, eval_eqn(e, [self.value(u) for u in e.invars])))
+        else:
+            self.invert(src.eqn, src.known)
+        return self.env[v]
+
+    def invert(self, i: int, known: tuple[bool, ...]):
+        e = self.eqns[i]
+        invals = [self.value(u) if k else None for u, k in zip(e.invars, known)]
+        outvals = [self.value(u) for u in e.outvars]
+        solved = call_rule(registry.inverse_rules, e, invals, outvals)
+        for u, k, x in zip(e.invars, known, solved):
+            if not k:
+                self.env.setdefault(u, x)
+
+    def run(self, out_cts) -> list:
+        plan, jaxpr = self.plan, self.plan.jaxpr
+        cts: dict[Var, Any] = {}
+        for v, ct in zip(jaxpr.outvars, out_cts):
+            if isinstance(v, Var) and v in plan.active and ct is not None:
+                _accumulate(cts, v, ct)
+        for i in reversed(plan.live):
+            e = self.eqns[i]
+            out_ct = [cts.pop(v, None) for v in e.outvars]
+            active_in = [isinstance(v, Var) and v in plan.active for v in e.invars]
+            if any(active_in) and any(c is not None for c in out_ct):
+                for v, ct in zip(e.invars, self.eqn_vjp(i, out_ct, active_in)):
+                    if ct is not None:
+                        _accumulate(cts, v, ct)
+            for v in e.outvars:  # the sweep has passed their definition
+                if plan.sources.get(v, _HELD).kind in ("invert", "recompute"):
+                    self.env.pop(v, None)
+        return [cts.get(v) if v in plan.active else None for v in jaxpr.invars]
+
+    def eqn_vjp(self, i: int, out_ct, active_in) -> list:
+        e = self.eqns[i]
+        out_ct = [ct if ct is not None else _zeros_ct(v.aval) for v, ct in zip(e.outvars, out_ct)]
+        here = [isinstance(u, Var) and u not in self.env and self.plan.sources.get(u, None) is not None
+                and self.plan.sources[u].kind == "invert" and self.plan.sources[u].eqn == i for u in e.invars]
+        fused = registry.ivjp_rules.get(e.primitive)
+        if fused is not None and any(here):
+            known = self.plan.sources[e.invars[here.index(True)]].known
+            invals = [self.value(u) if k else None for u, k in zip(e.invars, known)]
+            outvals = [self.value(u) for u in e.outvars]
+            solved, in_cts = call_rule(registry.ivjp_rules, e, invals, outvals, out_ct)
+            for u, k, x in zip(e.invars, known, solved):
+                if not k:
+                    self.env.setdefault(u, x)
+            return [ct if a else None for ct, a in zip(in_cts, active_in)]
+        invals = [self.value(u) for u in e.invars]
+        return primitive_vjp(e, invals, out_ct, active_in)
+
+
+def primitive_vjp(e, invals, out_ct, active_in) -> list:
+    """Input cotangents of one equation from its own VJP (for active inputs)."""
+    idx = [j for j, a in enumerate(active_in) if a]
+
+    def f(*active):
+        xs = list(invals)
+        for j, x in zip(idx, active):
+            xs[j] = x
+        return eval_eqn(e, xs)
+
+    _, f_vjp = jax.vjp(f, *[invals[j] for j in idx])
+    got = f_vjp(out_ct)
+    in_cts: list = [None] * len(invals)
+    for j, ct in zip(idx, got):
+        in_cts[j] = ct
+    return in_cts
+
+
+def call_rule(table, e, invals, outvals, *cts):
+    """Call ``e``'s rule from ``table`` with the equation's params and input avals,
+    attaching the primitive and source line to a NotInvertibleError."""
+    rule = table[e.primitive]
+    try:
+        with registry.solving([v.aval for v in e.invars]):
+            return rule(invals, outvals, *cts, **e.params)
+    except NotInvertibleError as err:
+        raise err.at(e.primitive.name, source_line(e)) from None
+
+
+def _zeros_ct(aval):
+    if jnp.issubdtype(aval.dtype, jnp.inexact):
+        return jnp.zeros(aval.shape, aval.dtype)
+    return np.zeros(aval.shape, jax.dtypes.float0)
+
+
+def _accumulate(cts: dict, v: Var, ct) -> None:
+    if not jnp.issubdtype(v.aval.dtype, jnp.inexact):
+        return
+    prev = cts.get(v)
+    cts[v] = ct if prev is None else prev + ct
+
+
+def backward(plan: Plan, inputs, residuals, outvals, out_cts, *, return_inputs: bool = False):
+    """The reverse sweep: returns the input cotangents, or ``(inputs, cotangents)``
+    with ``return_inputs=True``.
+
+    ``inputs`` holds the known inputs (None elsewhere); ``out_cts`` may hold None
+    for a zero cotangent; an input cotangent is None when it is zero.
+
+    Example::
+
+        cts = backward(plan, [None], res, outs, [jnp.ones_like(outs[0])])
+    """
+    sweep = _Sweep(plan, inputs, residuals, outvals)
+    in_cts = sweep.run(out_cts)
+    if not return_inputs:
+        return in_cts
+    return [sweep.value(v) for v in plan.jaxpr.invars], in_cts
+
+
+def reconstruct(plan: Plan, inputs, residuals, outvals) -> list:
+    """Recover all of the plan's inputs from its outputs (and saved values).
+
+    Example::
+
+        (x,) = reconstruct(plan, [None], res, outs)
+    """
+    sweep = _Sweep(plan, inputs, residuals, outvals)
+    return [sweep.value(v) for v in plan.jaxpr.invars]

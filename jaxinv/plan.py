@@ -1,0 +1,478 @@
+"""Planning: how every value of a jaxpr is recovered in the backward pass.
+
+Starting from what is known (the outputs, closure constants, inputs the caller
+declares known), knowledge *propagates*: an equation whose inputs are all known
+is **recomputed** forward; an equation whose outputs are known, and whose rule
+can solve for its unknown inputs, is **inverted**. When nothing moves, something
+is **saved** in the forward pass, chosen so that the saved set stays small:
+
+1. outputs of an equation that nobody reads (a loop counter), when knowing them
+   would let the equation be inverted;
+2. parameters: inputs of the function (and short chains computed only from
+   them, such as a dropout mask from its key: the key is saved, never the mask)
+   that an equation next to the known region needs;
+3. otherwise, the unknown inputs of the last stuck equation.
+
+A final pass drops every saved intermediate the rest of the plan can rebuild.
+The plan is static: it is made once per jaxpr, at trace time.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import warnings
+from collections import defaultdict, deque
+from typing import Any, Sequence
+
+import jax
+import numpy as np
+from jax.extend import source_info_util
+from jax.extend.core import ClosedJaxpr, DropVar, Literal, Var
+
+from jaxinv import registry
+from jaxinv.registry import NotInvertibleError
+
+# How far back (in equations) a chain computed only from inputs may reach for
+# its inputs to be saved in its place (a dropout mask: ~12 equations from its key).
+PARAMETER_CHAIN_LIMIT = 32
+
+
+@dataclasses.dataclass(frozen=True)
+class Source:
+    """How a variable is known in the backward pass.
+
+    ``kind``: "input" (given by the caller), "const", "output", "saved",
+    "recompute" (evaluate equation ``eqn``) or "invert" (solve equation ``eqn``
+    with the inputs in ``known`` given).
+    """
+    kind: str
+    eqn: int | None = None
+    known: tuple[bool, ...] | None = None
+
+
+@dataclasses.dataclass(eq=False)
+class Plan:
+    """The result of planning one flat jaxpr (see module docstring)."""
+    closed: ClosedJaxpr
+    known_inputs: tuple[bool, ...]
+    sources: dict[Var, Source]
+    saved: list[Var]
+    reasons: dict[Var, str]       # why a saved variable could not be rebuilt
+    active: set[Var]              # variables that carry a cotangent
+    live: list[int]               # equations that matter, in program order
+
+    @property
+    def jaxpr(self):
+        return self.closed.jaxpr
+
+    @property
+    def fully_invertible(self) -> bool:
+        return not self.saved
+
+
+def source_line(eqn) -> str:
+    """The user's ``file:line (function)`` for an equation."""
+    return source_info_util.summarize(eqn.source_info)
+
+
+def _is_float(aval) -> bool:
+    try:
+        return jax.numpy.issubdtype(aval.dtype, jax.numpy.inexact)
+    except TypeError:
+        return False
+
+
+def _concrete_facts(value) -> frozenset:
+    """Facts a concrete value proves: 'nonzero' when no element is zero."""
+    try:
+        arr = np.asarray(value)
+    except Exception:  # tracers, keys
+        return frozenset()
+    if arr.dtype == object or arr.size == 0:
+        return frozenset()
+    return frozenset({"nonzero"}) if bool(np.all(arr != 0)) else frozenset()
+
+
+def _hashable(params: dict):
+    try:
+        key = tuple(sorted(params.items()))
+        hash(key)
+        return key
+    except TypeError:
+        return None
+
+
+def probe(eqn, known: Sequence[bool], facts: Sequence[frozenset], table) -> str | None:
+    """Can ``eqn``'s rule solve its unknown inputs given the ``known`` ones?
+
+    Returns ``None`` if so, else the reason. Runs the rule on abstract values
+    (cached by primitive, shapes, pattern, facts and params).
+    """
+    prim = eqn.primitive
+    rule = table.get(prim)
+    if rule is None:
+        return f"no inverse rule is registered for `{prim.name}`"
+    in_avals = [v.aval for v in eqn.invars]
+    out_avals = [v.aval for v in eqn.outvars]
+    params_key = _hashable(eqn.params)
+    key = None
+    if params_key is not None:
+        key = (id(table), prim, tuple(known), tuple(map(str, in_avals)), tuple(map(str, out_avals)),
+               tuple(f if k else None for f, k in zip(facts, known)),
+               tuple(v.val.item() if isinstance(v, Literal) and np.ndim(v.val) == 0 else None
+                     for v in eqn.invars),
+               params_key)
+        hit = registry._probe_cache.get(key)
+        if hit is not None:
+            return hit[0]
+    reason = _run_probe(eqn, rule, known, facts, in_avals, out_avals)
+    if key is not None:
+        registry._probe_cache[key] = (reason,)
+    return reason
+
+
+def _spec(aval):
+    return jax.ShapeDtypeStruct(aval.shape, aval.dtype)
+
+
+def _run_probe(eqn, rule, known, facts, in_avals, out_avals) -> str | None:
+    literal = {i: v.val for i, v in enumerate(eqn.invars) if isinstance(v, Literal)}
+    traced_idx = [i for i, k in enumerate(known) if k and i not in literal]
+
+    def solve(traced_vals, outvals):
+        invals: list[Any] = [None] * len(in_avals)
+        for i, val in literal.items():
+            invals[i] = val
+        for i, val in zip(traced_idx, traced_vals):
+            invals[i] = val
+        proven = {id(invals[i]): ("nonzero" in facts[i]) for i in range(len(invals)) if known[i]}
+        with registry.proving_nonzero(proven), registry.solving(in_avals):
+            res = rule(invals, list(outvals), **eqn.params)
+        return [res[i] for i, k in enumerate(known) if not k]
+
+    try:
+        shapes = jax.eval_shape(solve, [_spec(in_avals[i]) for i in traced_idx],
+                                [_spec(a) for a in out_avals])
+    except NotInvertibleError as e:
+        return e.reason
+    except Exception as e:  # a rule that crashes on this pattern is treated as "cannot"
+        warnings.warn(f"jaxinv: the inverse rule of `{eqn.primitive.name}` raised "
+                      f"{type(e).__name__}: {e} (at {source_line(eqn)}); its inputs will be saved instead")
+        return f"its rule raised {type(e).__name__}: {e}"
+    unknown_avals = [a for a, k in zip(in_avals, known) if not k]
+    if len(shapes) != len(unknown_avals):
+        return f"its rule returned {len(shapes)} values for {len(unknown_avals)} unknown inputs"
+    for got, want in zip(shapes, unknown_avals):
+        if got is None:
+            return "its rule left an input unsolved"
+        if tuple(got.shape) != tuple(want.shape):
+            return (f"the unknown input has shape {tuple(want.shape)} but was broadcast "
+                    f"to {tuple(got.shape)}; it cannot be recovered uniquely")
+    return None
+
+
+class _Planner:
+    def __init__(self, closed: ClosedJaxpr, known_inputs, input_values, table, allow_saving):
+        self.closed = _without_dropvars(closed)
+        self.jaxpr = self.closed.jaxpr
+        self.eqns = self.jaxpr.eqns
+        self.known_inputs = tuple(known_inputs)
+        self.table = table
+        self.allow_saving = allow_saving
+        jaxpr = self.jaxpr
+        self.invars = set(jaxpr.invars)
+        self.producer: dict[Var, int] = {}
+        self.users: dict[Var, list[int]] = defaultdict(list)
+        for i, e in enumerate(self.eqns):
+            for v in e.outvars:
+                self.producer[v] = i
+            for v in e.invars:
+                if isinstance(v, Var):
+                    self.users[v].append(i)
+        self.live = self._live_eqns()
+        self.live_set = set(self.live)
+        self.needed = self._needed_vars()
+        self.facts = self._facts(input_values)
+        self.sources: dict[Var, Source] = {}
+        self.reasons: dict[Var, str] = {}
+        self.saved: list[Var] = []
+        self.queue: deque = deque()
+
+    # ---- static analyses
+    def _live_eqns(self) -> list[int]:
+        live_vars = {v for v in self.jaxpr.outvars if isinstance(v, Var)}
+        live = []
+        for i in reversed(range(len(self.eqns))):
+            e = self.eqns[i]
+            if any(v in live_vars for v in e.outvars) or e.effects:
+                live.append(i)
+                live_vars.update(v for v in e.invars if isinstance(v, Var))
+        return live[::-1]
+
+    def _needed_vars(self) -> list[Var]:
+        seen, out = set(), []
+        for v in self.jaxpr.outvars:
+            if isinstance(v, Var) and v not in seen:
+                seen.add(v), out.append(v)
+        for i in self.live:
+            for v in (*self.eqns[i].invars, *self.eqns[i].outvars):
+                if isinstance(v, Var) and v not in seen:
+                    seen.add(v), out.append(v)
+        return out
+
+    def _facts(self, input_values) -> dict[Var, frozenset]:
+        facts: dict[Var, frozenset] = defaultdict(frozenset)
+        for v, c in zip(self.jaxpr.constvars, self.closed.consts):
+            facts[v] = _concrete_facts(c)
+        if input_values is not None:
+            for v, c in zip(self.jaxpr.invars, input_values):
+                if c is not None:
+                    facts[v] = _concrete_facts(c)
+        for e in self.eqns:
+            rule = registry.nonzero_rules.get(e.primitive)
+            if rule is None:
+                continue
+            nz = [("nonzero" in _concrete_facts(v.val)) if isinstance(v, Literal) else ("nonzero" in facts[v])
+                  for v in e.invars]
+            if rule(nz, **e.params):
+                for v in e.outvars:
+                    facts[v] = facts[v] | {"nonzero"}
+        return facts
+
+    def fact_of(self, v) -> frozenset:
+        return _concrete_facts(v.val) if isinstance(v, Literal) else self.facts[v]
+
+    # ---- propagation
+    def known(self, v) -> bool:
+        return isinstance(v, Literal) or v in self.sources
+
+    def learn(self, v, source: Source) -> None:
+        if isinstance(v, Literal) or v in self.sources:
+            return
+        self.sources[v] = source
+        self.queue.append(v)
+
+    def try_recompute(self, i: int) -> None:
+        e = self.eqns[i]
+        if i in self.live_set and all(map(self.known, e.invars)) and not all(map(self.known, e.outvars)):
+            for v in e.outvars:
+                self.learn(v, Source("recompute", i))
+
+    def try_invert(self, i: int) -> str | None:
+        e = self.eqns[i]
+        if i not in self.live_set or not all(map(self.known, e.outvars)):
+            return None
+        known = tuple(map(self.known, e.invars))
+        if all(known):
+            return None
+        reason = probe(e, known, [self.fact_of(v) for v in e.invars], self.table)
+        if reason is None:
+            for v, k in zip(e.invars, known):
+                if not k:
+                    self.learn(v, Source("invert", i, known))
+        return reason
+
+    def propagate(self) -> None:
+        while self.queue:
+            v = self.queue.popleft()
+            for i in self.users.get(v, ()):
+                self.try_recompute(i)
+                self.try_invert(i)
+            if v in self.producer:
+                self.try_invert(self.producer[v])
+
+    def start(self) -> None:
+        for v in self.jaxpr.constvars:
+            self.learn(v, Source("const"))
+        for v, k in zip(self.jaxpr.invars, self.known_inputs):
+            if k:
+                self.learn(v, Source("input"))
+        for v in self.jaxpr.outvars:
+            self.learn(v, Source("output"))
+        for i in self.live:
+            self.try_recompute(i)
+
+    def unknown(self) -> list[Var]:
+        return [v for v in self.needed if v not in self.sources]
+
+    # ---- choosing what to save
+    def save(self, v: Var, reason: str) -> None:
+        if v in self.sources:
+            return
+        self.saved.append(v)
+        self.reasons[v] = reason
+        self.learn(v, Source("saved"))
+
+    def parameter_roots(self, v: Var) -> set[Var] | None:
+        """The unknown function inputs ``v`` is computed from, if it is computed
+        from them alone (plus known values) within PARAMETER_CHAIN_LIMIT equations."""
+        roots, seen, stack, steps = set(), set(), [v], 0
+        while stack:
+            u = stack.pop()
+            if u in seen or self.known(u):
+                continue
+            seen.add(u)
+            if u in self.invars:
+                roots.add(u)
+                continue
+            steps += 1
+            if steps > PARAMETER_CHAIN_LIMIT or u not in self.producer:
+                return None
+            stack.extend(w for w in self.eqns[self.producer[u]].invars if isinstance(w, Var))
+        return roots
+
+    def stuck_reason(self, i: int) -> str:
+        e = self.eqns[i]
+        known = tuple(map(self.known, e.invars))
+        return probe(e, known, [self.fact_of(v) for v in e.invars], self.table) or "an input is unknown"
+
+    def choose_saves(self) -> bool:
+        pending = [i for i in self.live if not all(map(self.known, (*self.eqns[i].invars, *self.eqns[i].outvars)))]
+        # 1. unread outputs whose knowledge would let an equation be inverted
+        for i in pending:
+            e = self.eqns[i]
+            dead = [v for v in e.outvars if not self.known(v) and not self.users.get(v)
+                    and v not in self.jaxpr.outvars]
+            live_known = all(self.known(v) for v in e.outvars if v not in dead)
+            if dead and live_known:
+                known = tuple(map(self.known, e.invars))
+                if probe(e, known, [self.fact_of(v) for v in e.invars], self.table) is None:
+                    for v in dead:
+                        self.save(v, "an unread output, needed to invert its equation")
+                    return True
+        # 2a. parameters next to the known region (recompute unblocking)
+        found = {}
+        for i in pending:
+            e = self.eqns[i]
+            ins = [v for v in e.invars if isinstance(v, Var)]
+            if not any(self.known(v) and self.sources[v].kind not in ("input", "const") for v in ins) \
+                    or all(map(self.known, e.outvars)):
+                continue
+            roots = [self.parameter_roots(v) for v in ins if not self.known(v)]
+            if roots and all(r is not None for r in roots):
+                for r in roots:
+                    for v in r:
+                        found.setdefault(v, f"a parameter of `{e.primitive.name}` at {source_line(e)}")
+        # 2b. parameters whose knowledge lets an equation be inverted
+        for i in pending:
+            e = self.eqns[i]
+            if not all(map(self.known, e.outvars)):
+                continue
+            roots = {j: self.parameter_roots(v) for j, v in enumerate(e.invars) if not self.known(v)}
+            short = {j for j, r in roots.items() if r is not None}
+            if not short or len(short) == len(roots):
+                continue
+            known = tuple(self.known(v) or j in short for j, v in enumerate(e.invars))
+            if probe(e, known, [self.fact_of(v) for v in e.invars], self.table) is None:
+                for j in short:
+                    for v in roots[j]:
+                        found.setdefault(v, f"a parameter of `{e.primitive.name}` at {source_line(e)}")
+        if found:
+            for v, why in found.items():
+                self.save(v, why)
+            return True
+        # 3. the last stuck equation's unknown inputs
+        frontier = [i for i in pending if all(map(self.known, self.eqns[i].outvars))]
+        if not frontier:
+            return False
+        i = frontier[-1]
+        e = self.eqns[i]
+        why = f"`{e.primitive.name}` at {source_line(e)} cannot be inverted: {self.stuck_reason(i)}"
+        for v in e.invars:
+            if self.known(v):
+                continue
+            roots = self.parameter_roots(v)
+            for r in (roots if roots else [v]):
+                self.save(r, why)
+        return True
+
+    def inverse_error(self) -> NotInvertibleError:
+        pending = [i for i in self.live if all(map(self.known, self.eqns[i].outvars))
+                   and not all(map(self.known, self.eqns[i].invars))]
+        if not pending:
+            unknown = self.unknown()
+            return NotInvertibleError(f"{len(unknown)} values could not be recovered from the outputs")
+        i = pending[-1]
+        e = self.eqns[i]
+        return NotInvertibleError(self.stuck_reason(i), e.primitive.name, source_line(e))
+
+    def prune(self) -> None:
+        """Drop saved intermediates that the rest of the plan can rebuild."""
+        for v in list(self.saved):
+            if v in self.invars or self.producer.get(v) is None:
+                continue
+            trial = _Planner.__new__(_Planner)
+            trial.__dict__.update(self.__dict__)
+            trial.sources, trial.queue = {}, deque()
+            trial.saved = [s for s in self.saved if s is not v]
+            trial.start()
+            for s in trial.saved:
+                trial.sources.setdefault(s, Source("saved"))
+                trial.queue.append(s)
+            trial.propagate()
+            if not trial.unknown() and self._locally_rebuilt(trial.sources, v):
+                self.saved = trial.saved
+                self.sources = trial.sources
+                self.reasons.pop(v, None)
+
+    def _locally_rebuilt(self, sources, v) -> bool:
+        # Accept only a rebuild that is one step away from values that are not
+        # themselves recomputed: pruning must not turn a saved activation into
+        # a recomputation of the whole network from its input.
+        src = sources[v]
+        if src.kind == "invert":
+            return True
+        e = self.eqns[src.eqn]
+        return all(isinstance(w, Literal) or sources[w].kind != "recompute" for w in e.invars)
+
+    def run(self) -> Plan:
+        self.start()
+        self.propagate()
+        while self.unknown():
+            if not self.allow_saving:
+                raise self.inverse_error()
+            if not self.choose_saves():
+                for v in self.unknown():
+                    self.save(v, "not reachable from any rule")
+            self.propagate()
+        if self.saved:
+            self.prune()
+        return Plan(self.closed, self.known_inputs, self.sources, self.saved,
+                    {v: self.reasons[v] for v in self.saved}, self._active(), self.live)
+
+    def _active(self) -> set[Var]:
+        active = {v for v, k in zip(self.jaxpr.invars, self.known_inputs) if _is_float(v.aval)}
+        for i in self.live:
+            e = self.eqns[i]
+            if any(isinstance(v, Var) and v in active for v in e.invars):
+                active.update(v for v in e.outvars if _is_float(v.aval))
+        return active
+
+
+def _without_dropvars(closed: ClosedJaxpr) -> ClosedJaxpr:
+    """Give every dropped output a name, so the planner can save it if needed."""
+    if not any(isinstance(v, DropVar) for e in closed.jaxpr.eqns for v in e.outvars):
+        return closed
+    eqns = [e.replace(outvars=[Var(v.aval) if isinstance(v, DropVar) else v for v in e.outvars])
+            for e in closed.jaxpr.eqns]
+    return ClosedJaxpr(closed.jaxpr.replace(eqns=eqns), closed.consts)
+
+
+def make_plan(closed: ClosedJaxpr, known_inputs: Sequence[bool], *, input_values=None,
+              for_gradient: bool = True) -> Plan:
+    """Plan how to recover every value of ``closed`` from its outputs.
+
+    ``known_inputs[i]``: input ``i`` is given (closure values, scan constants).
+    ``input_values``: concrete values (or None) to prove facts about known inputs.
+    With ``for_gradient=False`` (``jaxinv.inverse``) nothing may be saved, and
+    principal-branch rules are allowed; being stuck raises NotInvertibleError.
+
+    Example::
+
+        plan = make_plan(jax.make_jaxpr(f)(x), [False])
+        plan.saved   # what the forward pass keeps
+    """
+    table = registry.inverse_rules
+    if not for_gradient:
+        table = {**registry.principal_inverse_rules, **registry.inverse_rules}
+    return _Planner(closed, known_inputs, input_values, table, for_gradient).run()
