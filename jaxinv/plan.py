@@ -20,7 +20,6 @@ The plan is static: it is made once per jaxpr, at trace time.
 from __future__ import annotations
 
 import dataclasses
-import warnings
 from collections import defaultdict, deque
 from typing import Any, Sequence
 
@@ -155,9 +154,10 @@ def _run_probe(eqn, rule, known, facts, in_avals, out_avals) -> str | None:
                                 [_spec(a) for a in out_avals])
     except NotInvertibleError as e:
         return e.reason
-    except Exception as e:  # a rule that crashes on this pattern is treated as "cannot"
-        warnings.warn(f"jaxinv: the inverse rule of `{eqn.primitive.name}` raised "
-                      f"{type(e).__name__}: {e} (at {source_line(eqn)}); its inputs will be saved instead")
+    except Exception as e:
+        # A rule that fails on this pattern of unknowns (a user's ivjp reading an
+        # argument it was given as None, say) cannot solve it: its inputs are
+        # saved instead, and `explain` shows why. jaxinv.testing catches rule bugs.
         return f"its rule raised {type(e).__name__}: {e}"
     unknown_avals = [a for a, k in zip(in_avals, known) if not k]
     if len(shapes) != len(unknown_avals):
@@ -304,8 +304,9 @@ class _Planner:
         self.learn(v, Source("saved"))
 
     def parameter_roots(self, v: Var) -> set[Var] | None:
-        """The unknown function inputs ``v`` is computed from, if it is computed
-        from them alone (plus known values) within PARAMETER_CHAIN_LIMIT equations."""
+        """The unknown function input ``v`` is computed from, if it is computed
+        from it alone through a chain of equations with one unknown input each
+        (plus known values), within PARAMETER_CHAIN_LIMIT equations."""
         roots, seen, stack, steps = set(), set(), [v], 0
         while stack:
             u = stack.pop()
@@ -318,7 +319,11 @@ class _Planner:
             steps += 1
             if steps > PARAMETER_CHAIN_LIMIT or u not in self.producer:
                 return None
-            stack.extend(w for w in self.eqns[self.producer[u]].invars if isinstance(w, Var))
+            unknown_ins = [w for w in self.eqns[self.producer[u]].invars
+                           if isinstance(w, Var) and not self.known(w)]
+            if len(set(unknown_ins)) > 1:  # a join of several unknowns: data, not a parameter
+                return None
+            stack.extend(unknown_ins)
         return roots
 
     def stuck_reason(self, i: int) -> str:
