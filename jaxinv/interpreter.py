@@ -97,10 +97,14 @@ class _Sweep:
             self.invert(src.eqn, src.known)
         return self.env[v]
 
+    def outvals(self, e) -> list:
+        """An equation's outputs; an unread one the plan never recovers is None."""
+        return [self.value(u) if u in self.env or u in self.plan.sources else None for u in e.outvars]
+
     def invert(self, i: int, known: tuple[bool, ...]):
         e = self.eqns[i]
         invals = [self.value(u) if k else None for u, k in zip(e.invars, known)]
-        outvals = [self.value(u) for u in e.outvars]
+        outvals = self.outvals(e)
         solved = call_rule(registry.inverse_rules, e, invals, outvals)
         for u, k, x in zip(e.invars, known, solved):
             if not k:
@@ -134,7 +138,7 @@ class _Sweep:
         if fused is not None and any(here):
             known = self.plan.sources[e.invars[here.index(True)]].known
             invals = [self.value(u) if k else None for u, k in zip(e.invars, known)]
-            outvals = [self.value(u) for u in e.outvars]
+            outvals = self.outvals(e)
             solved, in_cts = call_rule(registry.ivjp_rules, e, invals, outvals, out_ct)
             for u, k, x in zip(e.invars, known, solved):
                 if not k:

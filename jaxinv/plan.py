@@ -101,12 +101,15 @@ def _hashable(params: dict):
         return None
 
 
-def probe(eqn, known: Sequence[bool], facts: Sequence[frozenset], table) -> str | None:
+def probe(eqn, known: Sequence[bool], facts: Sequence[frozenset], table,
+          out_known: Sequence[bool] | None = None) -> str | None:
     """Can ``eqn``'s rule solve its unknown inputs given the ``known`` ones?
 
-    Returns ``None`` if so, else the reason. Runs the rule on abstract values
-    (cached by primitive, shapes, pattern, facts and params).
+    ``out_known`` marks the outputs given (an unread output may be passed as
+    None). Returns ``None`` if so, else the reason. Runs the rule on abstract
+    values (cached by primitive, shapes, pattern, facts and params).
     """
+    out_known = tuple(out_known) if out_known is not None else (True,) * len(eqn.outvars)
     prim = eqn.primitive
     rule = table.get(prim)
     if rule is None:
@@ -116,7 +119,7 @@ def probe(eqn, known: Sequence[bool], facts: Sequence[frozenset], table) -> str 
     params_key = _hashable(eqn.params)
     key = None
     if params_key is not None:
-        key = (id(table), prim, tuple(known), tuple(map(str, in_avals)), tuple(map(str, out_avals)),
+        key = (id(table), prim, tuple(known), out_known, tuple(map(str, in_avals)), tuple(map(str, out_avals)),
                tuple(f if k else None for f, k in zip(facts, known)),
                tuple(v.val.item() if isinstance(v, Literal) and np.ndim(v.val) == 0 else None
                      for v in eqn.invars),
@@ -124,7 +127,7 @@ def probe(eqn, known: Sequence[bool], facts: Sequence[frozenset], table) -> str 
         hit = registry._probe_cache.get(key)
         if hit is not None:
             return hit[0]
-    reason = _run_probe(eqn, rule, known, facts, in_avals, out_avals)
+    reason = _run_probe(eqn, rule, known, facts, in_avals, out_avals, out_known)
     if key is not None:
         registry._probe_cache[key] = (reason,)
     return reason
@@ -134,11 +137,13 @@ def _spec(aval):
     return jax.ShapeDtypeStruct(aval.shape, aval.dtype)
 
 
-def _run_probe(eqn, rule, known, facts, in_avals, out_avals) -> str | None:
+def _run_probe(eqn, rule, known, facts, in_avals, out_avals, out_known) -> str | None:
     literal = {i: v.val for i, v in enumerate(eqn.invars) if isinstance(v, Literal)}
     traced_idx = [i for i, k in enumerate(known) if k and i not in literal]
 
-    def solve(traced_vals, outvals):
+    def solve(traced_vals, traced_outs):
+        outs = iter(traced_outs)
+        outvals = [next(outs) if k else None for k in out_known]
         invals: list[Any] = [None] * len(in_avals)
         for i, val in literal.items():
             invals[i] = val
@@ -151,7 +156,7 @@ def _run_probe(eqn, rule, known, facts, in_avals, out_avals) -> str | None:
 
     try:
         shapes = jax.eval_shape(solve, [_spec(in_avals[i]) for i in traced_idx],
-                                [_spec(a) for a in out_avals])
+                                [_spec(a) for a, k in zip(out_avals, out_known) if k])
     except NotInvertibleError as e:
         return e.reason
     except Exception as e:
@@ -181,6 +186,7 @@ class _Planner:
         self.allow_saving = allow_saving
         jaxpr = self.jaxpr
         self.invars = set(jaxpr.invars)
+        self.outvars = {v for v in jaxpr.outvars if isinstance(v, Var)}
         self.producer: dict[Var, int] = {}
         self.users: dict[Var, list[int]] = defaultdict(list)
         for i, e in enumerate(self.eqns):
@@ -216,7 +222,7 @@ class _Planner:
                 seen.add(v), out.append(v)
         for i in self.live:
             for v in (*self.eqns[i].invars, *self.eqns[i].outvars):
-                if isinstance(v, Var) and v not in seen:
+                if isinstance(v, Var) and v not in seen and (self.users.get(v) or v in self.outvars):
                     seen.add(v), out.append(v)
         return out
 
@@ -258,14 +264,26 @@ class _Planner:
             for v in e.outvars:
                 self.learn(v, Source("recompute", i))
 
+    def dead(self, v) -> bool:
+        """An output nobody reads: it may be passed to rules as None."""
+        return not self.users.get(v) and v not in self.outvars
+
+    def outputs_ready(self, e) -> bool:
+        return all(self.known(v) or self.dead(v) for v in e.outvars)
+
+    def probe_now(self, e, known=None) -> str | None:
+        known = tuple(map(self.known, e.invars)) if known is None else known
+        return probe(e, known, [self.fact_of(v) for v in e.invars], self.table,
+                     tuple(map(self.known, e.outvars)))
+
     def try_invert(self, i: int) -> str | None:
         e = self.eqns[i]
-        if i not in self.live_set or not all(map(self.known, e.outvars)):
+        if i not in self.live_set or not self.outputs_ready(e):
             return None
         known = tuple(map(self.known, e.invars))
         if all(known):
             return None
-        reason = probe(e, known, [self.fact_of(v) for v in e.invars], self.table)
+        reason = self.probe_now(e, known)
         if reason is None:
             for v, k in zip(e.invars, known):
                 if not k:
@@ -327,19 +345,15 @@ class _Planner:
         return roots
 
     def stuck_reason(self, i: int) -> str:
-        e = self.eqns[i]
-        known = tuple(map(self.known, e.invars))
-        return probe(e, known, [self.fact_of(v) for v in e.invars], self.table) or "an input is unknown"
+        return self.probe_now(self.eqns[i]) or "an input is unknown"
 
     def choose_saves(self) -> bool:
         pending = [i for i in self.live if not all(map(self.known, (*self.eqns[i].invars, *self.eqns[i].outvars)))]
         # 1. unread outputs whose knowledge would let an equation be inverted
         for i in pending:
             e = self.eqns[i]
-            dead = [v for v in e.outvars if not self.known(v) and not self.users.get(v)
-                    and v not in self.jaxpr.outvars]
-            live_known = all(self.known(v) for v in e.outvars if v not in dead)
-            if dead and live_known:
+            dead = [v for v in e.outvars if not self.known(v) and self.dead(v)]
+            if dead and self.outputs_ready(e):
                 known = tuple(map(self.known, e.invars))
                 if probe(e, known, [self.fact_of(v) for v in e.invars], self.table) is None:
                     for v in dead:
@@ -358,17 +372,21 @@ class _Planner:
                 for r in roots:
                     for v in r:
                         found.setdefault(v, f"a parameter of `{e.primitive.name}` at {source_line(e)}")
+        if found:
+            for v, why in found.items():
+                self.save(v, why)
+            return True
         # 2b. parameters whose knowledge lets an equation be inverted
         for i in pending:
             e = self.eqns[i]
-            if not all(map(self.known, e.outvars)):
+            if not self.outputs_ready(e):
                 continue
             roots = {j: self.parameter_roots(v) for j, v in enumerate(e.invars) if not self.known(v)}
             short = {j for j, r in roots.items() if r is not None}
             if not short or len(short) == len(roots):
                 continue
             known = tuple(self.known(v) or j in short for j, v in enumerate(e.invars))
-            if probe(e, known, [self.fact_of(v) for v in e.invars], self.table) is None:
+            if self.probe_now(e, known) is None:
                 for j in short:
                     for v in roots[j]:
                         found.setdefault(v, f"a parameter of `{e.primitive.name}` at {source_line(e)}")
@@ -377,7 +395,7 @@ class _Planner:
                 self.save(v, why)
             return True
         # 3. the last stuck equation's unknown inputs
-        frontier = [i for i in pending if all(map(self.known, self.eqns[i].outvars))]
+        frontier = [i for i in pending if self.outputs_ready(self.eqns[i])]
         if not frontier:
             return False
         i = frontier[-1]
@@ -392,7 +410,7 @@ class _Planner:
         return True
 
     def inverse_error(self) -> NotInvertibleError:
-        pending = [i for i in self.live if all(map(self.known, self.eqns[i].outvars))
+        pending = [i for i in self.live if self.outputs_ready(self.eqns[i])
                    and not all(map(self.known, self.eqns[i].invars))]
         if not pending:
             unknown = self.unknown()
