@@ -138,3 +138,33 @@ def grad(f: Callable, argnums: int | Sequence[int] = 0, has_aux: bool = False):
         return (g, out[1]) if has_aux else g
 
     return wrapped
+
+
+def inverse(f: Callable, *example_args):
+    """The inverse of ``f``, with Oryx's calling convention.
+
+    ``inverse(f, *example_args)(*outputs)`` returns ``f``'s inputs (one value
+    when ``f`` takes one argument, else a tuple). Without example arguments,
+    ``f`` is traced at the outputs' shapes (fine for shape-preserving ``f``).
+    Non-injective primitives are inverted on their principal branch (``sin``
+    -> ``asin``); anything else that cannot be inverted raises
+    :class:`NotInvertibleError` naming the primitive and the source line.
+
+    Example::
+
+        f_inv = jaxinv.inverse(lambda x: jnp.exp(x) * 2.0 + 1.0)
+        f_inv(jnp.array(3.0))   # log(1.0) = 0.0
+    """
+
+    def f_inv(*outputs):
+        out = outputs[0] if len(outputs) == 1 else tuple(outputs)
+        t = trace(f, example_args if example_args else outputs, for_inverse=True)
+        flat_out, out_tree = tree_flatten(out)
+        if out_tree != t.out_tree:
+            raise TypeError(f"inverse expected outputs shaped like {t.out_tree}, got {out_tree}")
+        n_args = len(t.plan.jaxpr.invars) - t.num_consts
+        flat_in = interpreter.reconstruct(t.plan, [*t.consts, *[None] * n_args], [], flat_out)
+        args = tree_unflatten(t.in_tree, flat_in[t.num_consts:])
+        return args[0] if len(args) == 1 else tuple(args)
+
+    return f_inv

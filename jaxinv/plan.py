@@ -101,6 +101,12 @@ def _hashable(params: dict):
         return None
 
 
+def _literal_key(v):
+    if not isinstance(v, Literal) or np.ndim(v.val) != 0:
+        return None
+    return (float(np.asarray(v.val).real), str(np.asarray(v.val).dtype))
+
+
 def probe(eqn, known: Sequence[bool], facts: Sequence[frozenset], table,
           out_known: Sequence[bool] | None = None) -> str | None:
     """Can ``eqn``'s rule solve its unknown inputs given the ``known`` ones?
@@ -113,6 +119,9 @@ def probe(eqn, known: Sequence[bool], facts: Sequence[frozenset], table,
     prim = eqn.primitive
     rule = table.get(prim)
     if rule is None:
+        if prim in registry.principal_inverse_rules:
+            return (f"`{prim.name}` is not injective (its principal-branch inverse "
+                    "serves jaxinv.inverse only, never gradients)")
         return f"no inverse rule is registered for `{prim.name}`"
     in_avals = [v.aval for v in eqn.invars]
     out_avals = [v.aval for v in eqn.outvars]
@@ -121,8 +130,7 @@ def probe(eqn, known: Sequence[bool], facts: Sequence[frozenset], table,
     if params_key is not None:
         key = (id(table), prim, tuple(known), out_known, tuple(map(str, in_avals)), tuple(map(str, out_avals)),
                tuple(f if k else None for f, k in zip(facts, known)),
-               tuple(v.val.item() if isinstance(v, Literal) and np.ndim(v.val) == 0 else None
-                     for v in eqn.invars),
+               tuple(_literal_key(v) for v in eqn.invars),
                params_key)
         hit = registry._probe_cache.get(key)
         if hit is not None:
@@ -482,20 +490,20 @@ def _without_dropvars(closed: ClosedJaxpr) -> ClosedJaxpr:
 
 
 def make_plan(closed: ClosedJaxpr, known_inputs: Sequence[bool], *, input_values=None,
-              for_gradient: bool = True) -> Plan:
+              allow_saving: bool = True, principal_branch: bool = False) -> Plan:
     """Plan how to recover every value of ``closed`` from its outputs.
 
     ``known_inputs[i]``: input ``i`` is given (closure values, scan constants).
-    ``input_values``: concrete values (or None) to prove facts about known inputs.
-    With ``for_gradient=False`` (``jaxinv.inverse``) nothing may be saved, and
-    principal-branch rules are allowed; being stuck raises NotInvertibleError.
+    ``input_values``: concrete values (or None) to prove facts about inputs.
+    With ``allow_saving=False`` being stuck raises NotInvertibleError (for
+    ``jaxinv.inverse`` and loop bodies); ``principal_branch=True`` also allows
+    the principal-branch inverses of non-injective primitives (never for
+    gradients).
 
     Example::
 
         plan = make_plan(jax.make_jaxpr(f)(x), [False])
         plan.saved   # what the forward pass keeps
     """
-    table = registry.inverse_rules
-    if not for_gradient:
-        table = {**registry.principal_inverse_rules, **registry.inverse_rules}
-    return _Planner(closed, known_inputs, input_values, table, for_gradient).run()
+    table = registry.inverse_table(principal_branch)
+    return _Planner(closed, known_inputs, input_values, table, allow_saving).run()

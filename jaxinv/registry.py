@@ -90,6 +90,7 @@ def register_inverse(prim: Primitive, rule: InverseRule, *, principal_branch: bo
     table = principal_inverse_rules if principal_branch else inverse_rules
     table[prim] = rule
     _probe_cache.clear()
+    _merged_tables.clear()
     return rule
 
 
@@ -294,3 +295,14 @@ def proving_nonzero(facts: dict[int, bool]):
 
 # Planner's cache of probe results; cleared whenever a rule is (re)registered.
 _probe_cache: dict[Any, Any] = {}
+_merged_tables: dict[bool, dict] = {}
+
+
+def inverse_table(principal_branch: bool = False) -> dict:
+    """The inverse rules the planner may use: with ``principal_branch=True``
+    (``jaxinv.inverse`` only) the principal-branch rules are added."""
+    if not principal_branch:
+        return inverse_rules
+    if True not in _merged_tables:
+        _merged_tables[True] = {**principal_inverse_rules, **inverse_rules}
+    return _merged_tables[True]

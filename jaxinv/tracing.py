@@ -31,7 +31,7 @@ class Traced:
         return len(self.consts)
 
 
-def trace(f: Callable, args: tuple, *, has_aux: bool = False, for_gradient: bool = True) -> Traced:
+def trace(f: Callable, args: tuple, *, has_aux: bool = False, for_inverse: bool = False) -> Traced:
     """Trace ``f(*args)`` to a flat jaxpr and plan it.
 
     Example::
@@ -59,5 +59,6 @@ def trace(f: Callable, args: tuple, *, has_aux: bool = False, for_gradient: bool
     consts = list(closed.consts)
     flat = flatten(closed)
     known = [True] * len(consts) + [False] * len(flat_args)
-    plan = make_plan(flat, known, input_values=consts + [None] * len(flat_args), for_gradient=for_gradient)
+    plan = make_plan(flat, known, input_values=consts + [None] * len(flat_args),
+                     allow_saving=not for_inverse, principal_branch=for_inverse)
     return Traced(plan, consts, in_tree, store["out"], store["n"], store.get("aux"))

@@ -1,0 +1,34 @@
+"""``jaxinv.nonzero``: the user's promise that a value is safe to divide by.
+
+jaxinv inverts ``y = x * s`` as ``x = y / s`` only when it can prove ``s``
+nonzero (literals without zeros, outputs of ``exp`` or ``logistic``): dividing
+by a zero would turn a finite gradient into NaN. ``nonzero(s)`` is the identity
+function that records the promise; for a square matrix used in ``dot_general``
+it promises the matrix is nonsingular.
+"""
+
+from __future__ import annotations
+
+import jax
+from jax.extend.core import Primitive
+from jax.interpreters import ad, batching, mlir
+
+nonzero_p = Primitive("jaxinv_nonzero")
+
+
+def nonzero(x):
+    """Return ``x`` unchanged, marked as nonzero (or nonsingular) for jaxinv.
+
+    Example::
+
+        scale = jaxinv.nonzero(1.0 + jax.nn.softplus(s))
+        y = x * scale          # jaxinv now rebuilds x = y / scale
+    """
+    return jax.tree_util.tree_map(nonzero_p.bind, x)
+
+
+nonzero_p.def_impl(lambda x: x)
+nonzero_p.def_abstract_eval(lambda aval: aval)
+ad.primitive_jvps[nonzero_p] = lambda primals, tangents: (nonzero_p.bind(*primals), tangents[0])
+batching.primitive_batchers[nonzero_p] = lambda args, dims: (nonzero_p.bind(*args), dims[0])
+mlir.register_lowering(nonzero_p, mlir.lower_fun(lambda x: x, multiple_results=False))

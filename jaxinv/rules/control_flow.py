@@ -1,0 +1,233 @@
+"""Rules for higher-order primitives: scan, fori-style while loops, custom_jvp
+and custom_vjp calls.
+
+These rules recurse into the interpreter (a loop body is planned and run like
+any jaxpr), so this pack sits above :mod:`jaxinv.interpreter` rather than
+below it; it still only registers. ``jit``, ``closed_call`` and ``remat`` need
+no rule: their bodies are inlined (:mod:`jaxinv.flatten`).
+
+* ``scan``: the body must rebuild its carry (and any unknown ``xs`` slice) from
+  its outputs with nothing saved; the ivjp is a *reverse scan of the inverted
+  body*, carrying the rebuilt carry and its cotangent, so memory and compile
+  time stay flat in the number of iterations.
+* ``while`` in the form ``lax.fori_loop`` produces (counter, bound, state...):
+  the trip count comes from the known initial counter and bound; the ivjp is a
+  reverse ``fori_loop`` (reverse-mode through a while loop, which JAX itself
+  refuses).
+* ``custom_jvp_call`` / ``custom_vjp_call``: inverted through their body; their
+  cotangents come from their own custom rule (the interpreter's derived ivjp).
+"""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+from jax.extend.core import ClosedJaxpr, Literal
+from jax.extend.core import primitives as P
+
+from jaxinv import interpreter
+from jaxinv.plan import make_plan
+from jaxinv.registry import NotInvertibleError, register_inverse, register_ivjp
+
+
+def _closed(j) -> ClosedJaxpr:
+    return j if isinstance(j, ClosedJaxpr) else ClosedJaxpr(j, ())
+
+
+@functools.lru_cache(maxsize=512)
+def _body_plan(body: ClosedJaxpr, known: tuple[bool, ...]):
+    """A loop body's plan with nothing saved (raises NotInvertibleError)."""
+    return make_plan(body, known, allow_saving=False)
+
+
+def _is_float(x) -> bool:
+    return jnp.issubdtype(jnp.result_type(x), jnp.inexact)
+
+
+def _zero_if_none(ct, like):
+    return jnp.zeros_like(like) if ct is None else ct
+
+
+# ---------------------------------------------------------------- scan
+
+
+def _scan_parts(seq, num_consts, num_carry):
+    return list(seq[:num_consts]), list(seq[num_consts:num_consts + num_carry]), list(seq[num_consts + num_carry:])
+
+
+def _scan_setup(invals, num_consts, num_carry, jaxpr):
+    consts, init, xs = _scan_parts(invals, num_consts, num_carry)
+    if any(c is None for c in consts):
+        raise NotInvertibleError("a scan's constants must be known to invert it")
+    xs_known = tuple(x is not None for x in xs)
+    known = (True,) * num_consts + (False,) * num_carry + xs_known
+    return consts, init, xs, xs_known, _body_plan(_closed(jaxpr), known)
+
+
+def _scan_inverse(invals, outvals, *, jaxpr, num_consts, num_carry, length, reverse, **_):
+    consts, init, xs, xs_known, plan = _scan_setup(invals, num_consts, num_carry, jaxpr)
+    carry_out, ys = outvals[:num_carry], outvals[num_carry:]
+    if any(c is None for c in carry_out):
+        raise NotInvertibleError("a scan's final carry is needed to run it backwards")
+    known_xs = [x for x in xs if x is not None]
+
+    def step(carry, sl):
+        xs_i, ys_i = sl
+        it = iter(xs_i)
+        inputs = consts + [None] * num_carry + [next(it) if k else None for k in xs_known]
+        vals = interpreter.reconstruct(plan, inputs, [], list(carry) + list(ys_i))
+        _, c_in, x_in = _scan_parts(vals, num_consts, num_carry)
+        return c_in, [x for x, k in zip(x_in, xs_known) if not k]
+
+    c0, xs_rec = lax.scan(step, list(carry_out), (known_xs, list(ys)), length=length, reverse=not reverse)
+    rec = iter(xs_rec)
+    return consts + [i if i is not None else c for i, c in zip(init, c0)] + \
+        [x if x is not None else next(rec) for x in xs]
+
+
+def _scan_ivjp(invals, outvals, out_cts, *, jaxpr, num_consts, num_carry, length, reverse, **_):
+    consts, init, xs, xs_known, plan = _scan_setup(invals, num_consts, num_carry, jaxpr)
+    carry_out, ys = outvals[:num_carry], outvals[num_carry:]
+    if any(c is None for c in carry_out):
+        raise NotInvertibleError("a scan's final carry is needed to run it backwards")
+    ct_carry, ct_ys = out_cts[:num_carry], out_cts[num_carry:]
+    fc = [j for j, c in enumerate(carry_out) if _is_float(c)]            # carries with cotangents
+    fk = [j for j, c in enumerate(consts) if _is_float(c)]
+    known_xs = [x for x in xs if x is not None]
+    x_avals = [v.aval for v in _closed(jaxpr).jaxpr.invars[num_consts + num_carry:]]
+
+    def step(carry, sl):
+        c_val, c_ct, k_ct = carry
+        xs_i, ys_i, ys_ct_i = sl
+        it = iter(xs_i)
+        inputs = consts + [None] * num_carry + [next(it) if k else None for k in xs_known]
+        outs_ct = [None] * num_carry
+        for j, ct in zip(fc, c_ct):
+            outs_ct[j] = ct
+        vals, in_cts = interpreter.backward(plan, inputs, [], list(c_val) + list(ys_i),
+                                            outs_ct + list(ys_ct_i), return_inputs=True)
+        _, c_in, x_in = _scan_parts(vals, num_consts, num_carry)
+        k_in_ct, c_in_ct, x_in_ct = _scan_parts(in_cts, num_consts, num_carry)
+        new_k_ct = [acc + _zero_if_none(k_in_ct[j], consts[j]) for acc, j in zip(k_ct, fk)]
+        new_c_ct = [_zero_if_none(c_in_ct[j], c_in[j]) for j in fc]
+        x_ct = [_zero_if_none(ct, jnp.zeros(a.shape, a.dtype)) for ct, a in zip(x_in_ct, x_avals)
+                if jnp.issubdtype(a.dtype, jnp.inexact)]
+        return (c_in, new_c_ct, new_k_ct), ([x for x, k in zip(x_in, xs_known) if not k], x_ct)
+
+    start = (list(carry_out), [ct_carry[j] for j in fc], [jnp.zeros_like(consts[j]) for j in fk])
+    (c0, c0_ct, k_ct), (xs_rec, xs_ct) = lax.scan(
+        step, start, (known_xs, list(ys), list(ct_ys)), length=length, reverse=not reverse)
+    rec = iter(xs_rec)
+    new_invals = consts + [i if i is not None else c for i, c in zip(init, c0)] + \
+        [x if x is not None else next(rec) for x in xs]
+    in_cts = [None] * len(invals)
+    for j, ct in zip(fk, k_ct):
+        in_cts[j] = ct
+    for j, ct in zip(fc, c0_ct):
+        in_cts[num_consts + j] = ct
+    float_x = [j for j, a in enumerate(x_avals) if jnp.issubdtype(a.dtype, jnp.inexact)]
+    for j, ct in zip(float_x, xs_ct):
+        in_cts[num_consts + num_carry + j] = ct
+    return new_invals, in_cts
+
+
+register_inverse(P.scan_p, _scan_inverse)
+register_ivjp(P.scan_p, _scan_ivjp)
+
+
+# ---------------------------------------------------------------- fori-style while
+
+
+def _fori_form(cond_jaxpr, body_jaxpr, cond_nconsts, body_nconsts):
+    """Whether the loop is ``lax.fori_loop``'s: carry (i, upper, *state), cond
+    ``i < upper``, body ``(i + 1, upper, ...)``."""
+    cj, bj = _closed(cond_jaxpr).jaxpr, _closed(body_jaxpr).jaxpr
+    if cond_nconsts or len(cj.eqns) != 1 or cj.eqns[0].primitive is not P.lt_p:
+        return False
+    i, upper = cj.invars[0], cj.invars[1]
+    if list(cj.eqns[0].invars) != [i, upper]:
+        return False
+    b_i, b_upper = bj.invars[body_nconsts], bj.invars[body_nconsts + 1]
+    if bj.outvars[1] is not b_upper:
+        return False
+    inc = [e for e in bj.eqns if bj.outvars[0] in e.outvars]
+    return (len(inc) == 1 and inc[0].primitive is P.add_p and inc[0].invars[0] is b_i
+            and isinstance(inc[0].invars[1], Literal) and int(inc[0].invars[1].val) == 1)
+
+
+def _while_setup(invals, cond_jaxpr, body_jaxpr, cond_nconsts, body_nconsts):
+    if not _fori_form(cond_jaxpr, body_jaxpr, cond_nconsts, body_nconsts):
+        raise NotInvertibleError("only while loops with a fixed trip count (lax.fori_loop) can be inverted")
+    nb = body_nconsts
+    consts, (i0, upper), state = list(invals[:nb]), invals[nb:nb + 2], list(invals[nb + 2:])
+    if any(c is None for c in consts) or i0 is None or upper is None:
+        raise NotInvertibleError("the loop's constants, start and bound must be known to invert it")
+    known = (True,) * nb + (True, True) + (False,) * len(state)
+    return consts, i0, upper, state, _body_plan(_closed(body_jaxpr), known)
+
+
+def _while_inverse(invals, outvals, *, cond_jaxpr, body_jaxpr, cond_nconsts, body_nconsts, **_):
+    consts, i0, upper, state, plan = _while_setup(invals, cond_jaxpr, body_jaxpr, cond_nconsts, body_nconsts)
+    nb = body_nconsts
+    n = jnp.maximum(upper - i0, 0)
+
+    def step(k, s):
+        i = i0 + n - 1 - k
+        vals = interpreter.reconstruct(plan, consts + [i, upper] + [None] * len(s), [], [i + 1, upper, *s])
+        return vals[nb + 2:]
+
+    s0 = lax.fori_loop(0, n, step, list(outvals[2:]))
+    return consts + [i0, upper] + list(s0)
+
+
+def _while_ivjp(invals, outvals, out_cts, *, cond_jaxpr, body_jaxpr, cond_nconsts, body_nconsts, **_):
+    consts, i0, upper, state, plan = _while_setup(invals, cond_jaxpr, body_jaxpr, cond_nconsts, body_nconsts)
+    nb = body_nconsts
+    n = jnp.maximum(upper - i0, 0)
+    s_final = list(outvals[2:])
+    fs = [j for j, s in enumerate(s_final) if _is_float(s)]
+    fk = [j for j, c in enumerate(consts) if _is_float(c)]
+
+    def step(k, carry):
+        s, s_ct, k_ct = carry
+        i = i0 + n - 1 - k
+        outs_ct = [None, None] + [None] * len(s)
+        for j, ct in zip(fs, s_ct):
+            outs_ct[2 + j] = ct
+        vals, in_cts = interpreter.backward(plan, consts + [i, upper] + [None] * len(s), [],
+                                            [i + 1, upper, *s], outs_ct, return_inputs=True)
+        s_in = vals[nb + 2:]
+        return (s_in, [_zero_if_none(in_cts[nb + 2 + j], s_in[j]) for j in fs],
+                [acc + _zero_if_none(in_cts[j], consts[j]) for acc, j in zip(k_ct, fk)])
+
+    start = (s_final, [_zero_if_none(out_cts[2 + j], s_final[j]) for j in fs],
+             [jnp.zeros_like(consts[j]) for j in fk])
+    s0, s0_ct, k_ct = lax.fori_loop(0, n, step, start)
+    in_cts = [None] * len(invals)
+    for j, ct in zip(fk, k_ct):
+        in_cts[j] = ct
+    for j, ct in zip(fs, s0_ct):
+        in_cts[nb + 2 + j] = ct
+    return consts + [i0, upper] + list(s0), in_cts
+
+
+register_inverse(P.while_p, _while_inverse)
+register_ivjp(P.while_p, _while_ivjp)
+
+
+# ---------------------------------------------------------------- custom_jvp / custom_vjp
+
+
+def _custom_call_inverse(invals, outvals, *, call_jaxpr, num_consts, **_):
+    known = tuple(x is not None for x in invals)
+    if not all(known[:num_consts]):
+        raise NotInvertibleError("the values a custom_jvp/custom_vjp function closes over must be known")
+    plan = _body_plan(_closed(call_jaxpr), known)
+    return interpreter.reconstruct(plan, list(invals), [], list(outvals))
+
+
+register_inverse(P.custom_jvp_call_p, _custom_call_inverse)
+register_inverse(P.custom_vjp_call_p, _custom_call_inverse)
