@@ -5,20 +5,10 @@ from __future__ import annotations
 import dataclasses
 from typing import Callable
 
-import numpy as np
 from jax.extend.core import Var
 
-from jaxinv.plan import source_line
+from jaxinv.plan import nbytes, source_line
 from jaxinv.tracing import trace
-
-
-def nbytes(aval) -> int:
-    """Bytes of one value of type ``aval`` (keys count their raw data)."""
-    try:
-        itemsize = np.dtype(aval.dtype).itemsize
-    except TypeError:  # extended dtypes such as PRNG keys
-        itemsize = getattr(aval.dtype, "itemsize", 8)
-    return int(np.prod(aval.shape, dtype=np.int64)) * itemsize
 
 
 @dataclasses.dataclass

@@ -45,10 +45,9 @@ register_inline(P.call_p, lambda p: _closed(p["call_jaxpr"]))
 
 def eval_eqn(eqn, invals) -> list:
     """Bind ``eqn``'s primitive on ``invals``, under the equation's source line."""
-    params = dict(eqn.primitive.get_bind_params(eqn.params))
-    subfuns = params.pop("subfuns", ())
+    params = eqn.primitive.get_bind_params(eqn.params)
     with source_info_util.user_context(eqn.source_info.traceback):
-        out = eqn.primitive.bind(*subfuns, *invals, **params)
+        out = eqn.primitive.bind(*invals, **params)
     return list(out) if eqn.primitive.multiple_results else [out]
 
 

@@ -20,6 +20,7 @@ The plan is static: it is made once per jaxpr, at trace time.
 from __future__ import annotations
 
 import dataclasses
+import itertools
 from collections import defaultdict, deque
 from typing import Any, Sequence
 
@@ -72,6 +73,15 @@ class Plan:
 def source_line(eqn) -> str:
     """The user's ``file:line (function)`` for an equation."""
     return source_info_util.summarize(eqn.source_info)
+
+
+def nbytes(aval) -> int:
+    """Bytes of one value of type ``aval`` (PRNG keys count their raw data)."""
+    try:
+        itemsize = np.dtype(aval.dtype).itemsize
+    except TypeError:
+        itemsize = getattr(aval.dtype, "itemsize", 8)
+    return int(np.prod(aval.shape, dtype=np.int64)) * itemsize
 
 
 def _is_float(aval) -> bool:
@@ -352,6 +362,19 @@ class _Planner:
             stack.extend(unknown_ins)
         return roots
 
+    def cheapest_unlocking_subset(self, e, limit: int = 6) -> tuple[int, ...] | None:
+        unknown = [j for j, v in enumerate(e.invars) if not self.known(v)]
+        roots = {j: self.parameter_roots(e.invars[j]) for j in unknown}
+        if len(unknown) < 2 or len(unknown) > limit or any(r is None for r in roots.values()):
+            return None
+        cost = {j: sum(nbytes(v.aval) for v in roots[j]) for j in unknown}
+        subsets = [c for n in range(1, len(unknown)) for c in itertools.combinations(unknown, n)]
+        for subset in sorted(subsets, key=lambda c: sum(cost[j] for j in c)):
+            known = tuple(self.known(v) or j in subset for j, v in enumerate(e.invars))
+            if self.probe_now(e, known) is None:
+                return subset
+        return None
+
     def stuck_reason(self, i: int) -> str:
         return self.probe_now(self.eqns[i]) or "an input is unknown"
 
@@ -398,6 +421,20 @@ class _Planner:
                 for j in short:
                     for v in roots[j]:
                         found.setdefault(v, f"a parameter of `{e.primitive.name}` at {source_line(e)}")
+        # 2c. an equation whose unknown inputs are all parameter-like (at the
+        # border of the region, data and weights look alike): make known the
+        # cheapest subset that lets the rest be solved.
+        if not found:
+            for i in pending:
+                e = self.eqns[i]
+                if not self.outputs_ready(e):
+                    continue
+                chosen = self.cheapest_unlocking_subset(e)
+                if chosen:
+                    for j in chosen:
+                        for v in self.parameter_roots(e.invars[j]):
+                            found.setdefault(v, f"a parameter of `{e.primitive.name}` at {source_line(e)}")
+                    break
         if found:
             for v, why in found.items():
                 self.save(v, why)
