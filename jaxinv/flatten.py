@@ -43,15 +43,25 @@ register_inline(P.remat_p, lambda p: _closed(p["jaxpr"]))
 register_inline(P.call_p, lambda p: _closed(p["call_jaxpr"]))
 
 
-def eval_eqn(eqn, invals) -> list:
-    """Bind ``eqn``'s primitive on ``invals``, under the equation's source line."""
+def eval_eqn(eqn, invals, traceback=None) -> list:
+    """Bind ``eqn``'s primitive on ``invals``, under the equation's source line
+    (or ``traceback``, given for equations inlined from a library's jit)."""
     params = eqn.primitive.get_bind_params(eqn.params)
-    with source_info_util.user_context(eqn.source_info.traceback):
+    with source_info_util.user_context(traceback or eqn.source_info.traceback):
         out = eqn.primitive.bind(*invals, **params)
     return list(out) if eqn.primitive.multiple_results else [out]
 
 
-def _inline_eval(jaxpr: Jaxpr, consts, args) -> list:
+def _user_traceback(eqn, outer):
+    """The equation's own traceback if it names a user frame, else ``outer``'s:
+    equations of a library's jitted function (``jax.random``, ``jnp.where``)
+    are attributed to the user's line that called it."""
+    if outer is not None and not source_info_util.summarize(eqn.source_info):
+        return outer
+    return eqn.source_info.traceback
+
+
+def _inline_eval(jaxpr: Jaxpr, consts, args, outer_traceback=None) -> list:
     env: dict[Any, Any] = {}
     read = lambda v: v.val if isinstance(v, Literal) else env[v]
     env.update(zip(jaxpr.constvars, consts))
@@ -60,10 +70,11 @@ def _inline_eval(jaxpr: Jaxpr, consts, args) -> list:
         invals = [read(v) for v in eqn.invars]
         rule = inline_rules.get(eqn.primitive)
         body = rule(eqn.params) if rule is not None else None
+        tb = _user_traceback(eqn, outer_traceback)
         if body is not None:
-            outs = _inline_eval(body.jaxpr, body.consts, invals)
+            outs = _inline_eval(body.jaxpr, body.consts, invals, tb)
         else:
-            outs = eval_eqn(eqn, invals)
+            outs = eval_eqn(eqn, invals, tb)
         env.update(zip(eqn.outvars, outs))
     return [read(v) for v in jaxpr.outvars]
 

@@ -105,7 +105,7 @@ class _Sweep:
         e = self.eqns[i]
         invals = [self.value(u) if k else None for u, k in zip(e.invars, known)]
         outvals = self.outvals(e)
-        solved = call_rule(registry.inverse_rules, e, invals, outvals)
+        solved = call_rule(self.plan.table, e, invals, outvals)
         for u, k, x in zip(e.invars, known, solved):
             if not k:
                 self.env.setdefault(u, x)

@@ -58,6 +58,7 @@ class Plan:
     sources: dict[Var, Source]
     saved: list[Var]
     reasons: dict[Var, str]       # why a saved variable could not be rebuilt
+    table: dict                   # the inverse rules the plan relies on
     active: set[Var]              # variables that carry a cotangent
     live: list[int]               # equations that matter, in program order
 
@@ -195,13 +196,15 @@ def _run_probe(eqn, rule, known, facts, in_avals, out_avals, out_known) -> str |
 
 
 class _Planner:
-    def __init__(self, closed: ClosedJaxpr, known_inputs, input_values, table, allow_saving):
+    def __init__(self, closed: ClosedJaxpr, known_inputs, input_values, table, allow_saving,
+                 assume_nonzero=False):
         self.closed = _without_dropvars(closed)
         self.jaxpr = self.closed.jaxpr
         self.eqns = self.jaxpr.eqns
         self.known_inputs = tuple(known_inputs)
         self.table = table
         self.allow_saving = allow_saving
+        self.assume_nonzero = assume_nonzero  # jaxinv.inverse: dividing by zero is the user's domain error
         jaxpr = self.jaxpr
         self.invars = set(jaxpr.invars)
         self.outvars = {v for v in jaxpr.outvars if isinstance(v, Var)}
@@ -217,6 +220,7 @@ class _Planner:
         self.live_set = set(self.live)
         self.needed = self._needed_vars()
         self.facts = self._facts(input_values)
+        self.constant = self._constant_vars()
         self.sources: dict[Var, Source] = {}
         self.reasons: dict[Var, str] = {}
         self.saved: list[Var] = []
@@ -244,6 +248,14 @@ class _Planner:
                     seen.add(v), out.append(v)
         return out
 
+    def _constant_vars(self) -> set[Var]:
+        """Values computed from literals and constants alone (a broadcast zero)."""
+        const = set(self.jaxpr.constvars)
+        for e in self.eqns:
+            if all(isinstance(v, Literal) or v in const for v in e.invars):
+                const.update(e.outvars)
+        return const
+
     def _facts(self, input_values) -> dict[Var, frozenset]:
         facts: dict[Var, frozenset] = defaultdict(frozenset)
         for v, c in zip(self.jaxpr.constvars, self.closed.consts):
@@ -264,6 +276,8 @@ class _Planner:
         return facts
 
     def fact_of(self, v) -> frozenset:
+        if self.assume_nonzero:
+            return frozenset({"nonzero"})
         return _concrete_facts(v.val) if isinstance(v, Literal) else self.facts[v]
 
     # ---- propagation
@@ -395,8 +409,8 @@ class _Planner:
         for i in pending:
             e = self.eqns[i]
             ins = [v for v in e.invars if isinstance(v, Var)]
-            if not any(self.known(v) and self.sources[v].kind not in ("input", "const") for v in ins) \
-                    or all(map(self.known, e.outvars)):
+            if not any(self.known(v) and self.sources[v].kind not in ("input", "const")
+                       and v not in self.constant for v in ins) or all(map(self.known, e.outvars)):
                 continue
             roots = [self.parameter_roots(v) for v in ins if not self.known(v)]
             if roots and all(r is not None for r in roots):
@@ -506,7 +520,7 @@ class _Planner:
         if self.saved:
             self.prune()
         return Plan(self.closed, self.known_inputs, self.sources, self.saved,
-                    {v: self.reasons[v] for v in self.saved}, self._active(), self.live)
+                    {v: self.reasons[v] for v in self.saved}, self.table, self._active(), self.live)
 
     def _active(self) -> set[Var]:
         active = {v for v, k in zip(self.jaxpr.invars, self.known_inputs) if _is_float(v.aval)}
@@ -533,9 +547,11 @@ def make_plan(closed: ClosedJaxpr, known_inputs: Sequence[bool], *, input_values
     ``known_inputs[i]``: input ``i`` is given (closure values, scan constants).
     ``input_values``: concrete values (or None) to prove facts about inputs.
     With ``allow_saving=False`` being stuck raises NotInvertibleError (for
-    ``jaxinv.inverse`` and loop bodies); ``principal_branch=True`` also allows
-    the principal-branch inverses of non-injective primitives (never for
-    gradients).
+    ``jaxinv.inverse`` and loop bodies). ``principal_branch=True`` is
+    ``jaxinv.inverse``'s mode: principal-branch inverses of non-injective
+    primitives are allowed, and divisors are not required to be provably
+    nonzero (a zero there is a point outside f's invertible domain; no
+    gradient is at stake).
 
     Example::
 
@@ -543,4 +559,5 @@ def make_plan(closed: ClosedJaxpr, known_inputs: Sequence[bool], *, input_values
         plan.saved   # what the forward pass keeps
     """
     table = registry.inverse_table(principal_branch)
-    return _Planner(closed, known_inputs, input_values, table, allow_saving).run()
+    return _Planner(closed, known_inputs, input_values, table, allow_saving,
+                    assume_nonzero=principal_branch).run()
