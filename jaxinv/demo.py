@@ -33,7 +33,6 @@ import jax.numpy as jnp
 import numpy as np
 
 import jaxinv
-import jaxinv.rules  # noqa: F401  (registers the built-in inverse rules)
 
 DEFAULT_DEPTHS = (4, 8, 16, 32, 64)
 QUICK_DEPTHS = (2, 4, 8)
