@@ -9,3 +9,5 @@ from jax._src.lax import lax as _lax
 
 split_p = _lax.split_p
 tile_p = _lax.tile_p
+stack_p = _lax.stack_p  # jnp.stack binds it directly in 0.10 (stack[axis=...] in jaxprs)
+unstack_p = _lax.unstack_p  # jnp.unstack binds it (multiple results)
