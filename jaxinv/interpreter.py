@@ -190,6 +190,20 @@ def _accumulate(cts: dict, v: Var, ct) -> None:
     cts[v] = ct if prev is None else prev + ct
 
 
+def _opaque(inputs, residuals, outvals):
+    """Hide where the backward pass's starting values came from.
+
+    Within one XLA program, the forward's ``y2 = x2 + g`` and the backward's
+    ``x2 = y2 - g`` (with ``g`` recomputed, and CSE-merged with the forward's)
+    would simplify back to the forward's ``x2``, keeping every activation alive.
+    An optimization barrier makes the reconstruction opaque to that.
+    """
+    known = [x for x in inputs if x is not None]
+    known, residuals, outvals = jax.lax.optimization_barrier((known, list(residuals), list(outvals)))
+    it = iter(known)
+    return [next(it) if x is not None else None for x in inputs], residuals, outvals
+
+
 def backward(plan: Plan, inputs, residuals, outvals, out_cts, *, return_inputs: bool = False):
     """The reverse sweep: returns the input cotangents, or ``(inputs, cotangents)``
     with ``return_inputs=True``.
@@ -201,6 +215,7 @@ def backward(plan: Plan, inputs, residuals, outvals, out_cts, *, return_inputs: 
 
         cts = backward(plan, [None], res, outs, [jnp.ones_like(outs[0])])
     """
+    inputs, residuals, outvals = _opaque(inputs, residuals, outvals)
     sweep = _Sweep(plan, inputs, residuals, outvals)
     in_cts = sweep.run(out_cts)
     if not return_inputs:

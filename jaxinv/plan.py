@@ -223,6 +223,12 @@ class _Planner:
         self.constant = self._constant_vars()
         self.sources: dict[Var, Source] = {}
         self.reasons: dict[Var, str] = {}
+        # Known inputs (closure values, loop constants) are not seeded as known:
+        # recomputing forward from them could rebuild a whole network from its
+        # input instead of inverting from the outputs. They are "saved" for free
+        # when the planner needs them, like parameters.
+        self.free = {v for v, k in zip(self.jaxpr.invars, self.known_inputs) if k}
+        self.freed: list[Var] = []
         self.saved: list[Var] = []
         self.queue: deque = deque()
 
@@ -334,9 +340,8 @@ class _Planner:
     def start(self) -> None:
         for v in self.jaxpr.constvars:
             self.learn(v, Source("const"))
-        for v, k in zip(self.jaxpr.invars, self.known_inputs):
-            if k:
-                self.learn(v, Source("input"))
+        for v in self.freed:
+            self.learn(v, Source("input"))
         for v in self.jaxpr.outvars:
             self.learn(v, Source("output"))
         for i in self.live:
@@ -349,6 +354,12 @@ class _Planner:
     def save(self, v: Var, reason: str) -> None:
         if v in self.sources:
             return
+        if v in self.free:  # a known input: using it costs nothing
+            self.freed.append(v)
+            self.learn(v, Source("input"))
+            return
+        if not self.allow_saving:
+            raise self.inverse_error()
         self.saved.append(v)
         self.reasons[v] = reason
         self.learn(v, Source("saved"))
@@ -381,7 +392,7 @@ class _Planner:
         roots = {j: self.parameter_roots(e.invars[j]) for j in unknown}
         if len(unknown) < 2 or len(unknown) > limit or any(r is None for r in roots.values()):
             return None
-        cost = {j: sum(nbytes(v.aval) for v in roots[j]) for j in unknown}
+        cost = {j: sum(nbytes(v.aval) for v in roots[j] if v not in self.free) for j in unknown}
         subsets = [c for n in range(1, len(unknown)) for c in itertools.combinations(unknown, n)]
         for subset in sorted(subsets, key=lambda c: sum(cost[j] for j in c)):
             known = tuple(self.known(v) or j in subset for j, v in enumerate(e.invars))
@@ -511,14 +522,15 @@ class _Planner:
         self.start()
         self.propagate()
         while self.unknown():
-            if not self.allow_saving:
-                raise self.inverse_error()
             if not self.choose_saves():
                 for v in self.unknown():
                     self.save(v, "not reachable from any rule")
             self.propagate()
         if self.saved:
             self.prune()
+        for v in self.free:  # a known input rebuilt by inversion: use the given one
+            if v in self.sources and self.sources[v].kind == "invert":
+                self.sources[v] = Source("input")
         return Plan(self.closed, self.known_inputs, self.sources, self.saved,
                     {v: self.reasons[v] for v in self.saved}, self.table, self._active(), self.live)
 
