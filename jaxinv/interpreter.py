@@ -193,10 +193,12 @@ def _accumulate(cts: dict, v: Var, ct) -> None:
 def _opaque(inputs, residuals, outvals):
     """Hide where the backward pass's starting values came from.
 
-    Within one XLA program, the forward's ``y2 = x2 + g`` and the backward's
-    ``x2 = y2 - g`` (with ``g`` recomputed, and CSE-merged with the forward's)
-    would simplify back to the forward's ``x2``, keeping every activation alive.
-    An optimization barrier makes the reconstruction opaque to that.
+    Defensive: when forward and backward share one XLA program, nothing may
+    CSE-merge the backward's recomputations with the forward's, or simplify a
+    reconstruction ``(x2 + g) - g`` back to the forward's ``x2`` (which would
+    keep every activation alive). No such merge was observed on XLA:CPU
+    (temp memory is the same with and without the barrier); the barrier makes
+    it impossible by construction.
     """
     known = [x for x in inputs if x is not None]
     known, residuals, outvals = jax.lax.optimization_barrier((known, list(residuals), list(outvals)))
