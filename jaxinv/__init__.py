@@ -24,6 +24,7 @@ from jaxinv.registry import (  # noqa: E402
     defunary,
     register_inverse,
     register_ivjp,
+    require_nonsingular,
     require_nonzero,
 )
 from jaxinv.markers import nonzero  # noqa: E402
@@ -39,5 +40,5 @@ __version__ = "0.1.0"
 __all__ = [
     "NotInvertibleError", "custom_ivjp", "defbinary", "defpermutation", "defunary", "explain",
     "grad", "inverse", "invertible", "nonzero", "register_inverse", "register_ivjp",
-    "require_nonzero", "value_and_grad", "vjp",
+    "require_nonsingular", "require_nonzero", "value_and_grad", "vjp",
 ]

@@ -171,7 +171,9 @@ def call_rule(table, e, invals, outvals, *cts):
     attaching the primitive and source line to a NotInvertibleError."""
     rule = table[e.primitive]
     try:
-        with registry.solving([v.aval for v in e.invars]):
+        # proving(None): run time, even inside an outer rule's planning probe
+        # (a scan's rule runs its body's rules while the scan is being probed).
+        with registry.solving([v.aval for v in e.invars]), registry.proving(None):
             return rule(invals, outvals, *cts, **e.params)
     except NotInvertibleError as err:
         raise err.at(e.primitive.name, source_line(e)) from None

@@ -93,14 +93,21 @@ def _is_float(aval) -> bool:
 
 
 def _concrete_facts(value) -> frozenset:
-    """Facts a concrete value proves: 'nonzero' when no element is zero."""
+    """Facts a concrete value proves: 'nonzero' when no element is zero;
+    'nonsingular' for (a batch of) square matrices that are well conditioned."""
     try:
         arr = np.asarray(value)
     except Exception:  # tracers, keys
         return frozenset()
-    if arr.dtype == object or arr.size == 0:
+    if arr.dtype == object or arr.size == 0 or not np.issubdtype(arr.dtype, np.number):
         return frozenset()
-    return frozenset({"nonzero"}) if bool(np.all(arr != 0)) else frozenset()
+    facts = {"nonzero"} if bool(np.all(arr != 0)) else set()
+    if arr.ndim >= 2 and arr.shape[-1] == arr.shape[-2] and np.issubdtype(arr.dtype, np.inexact):
+        with np.errstate(all="ignore"):
+            cond = np.linalg.cond(arr.astype(np.float64))
+        if bool(np.all(cond < 1e6)):
+            facts.add("nonsingular")
+    return frozenset(facts)
 
 
 def _hashable(params: dict):
@@ -168,8 +175,8 @@ def _run_probe(eqn, rule, known, facts, in_avals, out_avals, out_known) -> str |
             invals[i] = val
         for i, val in zip(traced_idx, traced_vals):
             invals[i] = val
-        proven = {id(invals[i]): ("nonzero" in facts[i]) for i in range(len(invals)) if known[i]}
-        with registry.proving_nonzero(proven), registry.solving(in_avals):
+        proven = {id(invals[i]): facts[i] for i in range(len(invals)) if known[i]}
+        with registry.proving(proven), registry.solving(in_avals):
             res = rule(invals, list(outvals), **eqn.params)
         return [res[i] for i, k in enumerate(known) if not k]
 
@@ -271,19 +278,24 @@ class _Planner:
                 if c is not None:
                     facts[v] = _concrete_facts(c)
         for e in self.eqns:
+            if e.primitive in registry.nonsingular_primitives:
+                for v in e.outvars:
+                    facts[v] = facts[v] | {"nonsingular"}
             rule = registry.nonzero_rules.get(e.primitive)
             if rule is None:
                 continue
             nz = [("nonzero" in _concrete_facts(v.val)) if isinstance(v, Literal) else ("nonzero" in facts[v])
                   for v in e.invars]
-            if rule(nz, **e.params):
+            with registry.solving([v.aval for v in e.invars]):
+                proven = rule(nz, **e.params)
+            if proven:
                 for v in e.outvars:
                     facts[v] = facts[v] | {"nonzero"}
         return facts
 
     def fact_of(self, v) -> frozenset:
         if self.assume_nonzero:
-            return frozenset({"nonzero"})
+            return frozenset({"nonzero", "nonsingular"})
         return _concrete_facts(v.val) if isinstance(v, Literal) else self.facts[v]
 
     # ---- propagation

@@ -17,8 +17,9 @@ Three tables map a ``jax.extend.core.Primitive`` to a rule, in the spirit of
 
 Rules see concrete arrays or tracers, never jaxpr variables, and may be called
 while jaxinv plans (with abstract tracers) to find out whether a pattern of
-unknowns is solvable, so they must not depend on values to decide that; the one
-exception is :func:`require_nonzero`, which consults what the planner proved.
+unknowns is solvable, so they must not depend on values to decide that; the
+exceptions are :func:`require_nonzero` and :func:`require_nonsingular`, which
+consult what the planner proved.
 """
 
 from __future__ import annotations
@@ -40,6 +41,8 @@ principal_inverse_rules: dict[Primitive, InverseRule] = {}
 # prim -> fn(nonzero_in: list[bool], **params) -> bool: is the output provably
 # nonzero, given which inputs are?  Drives the zero-divisor policy (design.md).
 nonzero_rules: dict[Primitive, Callable[..., bool]] = {}
+# Primitives whose output is a matrix the user asserted nonsingular (the marker).
+nonsingular_primitives: set[Primitive] = set()
 
 
 class NotInvertibleError(ValueError):
@@ -257,8 +260,15 @@ def solving(in_avals: Sequence[Any]):
 # --------------------------------------------------------------------------
 # the zero-divisor policy
 
-_proven_nonzero: contextvars.ContextVar[dict[int, bool] | None] = contextvars.ContextVar(
-    "jaxinv_proven_nonzero", default=None)
+_proven: contextvars.ContextVar[dict[int, frozenset] | None] = contextvars.ContextVar(
+    "jaxinv_proven_facts", default=None)
+
+
+def _require(x: Any, fact: str, what: str, hint: str) -> Any:
+    facts = _proven.get()
+    if facts is not None and fact not in facts.get(id(x), frozenset()):
+        raise NotInvertibleError(f"{what} is not provably {fact} ({hint})")
+    return x
 
 
 def require_nonzero(x: Any, what: str = "the known operand") -> Any:
@@ -277,20 +287,29 @@ def require_nonzero(x: Any, what: str = "the known operand") -> Any:
         defbinary(lax.mul_p, lambda y, b: y / require_nonzero(b),
                              lambda y, a: y / require_nonzero(a))
     """
-    facts = _proven_nonzero.get()
-    if facts is not None and not facts.get(id(x), False):
-        raise NotInvertibleError(f"{what} is not provably nonzero (mark it with jaxinv.nonzero to assert it is)")
-    return x
+    return _require(x, "nonzero", what, "mark it with jaxinv.nonzero to assert it is")
+
+
+def require_nonsingular(x: Any, what: str = "the known matrix") -> Any:
+    """Like :func:`require_nonzero`, for a matrix a rule solves with: it must be
+    a well-conditioned concrete constant or marked with ``jaxinv.nonzero``.
+
+    Example::
+
+        w = require_nonsingular(invals[1])
+        x = jnp.linalg.solve(w.T, y.T).T
+    """
+    return _require(x, "nonsingular", what, "mark it with jaxinv.nonzero to assert it is")
 
 
 @contextlib.contextmanager
-def proving_nonzero(facts: dict[int, bool]):
-    """Used by the planner: the ids of the arguments it proved nonzero."""
-    token = _proven_nonzero.set(facts)
+def proving(facts: dict[int, frozenset]):
+    """Used by the planner: the facts it proved, by ``id`` of the rule's arguments."""
+    token = _proven.set(facts)
     try:
         yield
     finally:
-        _proven_nonzero.reset(token)
+        _proven.reset(token)
 
 
 # Planner's cache of probe results; cleared whenever a rule is (re)registered.
@@ -304,5 +323,19 @@ def inverse_table(principal_branch: bool = False) -> dict:
     if not principal_branch:
         return inverse_rules
     if True not in _merged_tables:
-        _merged_tables[True] = {**principal_inverse_rules, **inverse_rules}
+        merged = {**principal_inverse_rules, **inverse_rules}
+        for prim in principal_inverse_rules.keys() & inverse_rules.keys():
+            merged[prim] = _or_principal(inverse_rules[prim], principal_inverse_rules[prim])
+        _merged_tables[True] = merged
     return _merged_tables[True]
+
+
+def _or_principal(rule: InverseRule, principal: InverseRule) -> InverseRule:
+    """``rule``, falling back to the principal branch where it refuses
+    (``integer_pow`` with an even exponent)."""
+    def either(invals, outvals, **params):
+        try:
+            return rule(invals, outvals, **params)
+        except NotInvertibleError:
+            return principal(invals, outvals, **params)
+    return either

@@ -582,7 +582,7 @@ def test_rules_refuse_what_cannot_be_inverted(prim, fn, args, unknown, reason):
 
 @pytest.mark.parametrize("prim, example, unknown", cases(EXAMPLES))
 def test_solves_that_divide_require_the_divisor_proven_nonzero(prim, example, unknown):
-    """While planning (``proving_nonzero`` active), a rule that divides by a
+    """While planning (``registry.proving`` active), a rule that divides by a
     known input refuses unless the planner proved that input nonzero; every
     other solve ignores the policy."""
     eqn = build(prim, example, F32)
@@ -594,14 +594,14 @@ def test_solves_that_divide_require_the_divisor_proven_nonzero(prim, example, un
     divisor = DIVIDES_BY.get((prim, tuple(unknown)))
     for rule in rules:
         with registry.solving(eqn.avals):
-            with registry.proving_nonzero({}):  # nothing proven
+            with registry.proving({}):  # nothing proven
                 if divisor is None:
                     rule(invals, outvals, **eqn.params)
                 else:
-                    with pytest.raises(NotInvertibleError, match="not provably nonzero"):
+                    with pytest.raises(NotInvertibleError, match="not provably (nonzero|nonsingular)"):
                         rule(invals, outvals, **eqn.params)
             if divisor is not None:
-                with registry.proving_nonzero({id(invals[divisor]): True}):
+                with registry.proving({id(invals[divisor]): frozenset({"nonzero", "nonsingular"})}):
                     rule(invals, outvals, **eqn.params)
 
 

@@ -16,9 +16,9 @@ Both layouts (``y = X @ W`` and ``y = W @ X``) reduce to one form.  Arrange
 so that ``y' = X' @ A``.  Then ``X' = y' @ A^-1`` (an LU solve of
 ``A^T X'^T = y'^T``), and the cotangents are ``ct_X' = ct' @ A^T`` and
 ``ct_A = X'^T @ ct'``.  The known matrix must be nonsingular: the rule calls
-``require_nonzero`` on it, which the user satisfies by marking the matrix with
-``jaxinv.nonzero`` (read there as "nonsingular"), or the planner by checking a
-concrete constant.
+``require_nonsingular`` on it, which the user satisfies by marking the matrix
+with ``jaxinv.nonzero`` (read there as "nonsingular"), or the planner by
+checking the condition number of a concrete constant.
 """
 
 from __future__ import annotations
@@ -29,13 +29,9 @@ from typing import NamedTuple
 import jax.numpy as jnp
 from jax.extend.core import primitives as P
 
-from jaxinv.registry import NotInvertibleError, input_avals, register_inverse, register_ivjp, require_nonzero
+from jaxinv.registry import NotInvertibleError, input_avals, register_inverse, register_ivjp, require_nonsingular
 
-# The registry tracks one fact, "nonzero", so it stands in for "nonsingular"
-# here.  That is exact for a user's jaxinv.nonzero mark, but a fact the planner
-# derives (a constant with no zero entry, the output of exp) does not imply a
-# nonsingular matrix; a separate "nonsingular" fact would close that gap.
-_SINGULAR = "the known square matrix operand of `dot_general` (mark it with jaxinv.nonzero to assert it is nonsingular)"
+_SINGULAR = "the known square matrix operand of `dot_general`"
 
 
 class _Layout(NamedTuple):
@@ -119,7 +115,7 @@ def _solve(w, y, lay: _Layout):
 
 def _dot_general_inverse(invals, outvals, *, dimension_numbers, **_):
     lay = _layout(invals, dimension_numbers)
-    w = require_nonzero(invals[1 - lay.unknown], _SINGULAR)
+    w = require_nonsingular(invals[1 - lay.unknown], _SINGULAR)
     _, x2 = _solve(w, outvals[0], lay)
     solved = list(invals)
     solved[lay.unknown] = _unarrange_x(x2, lay, input_avals()[lay.unknown].dtype)
@@ -129,7 +125,7 @@ def _dot_general_inverse(invals, outvals, *, dimension_numbers, **_):
 def _dot_general_ivjp(invals, outvals, out_cts, *, dimension_numbers, precision=None, **_):
     lay = _layout(invals, dimension_numbers)
     u, k = lay.unknown, 1 - lay.unknown
-    a, x2 = _solve(require_nonzero(invals[k], _SINGULAR), outvals[0], lay)
+    a, x2 = _solve(require_nonsingular(invals[k], _SINGULAR), outvals[0], lay)
     ct2 = _arrange_y(out_cts[0], lay)
     ct_x2 = jnp.einsum("...fj,...kj->...fk", ct2, a, precision=precision)  # ct' @ A^T
     ct_a = jnp.einsum("...fk,...fj->...kj", x2, ct2, precision=precision)  # X'^T @ ct'
