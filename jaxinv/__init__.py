@@ -19,6 +19,7 @@ _source_info_util.register_exclusion(_os.path.dirname(__file__))
 
 from jaxinv.registry import (  # noqa: E402
     NotInvertibleError,
+    RuleError,
     defbinary,
     defpermutation,
     defunary,
@@ -38,7 +39,7 @@ from jaxinv.rules import control_flow as _control_flow, utility as _utility  # n
 __version__ = "0.1.0"
 
 __all__ = [
-    "NotInvertibleError", "custom_ivjp", "defbinary", "defpermutation", "defunary", "explain",
+    "NotInvertibleError", "RuleError", "custom_ivjp", "defbinary", "defpermutation", "defunary", "explain",
     "grad", "inverse", "invertible", "nonzero", "register_inverse", "register_ivjp",
     "require_nonsingular", "require_nonzero", "value_and_grad", "vjp",
 ]

@@ -33,7 +33,7 @@ from jax.tree_util import tree_flatten, tree_unflatten
 
 from jaxinv import registry
 from jaxinv.flatten import register_inline
-from jaxinv.registry import NotInvertibleError
+from jaxinv.registry import NotInvertibleError, RuleError
 
 custom_ivjp_call_p = Primitive("custom_ivjp_call")
 custom_ivjp_call_p.multiple_results = True
@@ -99,6 +99,26 @@ def _closure_converted(closed: ClosedJaxpr) -> ClosedJaxpr:
     return ClosedJaxpr(jaxpr.replace(constvars=[], invars=[*jaxpr.constvars, *jaxpr.invars]), ())
 
 
+def _check_closure(fn: Callable, what: str) -> None:
+    """A rule must not close over traced values: jaxinv calls it later, when
+    those tracers are gone, and it gives no cotangent for them anyway."""
+    cells = [c.cell_contents for c in (getattr(fn, "__closure__", None) or ()) if _filled(c)]
+    defaults = list(getattr(fn, "__defaults__", None) or ())
+    leaves = jax.tree_util.tree_leaves(cells + defaults)
+    if any(isinstance(x, jax.core.Tracer) for x in leaves):
+        raise RuleError(f"the {what} closes over a traced value (an argument of an enclosing "
+                        "function being transformed); pass that value to the custom_ivjp "
+                        "function as an argument instead, as with jax.custom_vjp")
+
+
+def _filled(cell) -> bool:
+    try:
+        cell.cell_contents
+        return True
+    except ValueError:  # an empty cell
+        return False
+
+
 class _Rule:
     """The user's rules with the trees to call them; hashed by identity."""
 
@@ -121,23 +141,25 @@ class _Rule:
         if self.f.inverse is None:
             xs, _ = self.ivjp(args, outvals, [jnp.zeros_like(y) for y in outvals])
             return xs
+        _check_closure(self.f.inverse, f"inverse of `{self.f.__name__}`")
         ys = self._ys(outvals)
         got = self.f.inverse(*ys) if isinstance(ys, tuple) else self.f.inverse(ys)
         xs = (got,) if len(self.in_tree.children()) == 1 else tuple(got)
         flat, tree = tree_flatten(xs)
         if tree != self.in_tree:
-            raise TypeError(f"the inverse of {self.f.__name__} returned structure {tree}, expected {self.in_tree}")
+            raise RuleError(f"the inverse of {self.f.__name__} returned structure {tree}, expected {self.in_tree}")
         return [a if a is not None else x for a, x in zip(args, flat)]
 
     def ivjp(self, args, outvals, cts) -> tuple[list, list]:
         if self.in_axes is not None:
             raise NotInvertibleError("a vmapped custom_ivjp with a fused ivjp is evaluated through its inverse")
+        _check_closure(self.f.ivjp, f"ivjp of `{self.f.__name__}`")
         xs = tree_unflatten(self.in_tree, list(args))
         got_xs, got_cts = self.f.ivjp(xs, self._ys(outvals), tree_unflatten(self.out_tree, list(cts)))
         flat_xs, tree = tree_flatten(tuple(got_xs))
         flat_cts, ct_tree = tree_flatten(tuple(got_cts), is_leaf=lambda c: c is None)
         if tree != self.in_tree or len(flat_cts) != self.num_args:
-            raise TypeError(f"the ivjp of {self.f.__name__} must return (xs, cts_xs) shaped like the "
+            raise RuleError(f"the ivjp of {self.f.__name__} must return (xs, cts_xs) shaped like the "
                             f"arguments {self.in_tree}; got {tree} and {ct_tree}")
         return flat_xs, flat_cts
 

@@ -79,21 +79,25 @@ def _inline_eval(jaxpr: Jaxpr, consts, args, outer_traceback=None) -> list:
     return [read(v) for v in jaxpr.outvars]
 
 
-def flatten(closed: ClosedJaxpr) -> ClosedJaxpr:
-    """Inline every call-like equation; the result's invars are ``closed``'s
-    constvars followed by its invars (closure values become explicit inputs).
+def flatten(closed: ClosedJaxpr, *, lift_consts: bool = True) -> ClosedJaxpr:
+    """Inline every call-like equation. With ``lift_consts`` the result's invars
+    are ``closed``'s constvars followed by its invars (closure values become
+    explicit inputs); without, the invars are unchanged (loop bodies).
 
     Example::
 
         flat = flatten(jax.make_jaxpr(f)(x))
     """
     jaxpr = closed.jaxpr
-    avals = [v.aval for v in (*jaxpr.constvars, *jaxpr.invars)]
+    spec = lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, weak_type=a.weak_type)
+    if not lift_consts:
+        fn = lambda *a: _inline_eval(jaxpr, closed.consts, a)
+        return jax.make_jaxpr(fn)(*[spec(v.aval) for v in jaxpr.invars])
     n = len(jaxpr.constvars)
     fn = lambda *a: _inline_eval(jaxpr, a[:n], a[n:])
-    return jax.make_jaxpr(fn)(*[jax.ShapeDtypeStruct(a.shape, a.dtype, weak_type=a.weak_type) for a in avals])
+    return jax.make_jaxpr(fn)(*[spec(v.aval) for v in (*jaxpr.constvars, *jaxpr.invars)])
 
 
-def needs_flattening(closed: ClosedJaxpr) -> bool:
-    """Whether ``flatten`` would change anything (skips a re-trace when not)."""
-    return bool(closed.consts) or any(e.primitive in inline_rules for e in closed.jaxpr.eqns)
+def has_calls(closed: ClosedJaxpr) -> bool:
+    """Whether ``closed`` has an equation ``flatten`` may inline."""
+    return any(e.primitive in inline_rules for e in closed.jaxpr.eqns)

@@ -98,8 +98,17 @@ class _Sweep:
         return self.env[v]
 
     def outvals(self, e) -> list:
-        """An equation's outputs; an unread one the plan never recovers is None."""
-        return [self.value(u) if u in self.env or u in self.plan.sources else None for u in e.outvars]
+        """An equation's outputs for its own rule. An unread output is None when
+        the plan never recovers it, or recovers it only by re-running this very
+        equation (a loop's discarded counter, once the loop's inputs are known)."""
+        def get(u):
+            src = self.plan.sources.get(u)
+            if u in self.env:
+                return self.env[u]
+            if src is None or (src.kind == "recompute" and self.eqns[src.eqn] is e):
+                return None
+            return self.value(u)
+        return [get(u) for u in e.outvars]
 
     def invert(self, i: int, known: tuple[bool, ...]):
         e = self.eqns[i]

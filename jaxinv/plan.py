@@ -185,6 +185,8 @@ def _run_probe(eqn, rule, known, facts, in_avals, out_avals, out_known) -> str |
                                 [_spec(a) for a, k in zip(out_avals, out_known) if k])
     except NotInvertibleError as e:
         return e.reason
+    except registry.RuleError:
+        raise
     except Exception as e:
         # A rule that fails on this pattern of unknowns (a user's ivjp reading an
         # argument it was given as None, say) cannot solve it: its inputs are
@@ -399,7 +401,7 @@ class _Planner:
             stack.extend(unknown_ins)
         return roots
 
-    def cheapest_unlocking_subset(self, e, limit: int = 6) -> tuple[int, ...] | None:
+    def cheapest_unlocking_subset(self, e, limit: int = 6):
         unknown = [j for j, v in enumerate(e.invars) if not self.known(v)]
         roots = {j: self.parameter_roots(e.invars[j]) for j in unknown}
         if len(unknown) < 2 or len(unknown) > limit or any(r is None for r in roots.values()):
@@ -408,8 +410,19 @@ class _Planner:
         subsets = [c for n in range(1, len(unknown)) for c in itertools.combinations(unknown, n)]
         for subset in sorted(subsets, key=lambda c: sum(cost[j] for j in c)):
             known = tuple(self.known(v) or j in subset for j, v in enumerate(e.invars))
-            if self.probe_now(e, known) is None:
-                return subset
+            dead = self.unlocks(e, known)
+            if dead is not None:
+                return subset, dead
+        return None
+
+    def unlocks(self, e, known) -> list[Var] | None:
+        """If ``e`` is solvable with the inputs in ``known`` given: the unread
+        outputs that must be saved too ([] for none); else None."""
+        if self.probe_now(e, known) is None:
+            return []
+        dead = [v for v in e.outvars if not self.known(v) and self.dead(v)]
+        if dead and probe(e, known, [self.fact_of(v) for v in e.invars], self.table) is None:
+            return dead
         return None
 
     def stuck_reason(self, i: int) -> str:
@@ -454,10 +467,13 @@ class _Planner:
             if not short or len(short) == len(roots):
                 continue
             known = tuple(self.known(v) or j in short for j, v in enumerate(e.invars))
-            if self.probe_now(e, known) is None:
+            dead = self.unlocks(e, known)
+            if dead is not None:
                 for j in short:
                     for v in roots[j]:
                         found.setdefault(v, f"a parameter of `{e.primitive.name}` at {source_line(e)}")
+                for v in dead:
+                    found.setdefault(v, "an unread output, needed to invert its equation")
         # 2c. an equation whose unknown inputs are all parameter-like (at the
         # border of the region, data and weights look alike): make known the
         # cheapest subset that lets the rest be solved.
@@ -468,9 +484,12 @@ class _Planner:
                     continue
                 chosen = self.cheapest_unlocking_subset(e)
                 if chosen:
-                    for j in chosen:
+                    subset, dead = chosen
+                    for j in subset:
                         for v in self.parameter_roots(e.invars[j]):
                             found.setdefault(v, f"a parameter of `{e.primitive.name}` at {source_line(e)}")
+                    for v in dead:
+                        found.setdefault(v, "an unread output, needed to invert its equation")
                     break
         if found:
             for v, why in found.items():

@@ -73,6 +73,12 @@ class NotInvertibleError(ValueError):
         return err
 
 
+class RuleError(TypeError):
+    """A rule is defined or used wrongly (e.g. a ``custom_ivjp`` rule closing over
+    a traced value). Unlike other exceptions from a rule, it is not read as
+    "cannot invert" while planning: it reaches the user."""
+
+
 # --------------------------------------------------------------------------
 # registration
 

@@ -29,6 +29,7 @@ from jax.extend.core import ClosedJaxpr, Literal
 from jax.extend.core import primitives as P
 
 from jaxinv import interpreter
+from jaxinv.flatten import flatten, has_calls
 from jaxinv.plan import make_plan
 from jaxinv.registry import NotInvertibleError, register_inverse, register_ivjp
 
@@ -39,7 +40,10 @@ def _closed(j) -> ClosedJaxpr:
 
 @functools.lru_cache(maxsize=512)
 def _body_plan(body: ClosedJaxpr, known: tuple[bool, ...]):
-    """A loop body's plan with nothing saved (raises NotInvertibleError)."""
+    """A loop body's plan with nothing saved (raises NotInvertibleError); calls
+    inside the body (jit, remat, nested regions) are inlined first."""
+    if has_calls(body):
+        body = flatten(body, lift_consts=False)
     return make_plan(body, known, allow_saving=False)
 
 
