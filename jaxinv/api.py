@@ -160,6 +160,7 @@ def inverse(f: Callable, *example_args):
         out = outputs[0] if len(outputs) == 1 else tuple(outputs)
         t = trace(f, example_args if example_args else outputs, for_inverse=True)
         flat_out, out_tree = tree_flatten(out)
+        flat_out = [jnp.asarray(y) for y in flat_out]
         if out_tree != t.out_tree:
             raise TypeError(f"inverse expected outputs shaped like {t.out_tree}, got {out_tree}")
         n_args = len(t.plan.jaxpr.invars) - t.num_consts

@@ -6,7 +6,9 @@ region: inlining them lets the planner see (and invert) across their borders.
 Units with rules of their own (``scan``, ``custom_jvp_call``, ...) are kept whole.
 
 Every re-bound equation keeps the user's source line (``user_context``), so
-errors and ``explain`` can point at it.
+errors and ``explain`` can point at it. Identical effect-free equations on the
+same values are traced once (common-subexpression elimination): a network
+called twice on the same input is one network with all its outputs used.
 """
 
 from __future__ import annotations
@@ -61,20 +63,43 @@ def _user_traceback(eqn, outer):
     return eqn.source_info.traceback
 
 
-def _inline_eval(jaxpr: Jaxpr, consts, args, outer_traceback=None) -> list:
+def _cse_key(eqn, invals):
+    """Equal for two effect-free equations computing the same thing from the
+    same values (so ``f(x)[0] ... f(x)[1]`` traces ``f`` once), else None."""
+    if eqn.effects:
+        return None
+    try:
+        params = tuple(sorted(eqn.params.items()))
+        ins = tuple(id(x) if isinstance(x, jax.core.Tracer) else ("lit", float(x), str(jax.numpy.result_type(x)))
+                    for x in invals)
+        key = (eqn.primitive, ins, params)
+        hash(key)
+        return key
+    except (TypeError, ValueError):
+        return None
+
+
+def _inline_eval(jaxpr: Jaxpr, consts, args, outer_traceback=None, seen=None) -> list:
     env: dict[Any, Any] = {}
+    seen = {} if seen is None else seen   # CSE: key -> (outputs, inputs kept alive)
     read = lambda v: v.val if isinstance(v, Literal) else env[v]
     env.update(zip(jaxpr.constvars, consts))
     env.update(zip(jaxpr.invars, args))
     for eqn in jaxpr.eqns:
         invals = [read(v) for v in eqn.invars]
+        key = _cse_key(eqn, invals)
+        if key is not None and key in seen:
+            env.update(zip(eqn.outvars, seen[key][0]))
+            continue
         rule = inline_rules.get(eqn.primitive)
         body = rule(eqn.params) if rule is not None else None
         tb = _user_traceback(eqn, outer_traceback)
         if body is not None:
-            outs = _inline_eval(body.jaxpr, body.consts, invals, tb)
+            outs = _inline_eval(body.jaxpr, body.consts, invals, tb, seen)
         else:
             outs = eval_eqn(eqn, invals, tb)
+        if key is not None:
+            seen[key] = (outs, invals)
         env.update(zip(eqn.outvars, outs))
     return [read(v) for v in jaxpr.outvars]
 

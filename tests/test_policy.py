@@ -138,3 +138,17 @@ def test_explain_reports_lines_fates_and_bytes():
     assert report.saved_bytes == X.nbytes
     y, f_vjp = jaxinv.vjp(f, X, X)
     assert sum(np.asarray(l).nbytes for l in f_vjp.residuals) == report.saved_bytes
+
+
+def test_inverse_follows_oryx_conventions():
+    """inverse(f, *example_args)(*outputs): one value for one argument, a tuple
+    for several; works under jit and vmap; duplicated subexpressions are merged."""
+    f = lambda x: jnp.concatenate([jnp.split(x, 2)[0] * 3.0, jnp.exp(jnp.split(x, 2)[1])])
+    x = jnp.arange(4.0)
+    np.testing.assert_allclose(jaxinv.inverse(f)(f(x)), x, rtol=1e-6)
+    np.testing.assert_allclose(jax.jit(jaxinv.inverse(f))(f(x)), x, rtol=1e-6)
+    np.testing.assert_allclose(jax.vmap(jaxinv.inverse(f))(jnp.stack([f(x), f(2 * x)])),
+                               jnp.stack([x, 2 * x]), rtol=1e-6)
+    g = lambda x, z: (x + 1.0, jnp.exp(x + 1.0) + z)   # conditional: x first, then z
+    assert_trees_close(jaxinv.inverse(g, 1.0, 2.0)(*g(1.0, 2.0)), (1.0, 2.0))
+    np.testing.assert_allclose(jaxinv.inverse(lambda x: x ** 2)(jnp.float32(9.0)), 3.0)
