@@ -158,21 +158,47 @@ class _Sweep:
 
 
 def primitive_vjp(e, invals, out_ct, active_in) -> list:
-    """Input cotangents of one equation from its own VJP (for active inputs)."""
-    idx = [j for j, a in enumerate(active_in) if a]
+    """Input cotangents of one equation from its own VJP (for active inputs).
 
-    def f(*active):
-        xs = list(invals)
-        for j, x in zip(idx, active):
-            xs[j] = x
-        return eval_eqn(e, xs)
-
-    _, f_vjp = jax.vjp(f, *[invals[j] for j in idx])
-    got = f_vjp(out_ct)
+    The VJP of an equation is traced once per primitive, params, shapes and
+    pattern of active inputs, then replayed with ``eval_jaxpr``: a deep network
+    of identical blocks pays for ``jax.vjp``'s tracing once, not per block.
+    """
+    idx = tuple(j for j, a in enumerate(active_in) if a)
+    key = _vjp_key(e, idx)
+    closed = _vjp_cache.get(key) if key is not None else None
+    if closed is None:
+        def vjp_of_eqn(xs, cts):
+            def f(*active):
+                full = list(xs)
+                for j, x in zip(idx, active):
+                    full[j] = x
+                return eval_eqn(e, full)
+            _, f_vjp = jax.vjp(f, *[xs[j] for j in idx])
+            return f_vjp(cts)
+        spec = lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, weak_type=a.weak_type)
+        closed = jax.make_jaxpr(vjp_of_eqn)([spec(v.aval) for v in e.invars],
+                                            [spec(v.aval) for v in e.outvars])
+        if key is not None:
+            _vjp_cache[key] = closed
+    got = jax.core.eval_jaxpr(closed.jaxpr, closed.consts, *invals, *out_ct)
     in_cts: list = [None] * len(invals)
     for j, ct in zip(idx, got):
         in_cts[j] = ct
     return in_cts
+
+
+_vjp_cache: dict = {}
+
+
+def _vjp_key(e, idx):
+    try:
+        key = (e.primitive, tuple(sorted(e.params.items())), tuple(str(v.aval) for v in e.invars),
+               tuple(v.aval.weak_type for v in e.invars), idx)
+        hash(key)
+        return key
+    except TypeError:
+        return None
 
 
 def call_rule(table, e, invals, outvals, *cts):
