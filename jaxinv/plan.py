@@ -240,6 +240,7 @@ class _Planner:
         self.freed: list[Var] = []
         self.saved: list[Var] = []
         self.queue: deque = deque()
+        self.touched: set[int] = set()  # live equations with something known
 
     # ---- static analyses
     def _live_eqns(self) -> list[int]:
@@ -309,6 +310,9 @@ class _Planner:
             return
         self.sources[v] = source
         self.queue.append(v)
+        self.touched.update(i for i in self.users.get(v, ()) if i in self.live_set)
+        if v in self.producer and self.producer[v] in self.live_set:
+            self.touched.add(self.producer[v])
 
     def try_recompute(self, i: int) -> None:
         e = self.eqns[i]
@@ -429,7 +433,10 @@ class _Planner:
         return self.probe_now(self.eqns[i]) or "an input is unknown"
 
     def choose_saves(self) -> bool:
-        pending = [i for i in self.live if not all(map(self.known, (*self.eqns[i].invars, *self.eqns[i].outvars)))]
+        # Only equations next to something known can be unblocked by a save.
+        done = {i for i in self.touched if all(map(self.known, (*self.eqns[i].invars, *self.eqns[i].outvars)))}
+        self.touched -= done
+        pending = sorted(self.touched)
         # 1. unread outputs whose knowledge would let an equation be inverted
         for i in pending:
             e = self.eqns[i]
@@ -527,7 +534,7 @@ class _Planner:
                 continue
             trial = _Planner.__new__(_Planner)
             trial.__dict__.update(self.__dict__)
-            trial.sources, trial.queue = {}, deque()
+            trial.sources, trial.queue, trial.touched = {}, deque(), set()
             trial.saved = [s for s in self.saved if s is not v]
             trial.start()
             for s in trial.saved:
