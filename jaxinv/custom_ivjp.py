@@ -22,7 +22,9 @@ inverted automatically.
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import inspect
 from typing import Any, Callable
 
 import jax
@@ -44,7 +46,11 @@ class custom_ivjp:
 
     ``f.defivjp(ivjp)`` with ``ivjp(xs, ys, cts) -> (xs, cts_xs)``: ``xs`` is the
     tuple of positional arguments, with ``None`` for those to reconstruct;
-    ``ys``/``cts`` are shaped like the output. ``f.definverse(inv)`` with
+    ``ys``/``cts`` are shaped like the output. Unlike ``jax.custom_vjp``, the
+    rule does not redefine the derivative: it must return ``f``'s true VJP
+    (jaxinv uses it where it rebuilds the call's inputs, and ``f``'s own VJP
+    where the plan saves them). Rules must not close over values of the
+    function being differentiated: pass them as arguments. ``f.definverse(inv)`` with
     ``inv(*ys)`` returning the inputs (one value when ``f`` takes one argument,
     else a tuple) gives the inverse alone. Both return the rule, so the
     decorated name stays bound.
@@ -76,7 +82,13 @@ class custom_ivjp:
         self.inverse = inverse
         return inverse
 
-    def __call__(self, *args):
+    def __call__(self, *args, **kwargs):
+        if kwargs:  # resolve keywords against the signature, as jax.custom_vjp does
+            bound = inspect.signature(self.fun).bind(*args, **kwargs)
+            bound.apply_defaults()
+            args = bound.args + tuple(bound.kwargs.values())
+            if bound.kwargs:
+                raise TypeError(f"{self.fun.__name__}: keyword-only arguments are not supported by custom_ivjp")
         flat_args, in_tree = tree_flatten(args)
         store = {}
 
@@ -99,24 +111,17 @@ def _closure_converted(closed: ClosedJaxpr) -> ClosedJaxpr:
     return ClosedJaxpr(jaxpr.replace(constvars=[], invars=[*jaxpr.constvars, *jaxpr.invars]), ())
 
 
-def _check_closure(fn: Callable, what: str) -> None:
-    """A rule must not close over traced values: jaxinv calls it later, when
-    those tracers are gone, and it gives no cotangent for them anyway."""
-    cells = [c.cell_contents for c in (getattr(fn, "__closure__", None) or ()) if _filled(c)]
-    defaults = list(getattr(fn, "__defaults__", None) or ())
-    leaves = jax.tree_util.tree_leaves(cells + defaults)
-    if any(isinstance(x, jax.core.Tracer) for x in leaves):
-        raise RuleError(f"the {what} closes over a traced value (an argument of an enclosing "
-                        "function being transformed); pass that value to the custom_ivjp "
-                        "function as an argument instead, as with jax.custom_vjp")
-
-
-def _filled(cell) -> bool:
+@contextlib.contextmanager
+def _stale_tracers_are_rule_errors(what: str):
+    """A rule closing over a value of jaxinv's own (finished) trace fails when
+    jaxinv calls it later: say so, and how to fix it. Values of an enclosing
+    jit / vmap / grad are still alive then, and fine."""
     try:
-        cell.cell_contents
-        return True
-    except ValueError:  # an empty cell
-        return False
+        yield
+    except jax.errors.UnexpectedTracerError as e:
+        raise RuleError(f"the {what} closes over a traced value (an argument of the function jaxinv "
+                        "is differentiating); pass that value to the custom_ivjp function as an "
+                        "argument instead, as with jax.custom_vjp") from e
 
 
 class _Rule:
@@ -141,9 +146,9 @@ class _Rule:
         if self.f.inverse is None:
             xs, _ = self.ivjp(args, outvals, [jnp.zeros_like(y) for y in outvals])
             return xs
-        _check_closure(self.f.inverse, f"inverse of `{self.f.__name__}`")
         ys = self._ys(outvals)
-        got = self.f.inverse(*ys) if isinstance(ys, tuple) else self.f.inverse(ys)
+        with _stale_tracers_are_rule_errors(f"inverse of `{self.f.__name__}`"):
+            got = self.f.inverse(*ys) if isinstance(ys, tuple) else self.f.inverse(ys)
         xs = (got,) if len(self.in_tree.children()) == 1 else tuple(got)
         flat, tree = tree_flatten(xs)
         if tree != self.in_tree:
@@ -153,9 +158,9 @@ class _Rule:
     def ivjp(self, args, outvals, cts) -> tuple[list, list]:
         if self.in_axes is not None:
             raise NotInvertibleError("a vmapped custom_ivjp with a fused ivjp is evaluated through its inverse")
-        _check_closure(self.f.ivjp, f"ivjp of `{self.f.__name__}`")
         xs = tree_unflatten(self.in_tree, list(args))
-        got_xs, got_cts = self.f.ivjp(xs, self._ys(outvals), tree_unflatten(self.out_tree, list(cts)))
+        with _stale_tracers_are_rule_errors(f"ivjp of `{self.f.__name__}`"):
+            got_xs, got_cts = self.f.ivjp(xs, self._ys(outvals), tree_unflatten(self.out_tree, list(cts)))
         flat_xs, tree = tree_flatten(tuple(got_xs))
         flat_cts, ct_tree = tree_flatten(tuple(got_cts), is_leaf=lambda c: c is None)
         if tree != self.in_tree or len(flat_cts) != self.num_args:

@@ -383,9 +383,10 @@ class _Planner:
         self.learn(v, Source("saved"))
 
     def parameter_roots(self, v: Var) -> set[Var] | None:
-        """The unknown function input ``v`` is computed from, if it is computed
-        from it alone through a chain of equations with one unknown input each
-        (plus known values), within PARAMETER_CHAIN_LIMIT equations."""
+        """The unknown function inputs ``v`` is computed from, if it is a
+        *parameter*: computed (within PARAMETER_CHAIN_LIMIT equations, plus known
+        values) from one input alone, or from given inputs only. ``W / |W|``
+        and ``2b + b`` are parameters; ``x @ W`` joins two inputs: data."""
         roots, seen, stack, steps = set(), set(), [v], 0
         while stack:
             u = stack.pop()
@@ -394,15 +395,13 @@ class _Planner:
             seen.add(u)
             if u in self.invars:
                 roots.add(u)
+                if len(roots) > 1 and not roots <= self.free:
+                    return None
                 continue
             steps += 1
             if steps > PARAMETER_CHAIN_LIMIT or u not in self.producer:
                 return None
-            unknown_ins = [w for w in self.eqns[self.producer[u]].invars
-                           if isinstance(w, Var) and not self.known(w)]
-            if len(set(unknown_ins)) > 1:  # a join of several unknowns: data, not a parameter
-                return None
-            stack.extend(unknown_ins)
+            stack.extend(w for w in self.eqns[self.producer[u]].invars if isinstance(w, Var) and not self.known(w))
         return roots
 
     def cheapest_unlocking_subset(self, e, limit: int = 6):

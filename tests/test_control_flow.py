@@ -199,12 +199,6 @@ def wn_unrolled(params, x1, x2):
 
 
 WN_NETS = {"scan": wn_scan, "unrolled": wn_unrolled}
-JOIN_XFAIL = pytest.mark.xfail(strict=True, reason="a value computed only from known values through a join "
-                               "(W / |W|, b * 2 + b, a_i * b_i of known xs) is not recomputed, so the equation "
-                               "it feeds is not inverted and activations are saved (a scan falls back entirely)")
-
-
-@JOIN_XFAIL
 @pytest.mark.parametrize("params", ["differentiated", "closed-over"])
 @pytest.mark.parametrize("net", WN_NETS)
 def test_weight_normalized_revnet_is_inverted(net, params):

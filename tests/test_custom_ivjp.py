@@ -492,14 +492,8 @@ def make_coupling_with_closure(W, style):
     return couple
 
 
-MISSED_CLOSURE = pytest.mark.xfail(strict=True, reason="the traced-closure check only inspects the rule's own "
-                                   "closure cells: a tracer reached through a helper function, a functools.partial "
-                                   "or an object attribute escapes it and surfaces as JAX's UnexpectedTracerError")
-
-
-@pytest.mark.parametrize("style", ["closure", "dict-in-closure",
-                                   *[pytest.param(s, marks=MISSED_CLOSURE)
-                                     for s in ("helper-function", "functools.partial", "object-attribute")]])
+@pytest.mark.parametrize("style", ["closure", "dict-in-closure", "helper-function", "functools.partial",
+                                   "object-attribute"])
 def test_rule_closing_over_differentiated_value_is_a_rule_error(style):
     """As with jax.custom_vjp, a rule must not close over a value being transformed (the
     differentiated W): jaxinv raises RuleError saying to pass it as an argument."""
@@ -540,9 +534,6 @@ def test_rule_taking_the_weight_as_an_argument():
     assert nbytes(vjp_fn) == W4.nbytes + nbytes(out)
 
 
-ENCLOSING_XFAIL = pytest.mark.xfail(strict=True, reason="regression in bb28cd2: the traced-closure check also "
-                                    "rejects tracers of an *enclosing* jit/vmap/grad, which are alive when the rule "
-                                    "runs (this worked before); only tracers of jaxinv's own trace are stale")
 ENCLOSING = {
     "jit": lambda run: jax.jit(run)(W4),
     "vmap": lambda run: jax.vmap(run)(jnp.stack([W4, 0.5 * W4]))[0],
@@ -550,7 +541,7 @@ ENCLOSING = {
 }
 
 
-@pytest.mark.parametrize("transform", [pytest.param(t, marks=ENCLOSING_XFAIL) for t in ENCLOSING])
+@pytest.mark.parametrize("transform", list(ENCLOSING))
 @pytest.mark.parametrize("rule", ["definverse", "defivjp"])
 def test_rule_closing_over_a_value_of_an_enclosing_transformation(rule, transform):
     """A rule may close over a value traced by an *enclosing* jit / vmap / grad that jaxinv
@@ -567,8 +558,6 @@ def test_rule_closing_over_a_value_of_an_enclosing_transformation(rule, transfor
     assert_trees_close(got, ENCLOSING[transform](run_with(jax.vjp, None)))
 
 
-@pytest.mark.xfail(strict=True, reason="custom_ivjp.__call__ takes positional arguments only; jax.custom_vjp "
-                   "accepts keyword arguments (resolved against the signature)")
 def test_keyword_arguments_like_custom_vjp():
     """Like a jax.custom_vjp function, a custom_ivjp function can be called with keywords."""
     out = block(PARAMS[0], X1, x2=X2)
