@@ -7,7 +7,7 @@ from typing import Callable
 
 from jax.extend.core import Var
 
-from jaxinv.plan import nbytes, source_line
+from jaxinv.plan import eqn_name, nbytes, source_line
 from jaxinv.tracing import trace
 
 
@@ -56,7 +56,7 @@ def _fate(plan, v) -> tuple[str, str]:
         return "unused", ""
     if src.kind == "invert":
         e = plan.jaxpr.eqns[src.eqn]
-        return "reconstructed", f"by inverting `{e.primitive.name}` at {source_line(e)}"
+        return "reconstructed", f"by inverting `{eqn_name(e)}` at {source_line(e)}"
     if src.kind == "recompute":
         return "recomputed", ""
     if src.kind == "saved":
@@ -86,7 +86,7 @@ def explain(f: Callable, *args) -> Explanation:
         fates = [_fate(plan, v) for v in e.outvars]
         fate = ", ".join(sorted({f for f, _ in fates}))
         detail = "; ".join(d for _, d in fates if d)
-        rows.append(Row(i, e.primitive.name, source_line(e), fate,
+        rows.append(Row(i, eqn_name(e), source_line(e), fate,
                         sum(nbytes(v.aval) for v in e.outvars if v in saved), detail))
     outs = {v for v in plan.jaxpr.outvars if isinstance(v, Var)}
     return Explanation(rows, sum(nbytes(v.aval) for v in plan.saved),

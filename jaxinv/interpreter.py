@@ -24,7 +24,7 @@ from jax.extend.core import Literal, Var
 
 from jaxinv import registry
 from jaxinv.flatten import eval_eqn
-from jaxinv.plan import Plan, Source, source_line
+from jaxinv.plan import Plan, Source, eqn_name, source_line
 from jaxinv.registry import NotInvertibleError
 
 
@@ -211,7 +211,7 @@ def call_rule(table, e, invals, outvals, *cts):
         with registry.solving([v.aval for v in e.invars]), registry.proving(None):
             return rule(invals, outvals, *cts, **e.params)
     except NotInvertibleError as err:
-        raise err.at(e.primitive.name, source_line(e)) from None
+        raise err.at(eqn_name(e), source_line(e)) from None
 
 
 def _zeros_ct(aval):

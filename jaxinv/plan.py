@@ -73,7 +73,17 @@ class Plan:
 
 def source_line(eqn) -> str:
     """The user's ``file:line (function)`` for an equation."""
-    return source_info_util.summarize(eqn.source_info)
+    return source_info_util.summarize(eqn.source_info) or "<no user source line>"
+
+
+def eqn_name(eqn) -> str:
+    """The primitive's name, with the user's function name for calls:
+    ``custom_jvp_call[relu]``, ``custom_ivjp_call[couple]``."""
+    name = eqn.params.get("name")
+    rule = eqn.params.get("rule")
+    if name is None and rule is not None and hasattr(rule, "f"):
+        name = getattr(rule.f, "__name__", None)
+    return f"{eqn.primitive.name}[{name}]" if isinstance(name, str) else eqn.primitive.name
 
 
 def nbytes(aval) -> int:
@@ -458,7 +468,7 @@ class _Planner:
             if roots and all(r is not None for r in roots):
                 for r in roots:
                     for v in r:
-                        found.setdefault(v, f"a parameter of `{e.primitive.name}` at {source_line(e)}")
+                        found.setdefault(v, f"a parameter of `{eqn_name(e)}` at {source_line(e)}")
         if found:
             for v, why in found.items():
                 self.save(v, why)
@@ -477,7 +487,7 @@ class _Planner:
             if dead is not None:
                 for j in short:
                     for v in roots[j]:
-                        found.setdefault(v, f"a parameter of `{e.primitive.name}` at {source_line(e)}")
+                        found.setdefault(v, f"a parameter of `{eqn_name(e)}` at {source_line(e)}")
                 for v in dead:
                     found.setdefault(v, "an unread output, needed to invert its equation")
         # 2c. an equation whose unknown inputs are all parameter-like (at the
@@ -493,7 +503,7 @@ class _Planner:
                     subset, dead = chosen
                     for j in subset:
                         for v in self.parameter_roots(e.invars[j]):
-                            found.setdefault(v, f"a parameter of `{e.primitive.name}` at {source_line(e)}")
+                            found.setdefault(v, f"a parameter of `{eqn_name(e)}` at {source_line(e)}")
                     for v in dead:
                         found.setdefault(v, "an unread output, needed to invert its equation")
                     break
@@ -507,7 +517,7 @@ class _Planner:
             return False
         i = frontier[-1]
         e = self.eqns[i]
-        why = f"`{e.primitive.name}` at {source_line(e)} cannot be inverted: {self.stuck_reason(i)}"
+        why = f"`{eqn_name(e)}` at {source_line(e)} cannot be inverted: {self.stuck_reason(i)}"
         for v in e.invars:
             if self.known(v):
                 continue
@@ -524,7 +534,7 @@ class _Planner:
             return NotInvertibleError(f"{len(unknown)} values could not be recovered from the outputs")
         i = pending[-1]
         e = self.eqns[i]
-        return NotInvertibleError(self.stuck_reason(i), e.primitive.name, source_line(e))
+        return NotInvertibleError(self.stuck_reason(i), eqn_name(e), source_line(e))
 
     def prune(self) -> None:
         """Drop saved intermediates that the rest of the plan can rebuild."""
