@@ -5,11 +5,15 @@ import jax.numpy as jnp
 import numpy as np
 
 
-def assert_trees_close(a, b, rtol=1e-5, atol=1e-5):
-    """Every leaf of ``a`` is close to the matching leaf of ``b``."""
-    assert jax.tree_util.tree_structure(a) == jax.tree_util.tree_structure(b)
+def assert_trees_close(a, b, rtol=1e-5, atol=1e-5, relative_atol=False):
+    """Every leaf of ``a`` is close to the matching leaf of ``b``. With
+    ``relative_atol``, atol scales with the leaf's largest magnitude (rounding in
+    a reconstruction is relative to the values involved, not to each element)."""
+    assert jax.tree_util.tree_structure(a) == jax.tree_util.tree_structure(b), \
+        (jax.tree_util.tree_structure(a), jax.tree_util.tree_structure(b))
     for x, y in zip(jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b)):
-        np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=rtol, atol=atol)
+        scale = max(1.0, float(np.max(np.abs(y)))) if relative_atol and np.size(y) else 1.0
+        np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=rtol, atol=atol * scale)
 
 
 def tree_bytes(tree) -> int:

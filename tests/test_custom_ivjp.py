@@ -16,18 +16,15 @@ import numpy as np
 import pytest
 from jax.tree_util import tree_leaves, tree_structure
 
+import helpers
 import jaxinv
 
 RTOL = ATOL = 1e-5
 
 
 def assert_trees_close(got, want, rtol=RTOL, atol=ATOL):
-    """Leafwise allclose; atol is relative to the leaf's largest magnitude (float32 rounding
-    in a reconstruction is relative to the values involved, not to each element)."""
-    assert tree_structure(got) == tree_structure(want), (tree_structure(got), tree_structure(want))
-    for g, w in zip(tree_leaves(got), tree_leaves(want)):
-        scale = max(1.0, float(np.max(np.abs(w)))) if np.size(w) else 1.0
-        np.testing.assert_allclose(g, w, rtol=rtol, atol=atol * scale)
+    """Leafwise allclose, atol relative to each leaf's magnitude (see helpers)."""
+    helpers.assert_trees_close(got, want, rtol=rtol, atol=atol, relative_atol=True)
 
 
 def nbytes(tree):
