@@ -142,7 +142,7 @@ class _Rule:
     def inverse(self, args, outvals) -> list:
         """Flat inputs (``args`` with None for unknowns) from flat outputs."""
         if self.in_axes is not None:
-            return self._batched(lambda a, o: self.inverse(a, o), args, outvals)
+            return self._batched_inverse(args, outvals)
         if self.f.inverse is None:
             xs, _ = self.ivjp(args, outvals, [jnp.zeros_like(y) for y in outvals])
             return xs
@@ -168,10 +168,11 @@ class _Rule:
                             f"arguments {self.in_tree}; got {tree} and {ct_tree}")
         return flat_xs, flat_cts
 
-    def _batched(self, fn, args, outvals):
+    def _batched_inverse(self, args, outvals):
+        """The inverse of a vmapped call: the user's inverse under vmap."""
         axes = [ax if a is not None else None for a, ax in zip(args, self.in_axes)]
         unbatched = _Rule(self.f, self.in_tree, self.out_tree, self.num_args, self.traced_consts)
-        xs = jax.vmap(lambda a, o: unbatched.inverse(a, o), in_axes=(axes, 0))(list(args), list(outvals))
+        xs = jax.vmap(unbatched.inverse, in_axes=(axes, 0))(list(args), list(outvals))
         return [x if ax == 0 else x[0] for x, ax in zip(xs, self.in_axes)]
 
 

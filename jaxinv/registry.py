@@ -159,7 +159,8 @@ def defunary(prim: Primitive, inverse: Callable, ct: Callable | None = None, *,
     register_inverse(prim, inverse_rule, principal_branch=principal_branch)
     if principal_branch:
         return
-    register_nonzero(prim, lambda nonzero_in, **_: nonzero_in[0]) if prim not in nonzero_rules else None
+    if prim not in nonzero_rules:  # an injective map of a nonzero value is nonzero, unless declared otherwise
+        register_nonzero(prim, lambda nonzero_in, **_: nonzero_in[0])
     if ct is not None:
         cot = _accepting(ct)
 

@@ -559,3 +559,22 @@ def test_keyword_arguments_like_custom_vjp():
     """Like a jax.custom_vjp function, a custom_ivjp function can be called with keywords."""
     out = block(PARAMS[0], X1, x2=X2)
     assert_trees_close(out, block(PARAMS[0], X1, X2))
+
+
+def test_vmapped_custom_ivjp_uses_its_inverse_per_example():
+    """A vmapped custom_ivjp inside jaxinv is inverted with the user's inverse under
+    vmap: nothing saved, JAX's cotangents, and jaxinv.inverse recovers the input."""
+    @jaxinv.custom_ivjp
+    def h(x):
+        return jnp.exp(x) * 2.0
+
+    @h.definverse
+    def _(y):
+        return jnp.log(y / 2.0)
+
+    f = lambda x: jax.vmap(h)(x)
+    x = jnp.linspace(-0.5, 0.5, 6).reshape(3, 2)
+    assert jaxinv.explain(f, x).saved_bytes == 0
+    y, vjp_fn = jaxinv.vjp(f, x)
+    assert_trees_close(vjp_fn(jnp.cos(y)), jax.vjp(f, x)[1](jnp.cos(y)))
+    assert_trees_close(jaxinv.inverse(f)(y), x)
