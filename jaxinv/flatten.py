@@ -20,6 +20,8 @@ from jax.extend import source_info_util
 from jax.extend.core import ClosedJaxpr, Jaxpr, Literal, Primitive
 from jax.extend.core import primitives as P
 
+from jaxinv.plan import hashable_params
+
 # prim -> fn(params) -> ClosedJaxpr | None: the body to inline, or None to keep
 # the equation whole.
 inline_rules: dict[Primitive, Callable[[dict], ClosedJaxpr | None]] = {}
@@ -66,17 +68,15 @@ def _user_traceback(eqn, outer):
 def _cse_key(eqn, invals):
     """Equal for two effect-free equations computing the same thing from the
     same values (so ``f(x)[0] ... f(x)[1]`` traces ``f`` once), else None."""
-    if eqn.effects:
+    params = hashable_params(eqn.params)
+    if eqn.effects or params is None:
         return None
     try:
-        params = tuple(sorted(eqn.params.items()))
         ins = tuple(id(x) if isinstance(x, jax.core.Tracer) else ("lit", float(x), str(jax.numpy.result_type(x)))
                     for x in invals)
-        key = (eqn.primitive, ins, params)
-        hash(key)
-        return key
-    except (TypeError, ValueError):
+    except (TypeError, ValueError):  # a non-scalar literal
         return None
+    return (eqn.primitive, ins, params)
 
 
 def _inline_eval(jaxpr: Jaxpr, consts, args, outer_traceback=None, seen=None) -> list:

@@ -24,7 +24,7 @@ from jax.extend.core import Literal, Var
 
 from jaxinv import registry
 from jaxinv.flatten import eval_eqn
-from jaxinv.plan import Plan, Source, eqn_name, source_line
+from jaxinv.plan import Plan, Source, eqn_name, hashable_params, source_line
 from jaxinv.registry import NotInvertibleError
 
 
@@ -111,13 +111,19 @@ class _Sweep:
         return [get(u) for u in e.outvars]
 
     def invert(self, i: int, known: tuple[bool, ...]):
+        self.solve(i, known, self.plan.table)
+
+    def solve(self, i: int, known: tuple[bool, ...], table, *cts):
+        """Run equation ``i``'s rule from ``table`` (an inverse rule, or an ivjp
+        rule when ``cts`` are given) and keep the inputs it rebuilt."""
         e = self.eqns[i]
         invals = [self.value(u) if k else None for u, k in zip(e.invars, known)]
-        outvals = self.outvals(e)
-        solved = call_rule(self.plan.table, e, invals, outvals)
+        result = call_rule(table, e, invals, self.outvals(e), *cts)
+        solved = result[0] if cts else result
         for u, k, x in zip(e.invars, known, solved):
             if not k:
                 self.env.setdefault(u, x)
+        return result
 
     def run(self, out_cts) -> list:
         plan, jaxpr = self.plan, self.plan.jaxpr
@@ -141,17 +147,12 @@ class _Sweep:
     def eqn_vjp(self, i: int, out_ct, active_in) -> list:
         e = self.eqns[i]
         out_ct = [ct if ct is not None else _zeros_ct(v.aval) for v, ct in zip(e.outvars, out_ct)]
-        here = [isinstance(u, Var) and u not in self.env and self.plan.sources.get(u, None) is not None
-                and self.plan.sources[u].kind == "invert" and self.plan.sources[u].eqn == i for u in e.invars]
-        fused = registry.ivjp_rules.get(e.primitive)
-        if fused is not None and any(here):
-            known = self.plan.sources[e.invars[here.index(True)]].known
-            invals = [self.value(u) if k else None for u, k in zip(e.invars, known)]
-            outvals = self.outvals(e)
-            solved, in_cts = call_rule(registry.ivjp_rules, e, invals, outvals, out_ct)
-            for u, k, x in zip(e.invars, known, solved):
-                if not k:
-                    self.env.setdefault(u, x)
+        # Inputs this equation itself rebuilds, not yet rebuilt: use its fused rule.
+        here = [self.plan.sources[u] for u in e.invars
+                if isinstance(u, Var) and u not in self.env and self.plan.sources.get(u, _HELD).kind == "invert"
+                and self.plan.sources[u].eqn == i]
+        if here and e.primitive in registry.ivjp_rules:
+            _, in_cts = self.solve(i, here[0].known, registry.ivjp_rules, out_ct)
             return [ct if a else None for ct, a in zip(in_cts, active_in)]
         invals = [self.value(u) for u in e.invars]
         return primitive_vjp(e, invals, out_ct, active_in)
@@ -192,13 +193,11 @@ _vjp_cache: dict = {}
 
 
 def _vjp_key(e, idx):
-    try:
-        key = (e.primitive, tuple(sorted(e.params.items())), tuple(str(v.aval) for v in e.invars),
-               tuple(v.aval.weak_type for v in e.invars), idx)
-        hash(key)
-        return key
-    except TypeError:
+    params = hashable_params(e.params)
+    if params is None:
         return None
+    return (e.primitive, params, tuple(str(v.aval) for v in e.invars),
+            tuple(v.aval.weak_type for v in e.invars), idx)
 
 
 def call_rule(table, e, invals, outvals, *cts):

@@ -66,10 +66,6 @@ class Plan:
     def jaxpr(self):
         return self.closed.jaxpr
 
-    @property
-    def fully_invertible(self) -> bool:
-        return not self.saved
-
 
 def source_line(eqn) -> str:
     """The user's ``file:line (function)`` for an equation."""
@@ -95,7 +91,7 @@ def nbytes(aval) -> int:
     return int(np.prod(aval.shape, dtype=np.int64)) * itemsize
 
 
-def _is_float(aval) -> bool:
+def is_float(aval) -> bool:
     try:
         return jax.numpy.issubdtype(aval.dtype, jax.numpy.inexact)
     except TypeError:
@@ -120,7 +116,8 @@ def _concrete_facts(value) -> frozenset:
     return frozenset(facts)
 
 
-def _hashable(params: dict):
+def hashable_params(params: dict):
+    """Equation params as a hashable key, or None if some param is unhashable."""
     try:
         key = tuple(sorted(params.items()))
         hash(key)
@@ -153,7 +150,7 @@ def probe(eqn, known: Sequence[bool], facts: Sequence[frozenset], table,
         return f"no inverse rule is registered for `{prim.name}`"
     in_avals = [v.aval for v in eqn.invars]
     out_avals = [v.aval for v in eqn.outvars]
-    params_key = _hashable(eqn.params)
+    params_key = hashable_params(eqn.params)
     key = None
     if params_key is not None:
         key = (id(table), prim, tuple(known), out_known, tuple(map(str, in_avals)), tuple(map(str, out_avals)),
@@ -169,7 +166,8 @@ def probe(eqn, known: Sequence[bool], facts: Sequence[frozenset], table,
     return reason
 
 
-def _spec(aval):
+def spec(aval):
+    """``aval`` as a ShapeDtypeStruct (for eval_shape / make_jaxpr)."""
     return jax.ShapeDtypeStruct(aval.shape, aval.dtype)
 
 
@@ -191,8 +189,8 @@ def _run_probe(eqn, rule, known, facts, in_avals, out_avals, out_known) -> str |
         return [res[i] for i, k in enumerate(known) if not k]
 
     try:
-        shapes = jax.eval_shape(solve, [_spec(in_avals[i]) for i in traced_idx],
-                                [_spec(a) for a, k in zip(out_avals, out_known) if k])
+        shapes = jax.eval_shape(solve, [spec(in_avals[i]) for i in traced_idx],
+                                [spec(a) for a, k in zip(out_avals, out_known) if k])
     except NotInvertibleError as e:
         return e.reason
     except registry.RuleError:
@@ -582,11 +580,11 @@ class _Planner:
                     {v: self.reasons[v] for v in self.saved}, self.table, self._active(), self.live)
 
     def _active(self) -> set[Var]:
-        active = {v for v, k in zip(self.jaxpr.invars, self.known_inputs) if _is_float(v.aval)}
+        active = {v for v, k in zip(self.jaxpr.invars, self.known_inputs) if is_float(v.aval)}
         for i in self.live:
             e = self.eqns[i]
             if any(isinstance(v, Var) and v in active for v in e.invars):
-                active.update(v for v in e.outvars if _is_float(v.aval))
+                active.update(v for v in e.outvars if is_float(v.aval))
         return active
 
 

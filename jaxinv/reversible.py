@@ -10,7 +10,6 @@ None of these functions binds the ``invertible`` primitives themselves, so
 
 from __future__ import annotations
 
-import functools
 from typing import Sequence
 
 import jax
@@ -19,18 +18,7 @@ import numpy as np
 from jax.extend.core import ClosedJaxpr
 
 from jaxinv import interpreter
-from jaxinv.plan import Plan
-
-
-def _is_float(aval) -> bool:
-    try:
-        return bool(jnp.issubdtype(aval.dtype, jnp.inexact))
-    except TypeError:
-        return False
-
-
-def _spec(a):
-    return jax.ShapeDtypeStruct(a.shape, a.dtype)
+from jaxinv.plan import Plan, is_float as _is_float, spec as _spec
 
 
 class Reversible:
@@ -70,10 +58,6 @@ class Reversible:
     def body(self) -> ClosedJaxpr:
         """The jaxpr to inline when this call sits inside another region."""
         return self.plan.closed
-
-    @functools.cached_property
-    def jitted_forward(self):
-        return jax.jit(self.forward)
 
 
 class Batched(Reversible):
