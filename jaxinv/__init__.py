@@ -17,29 +17,34 @@ from jax.extend import source_info_util as _source_info_util
 # Errors and `explain` name the user's source line: skip jaxinv's own frames.
 _source_info_util.register_exclusion(_os.path.dirname(__file__))
 
-from jaxinv.registry import (  # noqa: E402
-    NotInvertibleError,
-    RuleError,
+from jaxinv._version import __version__  # noqa: E402
+from jaxinv.registry import NotInvertibleError, RuleError, require_nonsingular, require_nonzero  # noqa: E402
+from jaxinv.domains import Example  # noqa: E402
+from jaxinv.packs import (  # noqa: E402
+    RulePack,
+    RulePackConflictWarning,
+    RulePackWarning,
     defbinary,
     defpermutation,
     defunary,
+    install_rule_pack,
     register_inverse,
     register_ivjp,
-    require_nonsingular,
-    require_nonzero,
+    register_not_invertible,
+    register_nonzero,
+    rule_packs,
+    uninstall_rule_pack,
 )
 from jaxinv.markers import nonzero  # noqa: E402
 from jaxinv.api import grad, inverse, value_and_grad, vjp  # noqa: E402
 from jaxinv.invertible import invertible  # noqa: E402
 from jaxinv.custom_ivjp import custom_ivjp  # noqa: E402
 from jaxinv.explain import explain  # noqa: E402
-from jaxinv import rules as _rules  # noqa: E402,F401  (registers the built-in rules)
-from jaxinv.rules import control_flow as _control_flow, utility as _utility  # noqa: E402,F401
-
-__version__ = "0.1.0"
+from jaxinv import rules as _rules  # noqa: E402,F401  (installs the built-in rule packs)
 
 __all__ = [
-    "NotInvertibleError", "RuleError", "custom_ivjp", "defbinary", "defpermutation", "defunary", "explain",
-    "grad", "inverse", "invertible", "nonzero", "register_inverse", "register_ivjp",
-    "require_nonsingular", "require_nonzero", "value_and_grad", "vjp",
+    "Example", "NotInvertibleError", "RuleError", "RulePack", "RulePackConflictWarning", "RulePackWarning",
+    "custom_ivjp", "defbinary", "defpermutation", "defunary", "explain", "grad", "install_rule_pack", "inverse",
+    "invertible", "nonzero", "register_inverse", "register_ivjp", "register_not_invertible", "register_nonzero",
+    "require_nonsingular", "require_nonzero", "rule_packs", "uninstall_rule_pack", "value_and_grad", "vjp",
 ]

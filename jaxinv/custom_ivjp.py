@@ -33,7 +33,6 @@ from jax.extend.core import ClosedJaxpr, Primitive
 from jax.interpreters import ad, batching, mlir
 from jax.tree_util import tree_flatten, tree_unflatten
 
-from jaxinv import registry
 from jaxinv.flatten import register_inline
 from jaxinv.registry import NotInvertibleError, RuleError
 
@@ -228,12 +227,12 @@ def _split(invals, num_consts, what):
     return consts, args
 
 
-def _inverse_rule(invals, outvals, *, body, num_consts, rule):
+def inverse_rule(invals, outvals, *, body, num_consts, rule):
     consts, args = _split(invals, num_consts, rule.f.__name__)
     return consts + list(rule.inverse(args, outvals))
 
 
-def _ivjp_rule(invals, outvals, out_cts, *, body, num_consts, rule):
+def ivjp_rule(invals, outvals, out_cts, *, body, num_consts, rule):
     consts, args = _split(invals, num_consts, rule.f.__name__)
     if rule.f.ivjp is not None and rule.in_axes is None:
         xs, arg_cts = rule.ivjp(args, outvals, out_cts)
@@ -248,6 +247,3 @@ def _ivjp_rule(invals, outvals, out_cts, *, body, num_consts, rule):
         const_cts = list(c_vjp(list(out_cts)))
     return consts + list(xs), const_cts + list(arg_cts)
 
-
-registry.register_inverse(custom_ivjp_call_p, _inverse_rule)
-registry.register_ivjp(custom_ivjp_call_p, _ivjp_rule)

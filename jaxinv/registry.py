@@ -15,6 +15,10 @@ Three tables map a ``jax.extend.core.Primitive`` to a rule, in the spirit of
   documented principal branch (``sin`` -> ``asin``). Only ``jaxinv.inverse`` uses
   them; the gradient path never does.
 
+The tables are filled by rule packs (:mod:`jaxinv.packs`): never write to them
+directly; ``jaxinv.register_inverse`` and friends, or a ``RulePack``, do it and
+keep precedence and caches right.
+
 Rules see concrete arrays or tracers, never jaxpr variables, and may be called
 while jaxinv plans (with abstract tracers) to find out whether a pattern of
 unknowns is solvable, so they must not depend on values to decide that; the
@@ -26,7 +30,6 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
-import inspect
 from typing import Any, Callable, Sequence
 
 import jax
@@ -43,6 +46,8 @@ principal_inverse_rules: dict[Primitive, InverseRule] = {}
 nonzero_rules: dict[Primitive, Callable[..., bool]] = {}
 # Primitives whose output is a matrix the user asserted nonsingular (the marker).
 nonsingular_primitives: set[Primitive] = set()
+# Primitives documented as not invertible, with the reason (reduce_precision).
+not_invertible_reasons: dict[Primitive, str] = {}
 
 
 class NotInvertibleError(ValueError):
@@ -77,156 +82,6 @@ class RuleError(TypeError):
     """A rule is defined or used wrongly (e.g. a ``custom_ivjp`` rule closing over
     a traced value). Unlike other exceptions from a rule, it is not read as
     "cannot invert" while planning: it reaches the user."""
-
-
-# --------------------------------------------------------------------------
-# registration
-
-
-def register_inverse(prim: Primitive, rule: InverseRule, *, principal_branch: bool = False) -> InverseRule:
-    """Register ``rule(invals, outvals, **params) -> invals`` as ``prim``'s inverse.
-
-    With ``principal_branch=True`` the rule inverts a non-injective primitive on
-    a chosen branch; it is then used by ``jaxinv.inverse`` only, never to
-    reconstruct values for a gradient.
-
-    Example::
-
-        double_p = jax.extend.core.Primitive("double")
-        ...
-        jaxinv.register_inverse(double_p, lambda invals, outvals: [outvals[0] / 2])
-    """
-    table = principal_inverse_rules if principal_branch else inverse_rules
-    table[prim] = rule
-    _probe_cache.clear()
-    _merged_tables.clear()
-    return rule
-
-
-def register_ivjp(prim: Primitive, rule: IvjpRule) -> IvjpRule:
-    """Register ``rule(invals, outvals, out_cts, **params) -> (invals, in_cts)``.
-
-    Example::
-
-        def exp_ivjp(invals, outvals, out_cts, **params):
-            (y,), (ct,) = outvals, out_cts
-            return [jnp.log(y)], [ct * y]
-
-        jaxinv.register_ivjp(lax.exp_p, exp_ivjp)
-    """
-    ivjp_rules[prim] = rule
-    return rule
-
-
-def register_nonzero(prim: Primitive, rule: Callable[..., bool] | None = None) -> None:
-    """Declare when ``prim``'s output is provably nonzero.
-
-    ``rule(nonzero_in, **params) -> bool`` gets one bool per input; the default
-    says "always" (as for ``exp``). Used only by :func:`require_nonzero`.
-    """
-    nonzero_rules[prim] = rule if rule is not None else (lambda nonzero_in, **_: True)
-
-
-def _accepting(fn: Callable) -> Callable:
-    """Wrap ``fn`` so that it receives only the keyword params it names."""
-    try:
-        sig = inspect.signature(fn)
-    except (TypeError, ValueError):  # builtins: pass nothing
-        return lambda *args, **params: fn(*args)
-    if any(p.kind is p.VAR_KEYWORD for p in sig.parameters.values()):
-        return fn
-    names = {n for n, p in sig.parameters.items() if p.kind is not p.VAR_POSITIONAL}
-    return lambda *args, **params: fn(*args, **{k: v for k, v in params.items() if k in names})
-
-
-def defunary(prim: Primitive, inverse: Callable, ct: Callable | None = None, *,
-             principal_branch: bool = False) -> None:
-    """One-line rules for an injective unary elementwise primitive ``y = prim(x)``.
-
-    ``inverse(y, **params) -> x``; the optional fused ``ct(x, y, ct_y, **params)
-    -> ct_x`` registers an ivjp too. ``inverse``/``ct`` receive only the params
-    they name.
-
-    Example::
-
-        defunary(lax.exp_p, jnp.log, ct=lambda x, y, ct: ct * y)
-    """
-    inv = _accepting(inverse)
-
-    def inverse_rule(invals, outvals, **params):
-        return [inv(outvals[0], **params)]
-
-    register_inverse(prim, inverse_rule, principal_branch=principal_branch)
-    if principal_branch:
-        return
-    if prim not in nonzero_rules:  # an injective map of a nonzero value is nonzero, unless declared otherwise
-        register_nonzero(prim, lambda nonzero_in, **_: nonzero_in[0])
-    if ct is not None:
-        cot = _accepting(ct)
-
-        def ivjp_rule(invals, outvals, out_cts, **params):
-            x = inv(outvals[0], **params)
-            return [x], [cot(x, outvals[0], out_cts[0], **params)]
-
-        register_ivjp(prim, ivjp_rule)
-
-
-def defbinary(prim: Primitive, solve_lhs: Callable | None, solve_rhs: Callable | None) -> None:
-    """One-line inverse for a binary primitive ``y = prim(a, b)``.
-
-    ``solve_lhs(y, b, **params) -> a`` recovers the first operand when the
-    second is known, ``solve_rhs(y, a, **params) -> b`` the second; pass
-    ``None`` for a side that cannot be solved. A solver that divides by its known
-    operand calls :func:`require_nonzero` on it. (An unknown operand that was
-    broadcast against the other cannot be recovered: the planner rejects the
-    wrongly shaped result.)
-
-    Example::
-
-        defbinary(lax.add_p, lambda y, b: y - b, lambda y, a: y - a)
-    """
-    solvers = [_accepting(s) if s is not None else None for s in (solve_lhs, solve_rhs)]
-
-    def inverse_rule(invals, outvals, **params):
-        unknown = [i for i, v in enumerate(invals) if v is None]
-        if len(unknown) != 1:
-            raise NotInvertibleError(f"both operands of `{prim.name}` are unknown; one must be known")
-        (i,) = unknown
-        if solvers[i] is None:
-            raise NotInvertibleError(f"`{prim.name}` cannot be solved for its {('first', 'second')[i]} operand")
-        out = list(invals)
-        out[i] = solvers[i](outvals[0], invals[1 - i], **params)
-        return out
-
-    register_inverse(prim, inverse_rule)
-
-
-def defpermutation(prim: Primitive) -> None:
-    """One-line rules for a structural primitive that only moves elements
-    (``reshape``, ``transpose``, ``rev``, ``squeeze``, ...).
-
-    Its inverse is its own linear transpose, applied to the outputs; the fused
-    ivjp applies the same transpose to the cotangents.
-
-    Example::
-
-        defpermutation(lax.rev_p)
-    """
-
-    def undo(y, params):
-        f = lambda x: prim.bind(x, **params)
-        (x,) = jax.linear_transpose(f, input_avals()[0])(y)
-        return x
-
-    def inverse_rule(invals, outvals, **params):
-        return [undo(outvals[0], params)]
-
-    def ivjp_rule(invals, outvals, out_cts, **params):
-        return [undo(outvals[0], params)], [undo(out_cts[0], params)]
-
-    register_inverse(prim, inverse_rule)
-    register_ivjp(prim, ivjp_rule)
-    register_nonzero(prim, lambda nonzero_in, **_: nonzero_in[0])
 
 
 # --------------------------------------------------------------------------
@@ -322,6 +177,12 @@ def proving(facts: dict[int, frozenset]):
 # Planner's cache of probe results; cleared whenever a rule is (re)registered.
 _probe_cache: dict[Any, Any] = {}
 _merged_tables: dict[bool, dict] = {}
+
+
+def tables_changed() -> None:
+    """Forget everything derived from the tables (called by :mod:`jaxinv.packs`)."""
+    _probe_cache.clear()
+    _merged_tables.clear()
 
 
 def inverse_table(principal_branch: bool = False) -> dict:

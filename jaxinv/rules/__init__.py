@@ -1,7 +1,12 @@
-"""The built-in rule packs: importing this package registers every rule.
-
-One module per family; each module only registers rules into the tables of
-:mod:`jaxinv.registry`.
+"""The built-in rule packs: one module per family, each only registers rules
+into its ``pack`` (a :class:`jaxinv.RulePack`); importing this package
+installs them all.
 """
 
-from jaxinv.rules import elementwise, linalg, structural  # noqa: F401  (registration side effects)
+from jaxinv.packs import install_rule_pack
+from jaxinv.rules import control_flow, elementwise, linalg, structural, utility
+
+BUILTIN_PACKS = (elementwise.pack, structural.pack, linalg.pack, control_flow.pack, utility.pack)
+
+for _pack in BUILTIN_PACKS:
+    install_rule_pack(_pack, origin="built-in")

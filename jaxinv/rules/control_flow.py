@@ -16,6 +16,9 @@ no rule: their bodies are inlined (:mod:`jaxinv.flatten`).
   refuses).
 * ``custom_jvp_call`` / ``custom_vjp_call``: inverted through their body; their
   cotangents come from their own custom rule (the interpreter's derived ivjp).
+  Well-known JAX functions whose body no rule inverts (``jnp.logaddexp``, hence
+  ``jax.nn.softplus``; ``jax.scipy.special.logit``) are recognised and get their
+  own inverse from :mod:`jaxinv.rules.functions`.
 """
 
 from __future__ import annotations
@@ -31,7 +34,14 @@ from jax.extend.core import primitives as P
 from jaxinv import interpreter
 from jaxinv.flatten import flatten, has_calls
 from jaxinv.plan import make_plan
-from jaxinv.registry import NotInvertibleError, register_inverse, register_ivjp
+from jaxinv._version import __version__
+from jaxinv.domains import Example, reals
+from jaxinv.packs import RulePack
+from jaxinv.registry import NotInvertibleError
+from jaxinv.rules.functions import known_inverse
+
+pack = RulePack("jaxinv.control_flow", __version__, jax_versions=">=0.10", builtin=True,
+                description="loops and custom-derivative calls, inverted through their bodies")
 
 
 def _closed(j) -> ClosedJaxpr:
@@ -44,7 +54,11 @@ def _body_plan(body: ClosedJaxpr, known: tuple[bool, ...]):
     inside the body (jit, remat, nested regions) are inlined first."""
     if has_calls(body):
         body = flatten(body, lift_consts=False)
-    return make_plan(body, known, allow_saving=False)
+    plan = make_plan(body, known, allow_saving=False)
+    lost = [i for i, (v, k) in enumerate(zip(plan.jaxpr.invars, known)) if not k and v not in plan.sources]
+    if lost:  # the planner recovers only what the outputs depend on
+        raise NotInvertibleError(f"the outputs do not depend on input(s) {lost} of the body")
+    return plan
 
 
 def _is_float(x) -> bool:
@@ -138,8 +152,13 @@ def _scan_ivjp(invals, outvals, out_cts, *, jaxpr, num_consts, num_carry, length
     return new_invals, in_cts
 
 
-register_inverse(P.scan_p, _scan_inverse)
-register_ivjp(P.scan_p, _scan_ivjp)
+pack.register_inverse(P.scan_p, _scan_inverse, examples=[
+    Example(lambda c, xs: lax.scan(lambda c, x: (c + x, jnp.exp(c)), c, xs), reals(shape=(3,)),
+            reals(shape=(4, 3)), solve=[(0,), (0, 1)], label="carry and xs from the outputs"),
+    Example(lambda c, xs: lax.scan(lambda c, x: (jnp.tanh(c) * 0.5 + x, None), c, xs), reals(shape=(3,)),
+            reals(shape=(5, 3)), solve=[(0,)], label="carry only, xs known"),
+], notes="the body must rebuild its carry with nothing saved; ivjp = reverse scan of the inverted body")
+pack.register_ivjp(P.scan_p, _scan_ivjp)
 
 
 # ---------------------------------------------------------------- fori-style while
@@ -218,14 +237,36 @@ def _while_ivjp(invals, outvals, out_cts, *, cond_jaxpr, body_jaxpr, cond_nconst
     return consts + [i0, upper] + list(s0), in_cts
 
 
-register_inverse(P.while_p, _while_inverse)
-register_ivjp(P.while_p, _while_ivjp)
+pack.register_inverse(P.while_p, _while_inverse, examples=Example(
+    lambda x: lax.fori_loop(0, 3, lambda i, x: jnp.sinh(x) * 0.5 + 1.0, x), reals(-1, 1),
+    label="fori_loop"), notes="fixed trip count (lax.fori_loop form) only; ivjp = reverse fori_loop")
+pack.register_ivjp(P.while_p, _while_ivjp)
 
 
 # ---------------------------------------------------------------- custom_jvp / custom_vjp
 
 
-def _custom_call_inverse(invals, outvals, *, call_jaxpr, num_consts, **_):
+@jax.custom_jvp
+def _scaled_tanh(x):  # conformance example
+    return jnp.tanh(x) * 2.0
+
+
+_scaled_tanh.defjvp(lambda primals, tangents: (_scaled_tanh(primals[0]),
+                                               2.0 * (1 - jnp.tanh(primals[0]) ** 2) * tangents[0]))
+
+
+@jax.custom_vjp
+def _shifted_exp(x):  # conformance example
+    return jnp.exp(x) + 1.0
+
+
+_shifted_exp.defvjp(lambda x: (_shifted_exp(x), jnp.exp(x)), lambda ex, ct: (ct * ex,))
+
+
+def _custom_call_inverse(invals, outvals, *, call_jaxpr, num_consts, **params):
+    rule = known_inverse(call_jaxpr, params.get("jvp_jaxpr_fun")) if num_consts == 0 else None
+    if rule is not None:  # jnp.logaddexp, logit, ...: a body no per-primitive rule inverts
+        return rule(list(invals), list(outvals))
     known = tuple(x is not None for x in invals)
     if not all(known[:num_consts]):
         raise NotInvertibleError("the values a custom_jvp/custom_vjp function closes over must be known")
@@ -233,5 +274,9 @@ def _custom_call_inverse(invals, outvals, *, call_jaxpr, num_consts, **_):
     return interpreter.reconstruct(plan, list(invals), [], list(outvals))
 
 
-register_inverse(P.custom_jvp_call_p, _custom_call_inverse)
-register_inverse(P.custom_vjp_call_p, _custom_call_inverse)
+pack.register_inverse(P.custom_jvp_call_p, _custom_call_inverse,
+                      examples=Example(lambda x: _scaled_tanh(x), reals()),
+                      notes="inverted through its body; cotangents from its custom JVP")
+pack.register_inverse(P.custom_vjp_call_p, _custom_call_inverse,
+                      examples=Example(lambda x: _shifted_exp(x), reals()),
+                      notes="inverted through its body; cotangents from its custom VJP")

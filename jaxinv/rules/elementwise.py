@@ -17,20 +17,19 @@ from __future__ import annotations
 
 import math
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 from jax import lax
 from jax.extend.core import primitives as P
 
-from jaxinv.registry import (
-    NotInvertibleError,
-    defbinary,
-    defunary,
-    input_avals,
-    register_inverse,
-    register_nonzero,
-    require_nonzero,
-)
+from jaxinv._version import __version__
+from jaxinv.domains import Example, integers, booleans, nonzero, positive, reals
+from jaxinv.packs import RulePack
+from jaxinv.registry import NotInvertibleError, input_avals, require_nonzero
+
+pack = RulePack("jaxinv.elementwise", __version__, jax_versions=">=0.10", builtin=True,
+                description="arithmetic, exp/log, hyperbolic and inverse trigonometric functions, powers, casts")
 
 # --------------------------------------------------------------------------
 # private helpers for the non-trivial rules
@@ -187,81 +186,130 @@ def _convert_nonzero(nonzero_in, *, new_dtype, **_):
 
 
 # --------------------------------------------------------------------------
-# arithmetic
+# arithmetic (examples: where each rule must work; see jaxinv.domains)
 
-defbinary(P.add_p, lambda y, b: _as_input(y - b, 0), lambda y, a: _as_input(y - a, 1))
-defbinary(P.sub_p, lambda y, b: _as_input(y + b, 0), lambda y, a: _as_input(a - y, 1))
-defbinary(P.mul_p,
-          lambda y, b: _as_input(_inexact(y, "mul") / require_nonzero(b, "the known factor of `mul`"), 0),
-          lambda y, a: _as_input(_inexact(y, "mul") / require_nonzero(a, "the known factor of `mul`"), 1))
+BOTH = [(0,), (1,)]
+
+pack.defbinary(P.add_p, lambda y, b: _as_input(y - b, 0), lambda y, a: _as_input(y - a, 1), examples=[
+    Example(jnp.add, reals(-10, 10), reals(-10, 10), solve=BOTH),
+    Example(lax.add, reals(shape=(3, 4)), reals(shape=()), solve=BOTH, label="rank-0 operand broadcast"),
+    Example(jnp.add, integers(), integers(), solve=BOTH, label="integers wrap around bijectively"),
+])
+pack.defbinary(P.sub_p, lambda y, b: _as_input(y + b, 0), lambda y, a: _as_input(a - y, 1), examples=[
+    Example(jnp.subtract, reals(-10, 10), reals(-10, 10), solve=BOTH),
+    Example(lax.sub, reals(shape=()), reals(shape=(3, 4)), solve=BOTH, label="rank-0 operand broadcast"),
+    Example(lambda a, b: a - b, integers(), integers(), solve=BOTH, label="integers wrap around bijectively"),
+])
+pack.defbinary(P.mul_p,
+               lambda y, b: _as_input(_inexact(y, "mul") / require_nonzero(b, "the known factor of `mul`"), 0),
+               lambda y, a: _as_input(_inexact(y, "mul") / require_nonzero(a, "the known factor of `mul`"), 1),
+               examples=[
+                   Example(jnp.multiply, nonzero(0.25, 4), nonzero(0.25, 4), solve=BOTH),
+                   Example(lambda x: x * 2.0, reals(), solve=[(0,)], label="by a literal"),
+                   Example(lax.mul, nonzero(), nonzero(shape=()), solve=BOTH, label="rank-0 operand broadcast"),
+               ],
+               notes="divides by the known factor: it must be provably nonzero")
 # y = a / b: a = y * b divides by nothing; b = a / y divides by y, nonzero iff a is.
-defbinary(P.div_p,
-          lambda y, b: _as_input(_inexact(y, "div") * b, 0),
-          lambda y, a: _as_input(require_nonzero(a, "the known numerator of `div`") / _inexact(y, "div"), 1))
-defbinary(P.pow_p, _pow_base, _pow_exponent)
-defunary(P.neg_p, lax.neg)
+pack.defbinary(P.div_p,
+               lambda y, b: _as_input(_inexact(y, "div") * b, 0),
+               lambda y, a: _as_input(require_nonzero(a, "the known numerator of `div`") / _inexact(y, "div"), 1),
+               examples=Example(jnp.divide, nonzero(0.25, 4), nonzero(0.25, 4), solve=BOTH),
+               notes="solving the divisor divides by the output: the numerator must be provably nonzero")
+pack.defbinary(P.pow_p, _pow_base, _pow_exponent, examples=[
+    Example(lax.pow, positive(0.2, 3), nonzero(0.25, 2), solve=[(0,)], label="positive base"),
+    Example(lax.pow, positive(1.5, 3), reals(-2, 2), solve=[(1,)], label="exponent, base away from 1"),
+    Example(lax.pow, reals(-3, 3), integers((-3, -1, 1, 3)), solve=[(0,)], label="any base, odd integer exponent"),
+    Example(lax.pow, positive(1.5, 3), integers(), solve=[(1,)], label="integer exponent, recovered exactly"),
+], notes="base: |a| = |y|^(1/b) (a >= 0, or b an odd integer); exponent: log|y| / log|a| (a not 0, +-1)")
+pack.defunary(P.neg_p, lax.neg, examples=[Example(lax.neg, reals(-3, 3)),
+                                          Example(lax.neg, integers(), label="integers")])
 
-register_nonzero(P.mul_p, _all)
-register_nonzero(P.div_p, _first)  # a / b with a nonzero (and b finite)
-register_nonzero(P.pow_p, _first)  # a ** b with a nonzero (0 ** 0 == 1, but we need not know)
+pack.register_nonzero(P.mul_p, _all)
+pack.register_nonzero(P.div_p, _first)  # a / b with a nonzero (and b finite)
+pack.register_nonzero(P.pow_p, _first)  # a ** b with a nonzero (0 ** 0 == 1, but we need not know)
 
-register_inverse(P.integer_pow_p, _integer_pow_inverse)
-register_nonzero(P.integer_pow_p, _integer_pow_nonzero)
+pack.register_inverse(P.integer_pow_p, _integer_pow_inverse, examples=[
+    Example(lambda x: lax.integer_pow(x, 3), reals(-3, 3), label="y=3"),
+    Example(lambda x: lax.integer_pow(x, 5), reals(), label="y=5"),
+    Example(lambda x: lax.integer_pow(x, -3), nonzero(), label="y=-3"),
+    Example(lambda x: lax.integer_pow(x, -1), nonzero(), label="y=-1"),
+    Example(lambda x: lax.integer_pow(x, 1), reals(), label="y=1"),
+], notes="odd exponents only (even ones: principal branch)")
+pack.register_nonzero(P.integer_pow_p, _integer_pow_nonzero)
 
-defunary(P.sqrt_p, jnp.square)
-defunary(P.rsqrt_p, lambda y: jnp.reciprocal(jnp.square(y)))
-defunary(P.cbrt_p, lambda y: y * y * y)
+pack.defunary(P.sqrt_p, jnp.square, examples=Example(jnp.sqrt, positive(1e-3, 100)))
+pack.defunary(P.rsqrt_p, lambda y: jnp.reciprocal(jnp.square(y)), examples=Example(lax.rsqrt, positive(0.01, 100)))
+pack.defunary(P.cbrt_p, lambda y: y * y * y, examples=Example(jnp.cbrt, reals(-100, 100)))
 
 # --------------------------------------------------------------------------
 # exponentials and logarithms (outputs of exp, exp2 and logistic are never zero)
 
-register_nonzero(P.exp_p)
-register_nonzero(P.exp2_p)
-register_nonzero(P.logistic_p)
-register_nonzero(P.log_p, _never)  # log(1) == 0
+pack.register_nonzero(P.exp_p)
+pack.register_nonzero(P.exp2_p)
+pack.register_nonzero(P.logistic_p)
+pack.register_nonzero(P.log_p, _never)  # log(1) == 0
 
-defunary(P.exp_p, jnp.log, ct=lambda x, y, ct: ct * y)
-defunary(P.exp2_p, jnp.log2, ct=lambda x, y, ct: ct * y * math.log(2))
-defunary(P.log_p, jnp.exp, ct=lambda x, y, ct: ct / x)
-defunary(P.log1p_p, jnp.expm1)
-defunary(P.expm1_p, jnp.log1p, ct=lambda x, y, ct: ct * (y + 1))
-defunary(P.logistic_p, _logit, ct=lambda x, y, ct: ct * y * (1 - y))
+pack.defunary(P.exp_p, jnp.log, ct=lambda x, y, ct: ct * y, examples=Example(jnp.exp, reals(-10, 10)))
+pack.defunary(P.exp2_p, jnp.log2, ct=lambda x, y, ct: ct * y * math.log(2), examples=Example(jnp.exp2, reals(-10, 10)))
+pack.defunary(P.log_p, jnp.exp, ct=lambda x, y, ct: ct / x, examples=Example(jnp.log, positive(1e-3, 1e3)))
+pack.defunary(P.log1p_p, jnp.expm1, examples=Example(jnp.log1p, reals(-0.9, 10)))
+pack.defunary(P.expm1_p, jnp.log1p, ct=lambda x, y, ct: ct * (y + 1), examples=Example(jnp.expm1, reals(-3, 3)))
+pack.defunary(P.logistic_p, _logit, ct=lambda x, y, ct: ct * y * (1 - y), examples=Example(jax.nn.sigmoid, reals(-4, 4)))
 
 # --------------------------------------------------------------------------
 # hyperbolic, trigonometric (on their injective domains), erf
 
-register_nonzero(P.acos_p, _never)  # acos(1) == 0
-register_nonzero(P.acosh_p, _never)  # acosh(1) == 0
+pack.register_nonzero(P.acos_p, _never)  # acos(1) == 0
+pack.register_nonzero(P.acosh_p, _never)  # acosh(1) == 0
 
-defunary(P.tanh_p, jnp.arctanh, ct=lambda x, y, ct: ct * (1 - y * y))
-defunary(P.atanh_p, jnp.tanh)
-defunary(P.sinh_p, jnp.arcsinh)
-defunary(P.asinh_p, jnp.sinh)
-defunary(P.acosh_p, jnp.cosh)
-defunary(P.asin_p, jnp.sin)
-defunary(P.acos_p, jnp.cos)
-defunary(P.atan_p, jnp.tan)
-defunary(P.erf_p, lax.erf_inv)
-defunary(P.erf_inv_p, lax.erf)
+pack.defunary(P.tanh_p, jnp.arctanh, ct=lambda x, y, ct: ct * (1 - y * y), examples=Example(jnp.tanh, reals(-2.5, 2.5)))
+pack.defunary(P.atanh_p, jnp.tanh, examples=Example(jnp.arctanh, reals(-0.95, 0.95)))
+pack.defunary(P.sinh_p, jnp.arcsinh, examples=Example(jnp.sinh, reals(-5, 5)))
+pack.defunary(P.asinh_p, jnp.sinh, examples=Example(lax.asinh, reals(-100, 100)))
+pack.defunary(P.acosh_p, jnp.cosh, examples=Example(lax.acosh, positive(1.01, 100)))
+pack.defunary(P.asin_p, jnp.sin, examples=Example(jnp.arcsin, reals(-0.99, 0.99)))
+pack.defunary(P.acos_p, jnp.cos, examples=Example(jnp.arccos, reals(-0.99, 0.99)))
+pack.defunary(P.atan_p, jnp.tan, examples=Example(jnp.arctan, reals(-10, 10)))
+pack.defunary(P.erf_p, lax.erf_inv, examples=Example(lax.erf, reals(-1.5, 1.5)))
+pack.defunary(P.erf_inv_p, lax.erf, examples=Example(lax.erf_inv, reals(-0.95, 0.95)))
 
 # --------------------------------------------------------------------------
 # casts and copies
 
-register_nonzero(P.convert_element_type_p, _convert_nonzero)
-register_inverse(P.convert_element_type_p, _convert_inverse)
-defunary(P.copy_p, lambda y: y, ct=lambda x, y, ct: ct if jnp.issubdtype(y.dtype, jnp.inexact) else None)
+pack.register_nonzero(P.convert_element_type_p, _convert_nonzero)
+pack.register_inverse(P.convert_element_type_p, _convert_inverse, examples=[
+    Example(lambda x: x.astype(jnp.float32), reals(dtype=np.float16), label="f16->f32"),
+    Example(lambda x: x.astype(jnp.float32), reals(dtype=jnp.bfloat16), label="bf16->f32"),
+    Example(lambda x: x.astype(jnp.float32), integers(dtype=np.int16), label="i16->f32"),
+    Example(lambda x: x.astype(jnp.float32), booleans(), label="bool->f32"),
+    Example(lambda x: x.astype(jnp.int32), integers(dtype=np.int8), label="i8->i32"),
+    Example(lambda x: x.astype(jnp.int16), integers((0, 7, 255), dtype=np.uint8), label="u8->i16"),
+], notes="lossless conversions only (every source value survives the round trip)")
+pack.defunary(P.copy_p, lambda y: y, ct=lambda x, y, ct: ct if jnp.issubdtype(y.dtype, jnp.inexact) else None,
+              examples=[Example(jnp.copy, reals()), Example(jnp.copy, integers(), label="integers")])
 
 # --------------------------------------------------------------------------
 # principal branches of non-injective primitives: jaxinv.inverse only
+# (examples lie on the branch)
 
-defunary(P.sin_p, jnp.arcsin, principal_branch=True)  # x in [-pi/2, pi/2]
-defunary(P.cos_p, jnp.arccos, principal_branch=True)  # x in [0, pi]
-defunary(P.tan_p, jnp.arctan, principal_branch=True)  # x in (-pi/2, pi/2)
-defunary(P.cosh_p, jnp.arccosh, principal_branch=True)  # x >= 0
-defunary(P.abs_p, lambda y: y, principal_branch=True)  # x >= 0
-defunary(P.square_p, jnp.sqrt, principal_branch=True)  # x >= 0
-register_inverse(P.integer_pow_p, _integer_pow_principal, principal_branch=True)  # x >= 0 for even y
+pack.defunary(P.sin_p, jnp.arcsin, principal_branch=True, examples=Example(jnp.sin, reals(-1.5, 1.5)),
+              notes="x in [-pi/2, pi/2]")
+pack.defunary(P.cos_p, jnp.arccos, principal_branch=True, examples=Example(jnp.cos, reals(0.05, 3.1)),
+              notes="x in [0, pi]")
+pack.defunary(P.tan_p, jnp.arctan, principal_branch=True, examples=Example(jnp.tan, reals(-1.4, 1.4)),
+              notes="x in (-pi/2, pi/2)")
+pack.defunary(P.cosh_p, jnp.arccosh, principal_branch=True, examples=Example(jnp.cosh, reals(0, 3)),
+              notes="x >= 0")
+pack.defunary(P.abs_p, lambda y: y, principal_branch=True, examples=Example(jnp.abs, reals(0, 5)),
+              notes="x >= 0")
+pack.defunary(P.square_p, jnp.sqrt, principal_branch=True, examples=Example(jnp.square, reals(0, 5)),
+              notes="x >= 0")
+pack.register_inverse(P.integer_pow_p, _integer_pow_principal, principal_branch=True, examples=[
+    Example(lambda x: x ** 2, reals(0, 3), label="y=2"),
+    Example(lambda x: lax.integer_pow(x, 4), reals(0.1, 3), label="y=4"),
+    Example(lambda x: lax.integer_pow(x, -2), reals(0.5, 3), label="y=-2"),
+], notes="x >= 0 for even y")
 
-register_nonzero(P.cosh_p)  # cosh >= 1
-register_nonzero(P.abs_p, _first)
-register_nonzero(P.square_p, _first)
+pack.register_nonzero(P.cosh_p)  # cosh >= 1
+pack.register_nonzero(P.abs_p, _first)
+pack.register_nonzero(P.square_p, _first)

@@ -29,7 +29,15 @@ from typing import NamedTuple
 import jax.numpy as jnp
 from jax.extend.core import primitives as P
 
-from jaxinv.registry import NotInvertibleError, input_avals, register_inverse, register_ivjp, require_nonsingular
+from jax import lax
+
+from jaxinv._version import __version__
+from jaxinv.domains import Example, nonsingular, reals
+from jaxinv.packs import RulePack
+from jaxinv.registry import NotInvertibleError, input_avals, require_nonsingular
+
+pack = RulePack("jaxinv.linalg", __version__, jax_versions=">=0.10", builtin=True,
+                description="linear algebra: solves with known square matrices")
 
 _SINGULAR = "the known square matrix operand of `dot_general`"
 
@@ -139,5 +147,19 @@ def _dot_general_ivjp(invals, outvals, out_cts, *, dimension_numbers, precision=
     return solved, cts
 
 
-register_inverse(P.dot_general_p, _dot_general_inverse)
-register_ivjp(P.dot_general_p, _dot_general_ivjp)
+pack.register_inverse(P.dot_general_p, _dot_general_inverse, examples=[
+    Example(jnp.matmul, reals(shape=(5, 4)), nonsingular(4), solve=[(0,)], label="x @ W"),
+    Example(jnp.matmul, nonsingular(4), reals(shape=(4, 3)), solve=[(1,)], label="W @ x"),
+    Example(jnp.matmul, nonsingular(4), nonsingular(4), solve=[(0,), (1,)], label="square @ square"),
+    Example(jnp.matmul, nonsingular(4), reals(shape=(4,)), solve=[(1,)], label="W @ vector"),
+    Example(jnp.matmul, reals(shape=(2, 5, 4)), nonsingular(4), solve=[(0,)], label="x with two free dims"),
+    Example(lambda x, w: lax.dot_general(x, w, (((1,), (1,)), ((), ()))), reals(shape=(5, 4)), nonsingular(4),
+            solve=[(0,)], label="x @ W.T"),
+    Example(lambda x, w: jnp.einsum("bij,bjk->bik", x, w), reals(shape=(3, 5, 4)), nonsingular(4, batch=(3,)),
+            solve=[(0,)], label="batched x @ W"),
+    Example(lambda w, x: jnp.einsum("bij,bjk->bik", w, x), nonsingular(4, batch=(3,)), reals(shape=(3, 4, 2)),
+            solve=[(1,)], label="batched W @ x"),
+    Example(lambda x, w: lax.dot_general(x, w, (((0,), (1,)), ((2,), (0,)))), reals(shape=(4, 5, 3)),
+            nonsingular(4, batch=(3,)), solve=[(0,)], label="batch and contracting dims not in front"),
+], notes="the known operand must be a square (batch of) matrix, provably nonsingular; LU solve")
+pack.register_ivjp(P.dot_general_p, _dot_general_ivjp)

@@ -11,15 +11,16 @@ import jax.numpy as jnp
 from jax import lax
 from jax.extend.core import primitives as P
 
+import jax
+
 from jaxinv._jax_internals import split_p, stack_p, tile_p, unstack_p
-from jaxinv.registry import (
-    NotInvertibleError,
-    defpermutation,
-    input_avals,
-    register_inverse,
-    register_ivjp,
-    register_nonzero,
-)
+from jaxinv._version import __version__
+from jaxinv.domains import Example, integers, reals
+from jaxinv.packs import RulePack
+from jaxinv.registry import NotInvertibleError, input_avals
+
+pack = RulePack("jaxinv.structural", __version__, jax_versions=">=0.10", builtin=True,
+                description="permutations, broadcasts, joins and splits, padding, cumulative ops")
 
 # --------------------------------------------------------------------------
 # private helpers for the non-trivial rules
@@ -164,34 +165,57 @@ def _device_put_inverse(invals, outvals, **_):
 # --------------------------------------------------------------------------
 # permutations (each also declares "nonzero iff its input is")
 
-defpermutation(P.reshape_p)
-defpermutation(P.transpose_p)
-defpermutation(P.rev_p)
-defpermutation(P.squeeze_p)
+pack.defpermutation(P.reshape_p, examples=Example(lambda x: x.reshape(3, 4), reals(shape=(4, 3))))
+pack.defpermutation(P.transpose_p, examples=Example(lambda x: jnp.transpose(x, (2, 0, 1)), reals(shape=(2, 3, 4))))
+pack.defpermutation(P.rev_p, examples=Example(lambda x: lax.rev(x, (0, 2)), reals(shape=(2, 3, 4))))
+pack.defpermutation(P.squeeze_p, examples=Example(lambda x: lax.squeeze(x, (1,)), reals(shape=(3, 1, 4))))
 
 # --------------------------------------------------------------------------
 # copies, joins and splits (expand_dims is broadcast_in_dim in jaxprs)
 
-register_inverse(P.broadcast_in_dim_p, _broadcast_in_dim_inverse)
-register_nonzero(P.broadcast_in_dim_p, _first)
-register_inverse(tile_p, _tile_inverse)
-register_nonzero(tile_p, _first)
-register_inverse(P.concatenate_p, _concatenate_inverse)
-register_nonzero(P.concatenate_p, _all)
-register_inverse(split_p, _split_inverse)
-register_ivjp(split_p, _split_ivjp)
-register_nonzero(split_p, _first)
-register_inverse(stack_p, _stack_inverse)
-register_nonzero(stack_p, _all)
-register_inverse(unstack_p, _unstack_inverse)
-register_nonzero(unstack_p, _first)
-register_inverse(P.pad_p, _pad_inverse)
-register_nonzero(P.pad_p, _all)
-register_inverse(P.device_put_p, _device_put_inverse)
-register_nonzero(P.device_put_p, _all)
+pack.register_inverse(P.broadcast_in_dim_p, _broadcast_in_dim_inverse, examples=[
+    Example(lambda x: jnp.expand_dims(x, 1), reals(shape=(3, 4)), label="expand_dims"),
+    Example(lambda x: jnp.broadcast_to(x, (5, 3, 4)), reals(shape=(3, 4)), label="new leading dim"),
+    Example(lambda x: jnp.broadcast_to(x, (2, 3, 4)), reals(shape=(3, 1)), label="size-1 dim expanded"),
+    Example(lambda x: jnp.broadcast_to(x, (2, 3)), reals(shape=()), label="scalar"),
+], notes="keeps one copy of each broadcast element")
+pack.register_nonzero(P.broadcast_in_dim_p, _first)
+pack.register_inverse(tile_p, _tile_inverse, examples=Example(lambda x: jnp.tile(x, (2, 3)), reals(shape=(3, 4))))
+pack.register_nonzero(tile_p, _first)
+pack.register_inverse(P.concatenate_p, _concatenate_inverse, examples=Example(
+    lambda a, b, c: jnp.concatenate([a, b, c], axis=1), reals(shape=(3, 1)), reals(shape=(3, 4)),
+    reals(shape=(3, 2)), solve=[(0,), (1, 2), (0, 1, 2)]))
+pack.register_nonzero(P.concatenate_p, _all)
+pack.register_inverse(split_p, _split_inverse, examples=[
+    Example(lambda x: jnp.split(x, [1, 3], axis=1), reals(shape=(3, 6))),
+    Example(lambda x: jnp.split(x, [2], axis=0), integers(shape=(4, 3)), label="integers"),
+], notes="needs every piece")
+pack.register_ivjp(split_p, _split_ivjp)
+pack.register_nonzero(split_p, _first)
+pack.register_inverse(stack_p, _stack_inverse, examples=Example(
+    lambda a, b, c: jnp.stack([a, b, c], axis=1), reals(shape=(3, 4)), reals(shape=(3, 4)), reals(shape=(3, 4)),
+    solve=[(1,), (0, 2), (0, 1, 2)]))
+pack.register_nonzero(stack_p, _all)
+pack.register_inverse(unstack_p, _unstack_inverse, examples=Example(lambda x: jnp.unstack(x, axis=1),
+                                                                     reals(shape=(3, 4))), notes="needs every piece")
+pack.register_nonzero(unstack_p, _first)
+pack.register_inverse(P.pad_p, _pad_inverse, examples=[
+    Example(lambda x, v: lax.pad(x, v, ((1, 2, 1), (0, 1, 0))), reals(shape=(3, 4)), reals(shape=()),
+            solve=[(0,), (1,), (0, 1)]),
+    Example(lambda x, v: lax.pad(x, v, ((0, 0, 2), (0, 0, 0))), reals(shape=(3, 4)), reals(shape=()),
+            solve=[(0, 1)], label="interior padding only"),
+], notes="no negative padding; the padding value is read back when some output element holds it")
+pack.register_nonzero(P.pad_p, _all)
+pack.register_inverse(P.device_put_p, _device_put_inverse, examples=Example(jax.device_put, reals()))
+pack.register_nonzero(P.device_put_p, _all)
 
 # --------------------------------------------------------------------------
 # scans
 
-register_inverse(P.cumsum_p, _cumsum_inverse)
-register_ivjp(P.cumsum_p, _cumsum_ivjp)
+pack.register_inverse(P.cumsum_p, _cumsum_inverse, examples=[
+    Example(lambda x: lax.cumsum(x, axis=1), reals(shape=(3, 5)), label="forward"),
+    Example(lambda x: lax.cumsum(x, axis=0, reverse=True), reals(shape=(3, 5)), label="reverse"),
+    Example(lambda x: lax.cumsum(x, axis=0), reals(shape=(1, 5)), label="length 1"),
+    Example(lambda x: lax.cumsum(x, axis=1), integers(shape=(3, 5)), label="integers wrap around bijectively"),
+])
+pack.register_ivjp(P.cumsum_p, _cumsum_ivjp)

@@ -1,0 +1,225 @@
+"""Declared domains: where a rule is meant to work, as data.
+
+A rule pack declares, next to every rule, one or more :class:`Example`: a small
+function that contains the primitive (so its params are exactly what JAX puts
+in jaxprs) and, for each argument, the set it is drawn from. The conformance
+harness (:mod:`jaxinv.testing`) draws random arguments from these sets
+(with hypothesis), finds the primitive's equation and checks the rule on it;
+``docs/rules.md`` prints them as each rule's domain.
+
+This module only describes sets; it imports neither hypothesis nor the
+registry, so declaring a domain costs nothing at ``import jaxinv``.
+
+Example::
+
+    Example(jnp.exp, reals(-10, 10))              # exp on [-10, 10], any float dtype
+    Example(jnp.multiply, reals(), nonzero())     # solve either factor
+    Example(jnp.dot, reals(shape=(3, 4)), nonsingular(4), solve=[(0,)])
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+Shape = tuple[int, ...]
+DEFAULT_SHAPE: Shape = (2, 3)
+
+
+def _shape(shape: Sequence[int] | None) -> Shape:
+    return DEFAULT_SHAPE if shape is None else tuple(int(d) for d in shape)
+
+
+@dataclasses.dataclass(frozen=True)
+class Reals:
+    """Floats in ``[lo, hi]`` (with ``|x| >= away_from_zero``), in the float
+    dtype under test unless ``dtype`` is given."""
+
+    lo: float = -2.0
+    hi: float = 2.0
+    shape: Shape = DEFAULT_SHAPE
+    away_from_zero: float = 0.0
+    dtype: Any = None
+
+    def describe(self) -> str:
+        where = f"[{self.lo:g}, {self.hi:g}]"
+        if self.away_from_zero:
+            where += f", |x| >= {self.away_from_zero:g}"
+        return where
+
+
+@dataclasses.dataclass(frozen=True)
+class Integers:
+    """Integers drawn from ``values``, of integer (or bool) ``dtype``."""
+
+    values: tuple = (-3, -1, 0, 1, 3, 5)
+    shape: Shape = DEFAULT_SHAPE
+    dtype: Any = np.int32
+
+    def describe(self) -> str:
+        return f"{np.dtype(self.dtype).name} in {set(self.values)}"
+
+
+@dataclasses.dataclass(frozen=True)
+class Booleans:
+    """Booleans (``p_true`` of them True on average)."""
+
+    shape: Shape = DEFAULT_SHAPE
+    p_true: float = 0.5
+
+    def describe(self) -> str:
+        return "bool"
+
+
+@dataclasses.dataclass(frozen=True)
+class Nonsingular:
+    """Well-conditioned ``n x n`` matrices (``n * I`` plus entries in
+    ``[-1, 1]``: diagonally dominant), with leading ``batch`` dims."""
+
+    n: int = 4
+    batch: Shape = ()
+    lower: bool | None = None  # keep only the lower (True) / upper (False) triangle
+    symmetric_positive: bool = False  # A A^T + n I instead
+    dtype: Any = None
+
+    @property
+    def shape(self) -> Shape:
+        return self.batch + (self.n, self.n)
+
+    def describe(self) -> str:
+        kind = "SPD" if self.symmetric_positive else "nonsingular"
+        if self.lower is not None:
+            kind = ("lower" if self.lower else "upper") + "-triangular " + kind
+        return f"{kind} {self.n}x{self.n}"
+
+
+@dataclasses.dataclass(frozen=True)
+class Fixed:
+    """Always this value (a permutation, a mask, a key)."""
+
+    value: Any
+
+    @property
+    def shape(self) -> Shape:
+        return tuple(np.shape(self.value))
+
+    def describe(self) -> str:
+        return "fixed"
+
+
+Domain = Reals | Integers | Booleans | Nonsingular | Fixed
+
+
+def reals(lo: float = -2.0, hi: float = 2.0, *, shape: Sequence[int] | None = None, dtype: Any = None) -> Reals:
+    """Floats in ``[lo, hi]``.
+
+    Example::
+
+        reals(-10, 10)                  # shape (2, 3), in [-10, 10]
+        reals(0.1, 2.0, shape=(3, 4))
+    """
+    return Reals(float(lo), float(hi), _shape(shape), dtype=dtype)
+
+
+def nonzero(lo: float = 0.5, hi: float = 2.0, *, shape: Sequence[int] | None = None, dtype: Any = None) -> Reals:
+    """Floats with ``lo <= |x| <= hi``, of either sign.
+
+    Example::
+
+        nonzero()                       # a divisor
+    """
+    return Reals(-float(hi), float(hi), _shape(shape), away_from_zero=float(lo), dtype=dtype)
+
+
+def positive(lo: float = 0.1, hi: float = 10.0, *, shape: Sequence[int] | None = None, dtype: Any = None) -> Reals:
+    """Floats in ``[lo, hi]`` with ``lo > 0``.
+
+    Example::
+
+        positive(1e-3, 1e3)             # log's domain
+    """
+    if lo <= 0:
+        raise ValueError(f"positive() needs lo > 0, got {lo}")
+    return Reals(float(lo), float(hi), _shape(shape), dtype=dtype)
+
+
+def integers(values: Sequence[int] = (-3, -1, 0, 1, 3, 5), *, shape: Sequence[int] | None = None,
+             dtype: Any = np.int32) -> Integers:
+    """Integers drawn from ``values``.
+
+    Example::
+
+        integers((0, 1, 2), dtype=np.uint8)
+    """
+    return Integers(tuple(values), _shape(shape), dtype)
+
+
+def booleans(*, shape: Sequence[int] | None = None, p_true: float = 0.5) -> Booleans:
+    """Booleans.
+
+    Example::
+
+        booleans(shape=(4,))
+    """
+    return Booleans(_shape(shape), p_true)
+
+
+def nonsingular(n: int = 4, *, batch: Sequence[int] = (), lower: bool | None = None, spd: bool = False,
+                dtype: Any = None) -> Nonsingular:
+    """Well-conditioned square matrices.
+
+    Example::
+
+        nonsingular(4)                          # 4 x 4
+        nonsingular(3, batch=(2,), lower=True)  # two lower-triangular 3 x 3
+    """
+    return Nonsingular(int(n), tuple(batch), lower, spd, dtype)
+
+
+def fixed(value: Any) -> Fixed:
+    """A constant argument.
+
+    Example::
+
+        fixed(np.array([2, 0, 1]))      # a permutation
+    """
+    return Fixed(value)
+
+
+@dataclasses.dataclass(frozen=True)
+class Example:
+    """Where a rule must work: ``fn(*args)`` contains the primitive, each
+    ``args[i]`` is a domain (or a plain value), and ``solve`` lists the
+    patterns of unknown inputs *of the primitive's equation* the rule must
+    solve (by input index). ``solve=None`` means: every single input that is
+    floating or the rule solves (at least one must be solvable).
+
+    Example::
+
+        Example(jnp.exp, reals(-10, 10))
+        Example(lambda a, b: a * b, reals(), nonzero(), solve=[(0,), (1,)])
+    """
+
+    fn: Callable
+    args: tuple
+    solve: tuple[tuple[int, ...], ...] | None = None
+    label: str = ""
+
+    def __init__(self, fn: Callable, *args: Any, solve: Sequence[Sequence[int]] | None = None, label: str = ""):
+        object.__setattr__(self, "fn", fn)
+        object.__setattr__(self, "args", tuple(args))
+        object.__setattr__(self, "solve", None if solve is None else tuple(tuple(p) for p in solve))
+        object.__setattr__(self, "label", label)
+
+    def describe(self) -> str:
+        parts = [a.describe() if hasattr(a, "describe") else "fixed" for a in self.args]
+        return "; ".join(parts)
+
+
+def as_domain(arg: Any) -> Domain:
+    """A plain value declared as an argument means :func:`fixed`."""
+    if isinstance(arg, (Reals, Integers, Booleans, Nonsingular, Fixed)):
+        return arg
+    return Fixed(arg)

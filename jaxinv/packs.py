@@ -1,0 +1,541 @@
+"""Rule packs: named, versioned sets of rules, and how they fill the tables.
+
+A :class:`RulePack` records rules (inverse, fused ivjp, principal branch,
+nonzero facts, documented refusals) together with the *examples* that declare
+where each rule must work (:mod:`jaxinv.domains`). Installing a pack writes its
+rules into the tables of :mod:`jaxinv.registry`. The built-in packs
+(``jaxinv/rules/*.py``) are installed by ``import jaxinv``; third-party packs are
+found through the entry-point group ``jaxinv.rule_packs`` and loaded lazily,
+the first time jaxinv plans a function (or :func:`rule_packs` is called).
+
+Precedence, per primitive and per kind of rule (inverse, ivjp, ...):
+
+1. a direct registration (``jaxinv.register_inverse`` and friends) wins;
+2. then the pack with the highest ``priority`` (default 0);
+3. then a third-party pack over a built-in one (a pack exists to add or
+   improve rules);
+4. then the pack whose name sorts first.
+
+When two packs provide the same kind of rule for a primitive, a
+:class:`RulePackConflictWarning` names both and the winner. A pack that fails
+to load, or that does not support the installed JAX, is reported with a
+:class:`RulePackWarning` and in :func:`rule_packs`, never breaks ``import jaxinv``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib.metadata
+import inspect
+import math
+import os
+import re
+import warnings
+from typing import Any, Callable, Iterable, Sequence
+
+import jax
+from jax.extend.core import Primitive
+
+from jaxinv import registry
+from jaxinv.domains import Example
+from jaxinv.registry import InverseRule, IvjpRule, NotInvertibleError, input_avals
+
+ENTRY_POINT_GROUP = "jaxinv.rule_packs"
+KINDS = ("inverse", "ivjp", "principal", "nonzero", "nonsingular", "not_invertible")
+
+
+class RulePackWarning(UserWarning):
+    """A rule pack could not be loaded, or does not support this JAX."""
+
+
+class RulePackConflictWarning(UserWarning):
+    """Two rule packs register the same kind of rule for one primitive."""
+
+
+@dataclasses.dataclass
+class PackRule:
+    """Everything one pack says about one primitive."""
+
+    primitive: Primitive
+    inverse: InverseRule | None = None
+    ivjp: IvjpRule | None = None
+    principal: InverseRule | None = None
+    nonzero: Callable[..., bool] | None = None
+    nonsingular: bool = False
+    not_invertible: str | None = None
+    examples: list[Example] = dataclasses.field(default_factory=list)
+    notes: str = ""
+
+    def provides(self, kind: str) -> bool:
+        value = getattr(self, kind)
+        return value is not None and value is not False
+
+
+def _examples(examples) -> list[Example]:
+    if examples is None:
+        return []
+    if isinstance(examples, Example):
+        return [examples]
+    return list(examples)
+
+
+def _accepting(fn: Callable) -> Callable:
+    """Wrap ``fn`` so that it receives only the keyword params it names."""
+    try:
+        sig = inspect.signature(fn)
+    except (TypeError, ValueError):  # builtins: pass nothing
+        return lambda *args, **params: fn(*args)
+    if any(p.kind is p.VAR_KEYWORD for p in sig.parameters.values()):
+        return fn
+    names = {n for n, p in sig.parameters.items() if p.kind is not p.VAR_POSITIONAL}
+    return lambda *args, **params: fn(*args, **{k: v for k, v in params.items() if k in names})
+
+
+class RulePack:
+    """A named, versioned set of rules.
+
+    ``jax_versions`` is a version specifier such as ``">=0.10,<0.11"`` (``None``:
+    any); installing the pack under another JAX skips it with a warning.
+
+    Example::
+
+        from jaxinv import RulePack, Example, reals
+        pack = RulePack("my_pack", version="0.1.0", jax_versions=">=0.10")
+        pack.defunary(my_exp_p, jnp.log, examples=Example(my_exp, reals(-5, 5)))
+        jaxinv.install_rule_pack(pack)     # or publish it under the entry point group
+    """
+
+    def __init__(self, name: str, version: str = "0.0.0", *, jax_versions: str | None = None,
+                 priority: float = 0, description: str = "", builtin: bool = False):
+        self.name = name
+        self.version = version
+        self.jax_versions = jax_versions
+        self.priority = priority
+        self.description = description
+        self.builtin = builtin
+        self.rules: dict[Primitive, PackRule] = {}
+        self.status = "not installed"
+        self.origin = "built-in" if builtin else "constructed"
+        self.error: str | None = None
+
+    # ---- bookkeeping
+    def _entry(self, prim: Primitive) -> PackRule:
+        if not isinstance(prim, Primitive):
+            raise TypeError(f"rule pack {self.name!r}: expected a jax.extend.core.Primitive, got {prim!r}")
+        if prim not in self.rules:
+            self.rules[prim] = PackRule(prim)
+        return self.rules[prim]
+
+    def _set(self, prim: Primitive, kind: str, value: Any, examples=None, notes: str = "") -> None:
+        entry = self._entry(prim)
+        setattr(entry, kind, value)
+        entry.examples.extend(_examples(examples))
+        if notes:
+            entry.notes = notes
+        if self in _installed:
+            _resolve(prim)
+
+    @property
+    def primitives(self) -> list[Primitive]:
+        """The primitives this pack has any rule for, by name."""
+        return sorted(self.rules, key=lambda p: p.name)
+
+    def coverage(self) -> dict[str, int]:
+        """How many primitives get each kind of rule from this pack.
+
+        Example::
+
+            jaxinv.rule_packs()[0].coverage()   # {'inverse': 38, 'ivjp': 12, ...}
+        """
+        return {kind: sum(r.provides(kind) for r in self.rules.values()) for kind in KINDS}
+
+    def supports(self, jax_version: str = jax.__version__) -> bool:
+        """Whether this pack declares support for ``jax_version``."""
+        return _version_matches(jax_version, self.jax_versions)
+
+    def __repr__(self) -> str:
+        cov = self.coverage()
+        return (f"RulePack({self.name!r}, version={self.version!r}, status={self.status!r}, "
+                f"inverse={cov['inverse']}, ivjp={cov['ivjp']}, principal={cov['principal']})")
+
+    # ---- registration (the one convention of registry.py)
+    def register_inverse(self, prim: Primitive, rule: InverseRule, *, principal_branch: bool = False,
+                         examples: Example | Sequence[Example] = (), notes: str = "") -> InverseRule:
+        """Register ``rule(invals, outvals, **params) -> invals`` as ``prim``'s inverse.
+
+        With ``principal_branch=True`` the rule inverts a non-injective primitive
+        on a chosen branch; only ``jaxinv.inverse`` uses it, never the gradient
+        path. ``examples`` declare where the rule must work (checked by
+        :mod:`jaxinv.testing`).
+
+        Example::
+
+            double_p = jax.extend.core.Primitive("double")
+            ...
+            jaxinv.register_inverse(double_p, lambda invals, outvals: [outvals[0] / 2])
+        """
+        self._set(prim, "principal" if principal_branch else "inverse", rule, examples, notes)
+        return rule
+
+    def register_ivjp(self, prim: Primitive, rule: IvjpRule, *, examples: Example | Sequence[Example] = (),
+                      notes: str = "") -> IvjpRule:
+        """Register ``rule(invals, outvals, out_cts, **params) -> (invals, in_cts)``.
+
+        Example::
+
+            def exp_ivjp(invals, outvals, out_cts, **params):
+                (y,), (ct,) = outvals, out_cts
+                return [jnp.log(y)], [ct * y]
+
+            jaxinv.register_ivjp(lax.exp_p, exp_ivjp)
+        """
+        self._set(prim, "ivjp", rule, examples, notes)
+        return rule
+
+    def register_nonzero(self, prim: Primitive, rule: Callable[..., bool] | None = None) -> None:
+        """Declare when ``prim``'s output is provably nonzero.
+
+        ``rule(nonzero_in, **params) -> bool`` gets one bool per input; the
+        default says "always" (as for ``exp``). Used by ``require_nonzero``.
+
+        Example::
+
+            pack.register_nonzero(lax.exp_p)                                # exp(x) != 0
+            pack.register_nonzero(lax.mul_p, lambda nz, **_: all(nz))       # a * b
+        """
+        self._set(prim, "nonzero", rule if rule is not None else _always)
+
+    def register_nonsingular(self, prim: Primitive) -> None:
+        """Declare that ``prim``'s output, as a matrix, is nonsingular (a marker).
+
+        Example::
+
+            pack.register_nonsingular(jaxinv.markers.nonzero_p)
+        """
+        self._set(prim, "nonsingular", True)
+
+    def register_not_invertible(self, prim: Primitive, reason: str) -> None:
+        """Document why ``prim`` has no inverse: the planner's error says so.
+
+        Example::
+
+            pack.register_not_invertible(lax.reduce_precision_p, "it rounds away mantissa bits")
+        """
+        self._set(prim, "not_invertible", reason)
+
+    def declare_examples(self, prim: Primitive, *examples: Example) -> None:
+        """Add examples (where the rules for ``prim`` must work) after registering.
+
+        Example::
+
+            pack.declare_examples(lax.add_p, Example(jnp.add, reals(), reals(shape=())))
+        """
+        self._entry(prim).examples.extend(examples)
+
+    # ---- one-line helpers, in the spirit of ad.defjvp
+    def defunary(self, prim: Primitive, inverse: Callable, ct: Callable | None = None, *,
+                 principal_branch: bool = False, examples: Example | Sequence[Example] = (),
+                 notes: str = "") -> None:
+        """One-line rules for an injective unary elementwise primitive ``y = prim(x)``.
+
+        ``inverse(y, **params) -> x``; the optional fused ``ct(x, y, ct_y,
+        **params) -> ct_x`` registers an ivjp too. ``inverse``/``ct`` receive
+        only the params they name. Also declares "nonzero iff the input is",
+        unless a nonzero rule is registered first.
+
+        Example::
+
+            defunary(lax.exp_p, jnp.log, ct=lambda x, y, ct: ct * y,
+                     examples=Example(jnp.exp, reals(-10, 10)))
+        """
+        inv = _accepting(inverse)
+
+        def inverse_rule(invals, outvals, **params):
+            return [inv(outvals[0], **params)]
+
+        self.register_inverse(prim, inverse_rule, principal_branch=principal_branch, examples=examples,
+                              notes=notes)
+        if principal_branch:
+            return
+        if not self._entry(prim).provides("nonzero"):
+            self.register_nonzero(prim, _first)
+        if ct is not None:
+            cot = _accepting(ct)
+
+            def ivjp_rule(invals, outvals, out_cts, **params):
+                x = inv(outvals[0], **params)
+                return [x], [cot(x, outvals[0], out_cts[0], **params)]
+
+            self.register_ivjp(prim, ivjp_rule)
+
+    def defbinary(self, prim: Primitive, solve_lhs: Callable | None, solve_rhs: Callable | None, *,
+                  examples: Example | Sequence[Example] = (), notes: str = "") -> None:
+        """One-line inverse for a binary primitive ``y = prim(a, b)``.
+
+        ``solve_lhs(y, b, **params) -> a`` recovers the first operand when the
+        second is known, ``solve_rhs(y, a, **params) -> b`` the second; pass
+        ``None`` for a side that cannot be solved. A solver that divides by its
+        known operand calls ``require_nonzero`` on it.
+
+        Example::
+
+            defbinary(lax.add_p, lambda y, b: y - b, lambda y, a: y - a)
+        """
+        solvers = [_accepting(s) if s is not None else None for s in (solve_lhs, solve_rhs)]
+
+        def inverse_rule(invals, outvals, **params):
+            unknown = [i for i, v in enumerate(invals) if v is None]
+            if len(unknown) != 1:
+                raise NotInvertibleError(f"both operands of `{prim.name}` are unknown; one must be known")
+            (i,) = unknown
+            if solvers[i] is None:
+                raise NotInvertibleError(f"`{prim.name}` cannot be solved for its {('first', 'second')[i]} operand")
+            out = list(invals)
+            out[i] = solvers[i](outvals[0], invals[1 - i], **params)
+            return out
+
+        self.register_inverse(prim, inverse_rule, examples=examples, notes=notes)
+
+    def defpermutation(self, prim: Primitive, *, examples: Example | Sequence[Example] = (),
+                       notes: str = "") -> None:
+        """One-line rules for a structural primitive that only moves elements
+        (``reshape``, ``transpose``, ``rev``, ``squeeze``, ...).
+
+        Its inverse is its own linear transpose, applied to the outputs; the
+        fused ivjp applies the same transpose to the cotangents.
+
+        Example::
+
+            defpermutation(lax.rev_p, examples=Example(lambda x: lax.rev(x, (0,)), reals()))
+        """
+
+        def undo(y, params):
+            f = lambda x: prim.bind(x, **params)
+            (x,) = jax.linear_transpose(f, input_avals()[0])(y)
+            return x
+
+        def inverse_rule(invals, outvals, **params):
+            return [undo(outvals[0], params)]
+
+        def ivjp_rule(invals, outvals, out_cts, **params):
+            return [undo(outvals[0], params)], [undo(out_cts[0], params)]
+
+        self.register_inverse(prim, inverse_rule, examples=examples, notes=notes)
+        self.register_ivjp(prim, ivjp_rule)
+        self.register_nonzero(prim, _first)
+
+
+def _always(nonzero_in, **_):
+    return True
+
+
+def _first(nonzero_in, **_):
+    return nonzero_in[0]
+
+
+# --------------------------------------------------------------------------
+# installing packs, and precedence
+
+_installed: list[RulePack] = []
+_known: list[RulePack] = []  # every pack seen, installed or not (for rule_packs())
+_warned: set = set()
+
+#: Direct registrations (``jaxinv.register_inverse`` ...): they always win.
+direct = RulePack("direct registrations", version="-", priority=math.inf,
+                  description="rules registered with jaxinv.register_* rather than through a pack")
+
+
+def _precedence(pack: RulePack):
+    return (-pack.priority, pack.builtin, pack.name)
+
+
+def _table_set(kind: str, prim: Primitive, value: Any) -> None:
+    if kind == "nonsingular":
+        (registry.nonsingular_primitives.add if value else registry.nonsingular_primitives.discard)(prim)
+        return
+    table = {"inverse": registry.inverse_rules, "ivjp": registry.ivjp_rules,
+             "principal": registry.principal_inverse_rules, "nonzero": registry.nonzero_rules,
+             "not_invertible": registry.not_invertible_reasons}[kind]
+    if value is None:
+        table.pop(prim, None)
+    else:
+        table[prim] = value
+
+
+def _resolve(prim: Primitive) -> None:
+    """Write the winning rule of each kind for ``prim`` into the tables."""
+    for kind in KINDS:
+        candidates = sorted((p for p in _installed if prim in p.rules and p.rules[prim].provides(kind)),
+                            key=_precedence)
+        winner = candidates[0] if candidates else None
+        _table_set(kind, prim, getattr(winner.rules[prim], kind) if winner else None)
+        rivals = [p for p in candidates if p is not direct]
+        if len(rivals) > 1 and winner is not direct:
+            key = (prim, kind, tuple(p.name for p in rivals))
+            if key not in _warned:
+                _warned.add(key)
+                warnings.warn(
+                    f"rule packs {', '.join(repr(p.name) for p in rivals)} all register a{'n' if kind[0] in 'aeiou' else ''} "
+                    f"{kind} rule for `{prim.name}`; using {winner.name!r} (highest priority, then third-party over "
+                    f"built-in, then name; see jaxinv.packs)", RulePackConflictWarning, stacklevel=3)
+    registry.tables_changed()
+
+
+def install_rule_pack(pack: RulePack, *, origin: str | None = None) -> RulePack:
+    """Install ``pack``: its rules enter the tables, subject to precedence.
+
+    A pack that does not support the installed JAX is skipped with a
+    :class:`RulePackWarning`. Installing twice is a no-op.
+
+    Example::
+
+        jaxinv.install_rule_pack(my_pack)
+    """
+    if not isinstance(pack, RulePack):
+        raise TypeError(f"install_rule_pack expects a jaxinv.RulePack, got {type(pack).__name__}")
+    if origin is not None:
+        pack.origin = origin
+    if pack not in _known:
+        _known.append(pack)
+    if pack in _installed:
+        return pack
+    if not pack.supports():
+        pack.status = "skipped"
+        pack.error = f"supports JAX {pack.jax_versions}, not {jax.__version__}"
+        warnings.warn(f"rule pack {pack.name!r} skipped: it {pack.error}", RulePackWarning, stacklevel=2)
+        return pack
+    _installed.append(pack)
+    pack.status = "loaded"
+    pack.error = None
+    for prim in pack.rules:
+        _resolve(prim)
+    return pack
+
+
+def uninstall_rule_pack(pack: RulePack) -> None:
+    """Take ``pack``'s rules out of the tables (the others' come back).
+
+    Example::
+
+        jaxinv.uninstall_rule_pack(my_pack)
+    """
+    if pack in _installed:
+        _installed.remove(pack)
+        pack.status = "not installed"
+        for prim in pack.rules:
+            _resolve(prim)
+
+
+
+# --------------------------------------------------------------------------
+# third-party packs, found through entry points
+
+_plugins_loaded = False
+
+
+def load_entry_point_packs(*, reload: bool = False) -> None:
+    """Load the packs published under the ``jaxinv.rule_packs`` entry-point
+    group (once; ``JAXINV_DISABLE_PLUGINS=1`` turns this off).
+
+    An entry point names a :class:`RulePack` or a function returning one. A
+    pack that fails to import or build is recorded as ``failed`` with the
+    error and a :class:`RulePackWarning`; jaxinv carries on without it.
+
+    Example (in the pack's ``pyproject.toml``)::
+
+        [project.entry-points."jaxinv.rule_packs"]
+        my_pack = "my_package.rules:PACK"
+    """
+    global _plugins_loaded
+    if _plugins_loaded and not reload:
+        return
+    _plugins_loaded = True
+    if os.environ.get("JAXINV_DISABLE_PLUGINS", "") not in ("", "0"):
+        return
+    try:
+        entry_points = importlib.metadata.entry_points(group=ENTRY_POINT_GROUP)
+    except Exception as e:  # a broken environment must not break jaxinv
+        warnings.warn(f"could not list jaxinv rule packs: {e}", RulePackWarning, stacklevel=2)
+        return
+    for ep in sorted(entry_points, key=lambda e: e.name):
+        dist = getattr(getattr(ep, "dist", None), "name", None)
+        origin = f"entry point {ep.name} = {ep.value}" + (f" (distribution {dist})" if dist else "")
+        if any(p.origin == origin for p in _known):
+            continue
+        try:
+            obj = ep.load()
+            pack = obj if isinstance(obj, RulePack) else obj()
+            if not isinstance(pack, RulePack):
+                raise TypeError(f"it gave {type(pack).__name__}, not a jaxinv.RulePack")
+        except Exception as e:
+            failed = RulePack(ep.name)
+            failed.origin, failed.status = origin, "failed"
+            failed.error = f"{type(e).__name__}: {e}"
+            _known.append(failed)
+            warnings.warn(f"jaxinv rule pack {ep.name!r} ({origin}) failed to load and is ignored: {failed.error}",
+                          RulePackWarning, stacklevel=2)
+            continue
+        install_rule_pack(pack, origin=origin)
+
+
+def rule_packs() -> list[RulePack]:
+    """Every rule pack jaxinv knows, loaded or not, with its status
+    (``loaded``, ``failed``, ``skipped``) and :meth:`RulePack.coverage`.
+
+    Example::
+
+        >>> for pack in jaxinv.rule_packs():
+        ...     print(pack.name, pack.status, pack.coverage()["inverse"])
+        jaxinv.elementwise loaded 40
+        ...
+    """
+    load_entry_point_packs()
+    return [p for p in _known if p is not direct or p.rules]
+
+
+# --------------------------------------------------------------------------
+# the public one-line helpers: methods of the pack of direct registrations
+
+register_inverse = direct.register_inverse
+register_ivjp = direct.register_ivjp
+register_nonzero = direct.register_nonzero
+register_not_invertible = direct.register_not_invertible
+defunary = direct.defunary
+defbinary = direct.defbinary
+defpermutation = direct.defpermutation
+
+
+# --------------------------------------------------------------------------
+# version specifiers (">=0.10,<0.11", "==0.10.*"), without a dependency
+
+
+def _version_tuple(text: str) -> tuple[int, ...]:
+    return tuple(int(m) for m in re.findall(r"\d+", text.split("+")[0].split("dev")[0].split("rc")[0]))
+
+
+def _version_matches(version: str, spec: str | None) -> bool:
+    if not spec:
+        return True
+    have = _version_tuple(version)
+    for clause in (c.strip() for c in spec.split(",") if c.strip()):
+        m = re.fullmatch(r"(>=|<=|==|!=|~=|>|<)\s*([\w.*]+)", clause)
+        if not m:
+            raise ValueError(f"unreadable JAX version specifier {clause!r} (use e.g. '>=0.10,<0.11')")
+        op, want = m.groups()
+        if want.endswith(".*"):
+            prefix = _version_tuple(want[:-2])
+            same = have[:len(prefix)] == prefix
+            if (op == "==" and not same) or (op == "!=" and same):
+                return False
+            continue
+        w = _version_tuple(want)
+        n = max(len(have), len(w))
+        h, w = have + (0,) * (n - len(have)), w + (0,) * (n - len(w))
+        ok = {">=": h >= w, "<=": h <= w, ">": h > w, "<": h < w, "==": h == w, "!=": h != w,
+              "~=": h >= w and h[:len(_version_tuple(want)) - 1] == w[:len(_version_tuple(want)) - 1]}[op]
+        if not ok:
+            return False
+    return True
+
+
+install_rule_pack(direct)
