@@ -11,3 +11,7 @@ split_p = _lax.split_p
 tile_p = _lax.tile_p
 stack_p = _lax.stack_p  # jnp.stack binds it directly in 0.10 (stack[axis=...] in jaxprs)
 unstack_p = _lax.unstack_p  # jnp.unstack binds it (multiple results)
+optimization_barrier_p = _lax.optimization_barrier_p  # lax.optimization_barrier binds it (identity on a tuple)
+from jax._src.random import prng as _prng  # noqa: E402  random_wrap/unwrap: key data <-> key (jax.random.key_data ...)
+random_wrap_p = _prng.random_wrap_p
+random_unwrap_p = _prng.random_unwrap_p

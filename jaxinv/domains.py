@@ -193,8 +193,9 @@ class Example:
     """Where a rule must work: ``fn(*args)`` contains the primitive, each
     ``args[i]`` is a domain (or a plain value), and ``solve`` lists the
     patterns of unknown inputs *of the primitive's equation* the rule must
-    solve (by input index). ``solve=None`` means: every single input that is
-    floating or the rule solves (at least one must be solvable).
+    solve (by input index). ``solve=None`` means: each input alone and all
+    together are tried, and at least one must be solved. ``tolerance`` scales
+    the harness's tolerances (a few thousand ulps) for ill-conditioned rules.
 
     Example::
 
@@ -206,12 +207,15 @@ class Example:
     args: tuple
     solve: tuple[tuple[int, ...], ...] | None = None
     label: str = ""
+    tolerance: float = 1.0
 
-    def __init__(self, fn: Callable, *args: Any, solve: Sequence[Sequence[int]] | None = None, label: str = ""):
+    def __init__(self, fn: Callable, *args: Any, solve: Sequence[Sequence[int]] | None = None, label: str = "",
+                 tolerance: float = 1.0):
         object.__setattr__(self, "fn", fn)
         object.__setattr__(self, "args", tuple(args))
         object.__setattr__(self, "solve", None if solve is None else tuple(tuple(p) for p in solve))
         object.__setattr__(self, "label", label)
+        object.__setattr__(self, "tolerance", float(tolerance))
 
     def describe(self) -> str:
         parts = [a.describe() if hasattr(a, "describe") else "fixed" for a in self.args]

@@ -63,7 +63,8 @@ class PackRule:
     nonzero: Callable[..., bool] | None = None
     nonsingular: bool = False
     not_invertible: str | None = None
-    examples: list[Example] = dataclasses.field(default_factory=list)
+    examples: list[Example] = dataclasses.field(default_factory=list)  # for inverse and ivjp
+    principal_examples: list[Example] = dataclasses.field(default_factory=list)  # on the principal branch
     notes: str = ""
 
     def provides(self, kind: str) -> bool:
@@ -129,7 +130,7 @@ class RulePack:
     def _set(self, prim: Primitive, kind: str, value: Any, examples=None, notes: str = "") -> None:
         entry = self._entry(prim)
         setattr(entry, kind, value)
-        entry.examples.extend(_examples(examples))
+        (entry.principal_examples if kind == "principal" else entry.examples).extend(_examples(examples))
         if notes:
             entry.notes = notes
         if self in _installed:
@@ -410,6 +411,26 @@ def install_rule_pack(pack: RulePack, *, origin: str | None = None) -> RulePack:
     for prim in pack.rules:
         _resolve(prim)
     return pack
+
+
+def provider(prim: Primitive, kind: str = "inverse") -> RulePack | None:
+    """The installed pack whose ``kind`` rule for ``prim`` is in the tables.
+
+    Example::
+
+        provider(lax.exp_p).name    # 'jaxinv.elementwise'
+    """
+    candidates = sorted((p for p in _installed if prim in p.rules and p.rules[prim].provides(kind)), key=_precedence)
+    return candidates[0] if candidates else None
+
+
+def declared_examples(prim: Primitive, kind: str = "inverse") -> list[Example]:
+    """The examples the winning pack declares for ``prim``'s ``kind`` rule."""
+    owner = provider(prim, kind) or provider(prim, "ivjp")
+    if owner is None:
+        return []
+    entry = owner.rules[prim]
+    return list(entry.principal_examples if kind == "principal" else entry.examples)
 
 
 def uninstall_rule_pack(pack: RulePack) -> None:

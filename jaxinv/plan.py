@@ -133,20 +133,24 @@ def _literal_key(v):
 
 
 def probe(eqn, known: Sequence[bool], facts: Sequence[frozenset], table,
-          out_known: Sequence[bool] | None = None) -> str | None:
+          out_known: Sequence[bool] | None = None, out_facts: Sequence[frozenset] | None = None) -> str | None:
     """Can ``eqn``'s rule solve its unknown inputs given the ``known`` ones?
 
     ``out_known`` marks the outputs given (an unread output may be passed as
-    None). Returns ``None`` if so, else the reason. Runs the rule on abstract
+    None); ``facts``/``out_facts`` are what the planner proved about the
+    inputs/outputs (a rule dividing by an output, like cumprod's, needs them). Returns ``None`` if so, else the reason. Runs the rule on abstract
     values (cached by primitive, shapes, pattern, facts and params).
     """
     out_known = tuple(out_known) if out_known is not None else (True,) * len(eqn.outvars)
+    out_facts = tuple(out_facts) if out_facts is not None else (frozenset(),) * len(eqn.outvars)
     prim = eqn.primitive
     rule = table.get(prim)
     if rule is None:
         if prim in registry.principal_inverse_rules:
             return (f"`{prim.name}` is not injective (its principal-branch inverse "
                     "serves jaxinv.inverse only, never gradients)")
+        if prim in registry.not_invertible_reasons:
+            return f"`{prim.name}` is not invertible: {registry.not_invertible_reasons[prim]}"
         return f"no inverse rule is registered for `{prim.name}`"
     in_avals = [v.aval for v in eqn.invars]
     out_avals = [v.aval for v in eqn.outvars]
@@ -155,12 +159,13 @@ def probe(eqn, known: Sequence[bool], facts: Sequence[frozenset], table,
     if params_key is not None:
         key = (id(table), prim, tuple(known), out_known, tuple(map(str, in_avals)), tuple(map(str, out_avals)),
                tuple(f if k else None for f, k in zip(facts, known)),
+               tuple(f if k else None for f, k in zip(out_facts, out_known)),
                tuple(_literal_key(v) for v in eqn.invars),
                params_key)
         hit = registry._probe_cache.get(key)
         if hit is not None:
             return hit[0]
-    reason = _run_probe(eqn, rule, known, facts, in_avals, out_avals, out_known)
+    reason = _run_probe(eqn, rule, known, facts, in_avals, out_avals, out_known, out_facts)
     if key is not None:
         registry._probe_cache[key] = (reason,)
     return reason
@@ -171,7 +176,7 @@ def spec(aval):
     return jax.ShapeDtypeStruct(aval.shape, aval.dtype)
 
 
-def _run_probe(eqn, rule, known, facts, in_avals, out_avals, out_known) -> str | None:
+def _run_probe(eqn, rule, known, facts, in_avals, out_avals, out_known, out_facts) -> str | None:
     literal = {i: v.val for i, v in enumerate(eqn.invars) if isinstance(v, Literal)}
     traced_idx = [i for i, k in enumerate(known) if k and i not in literal]
 
@@ -184,6 +189,7 @@ def _run_probe(eqn, rule, known, facts, in_avals, out_avals, out_known) -> str |
         for i, val in zip(traced_idx, traced_vals):
             invals[i] = val
         proven = {id(invals[i]): facts[i] for i in range(len(invals)) if known[i]}
+        proven.update({id(y): f for y, f in zip(outvals, out_facts) if y is not None})
         with registry.proving(proven), registry.solving(in_avals):
             res = rule(invals, list(outvals), **eqn.params)
         return [res[i] for i, k in enumerate(known) if not k]
@@ -338,7 +344,7 @@ class _Planner:
     def probe_now(self, e, known=None) -> str | None:
         known = tuple(map(self.known, e.invars)) if known is None else known
         return probe(e, known, [self.fact_of(v) for v in e.invars], self.table,
-                     tuple(map(self.known, e.outvars)))
+                     tuple(map(self.known, e.outvars)), [self.fact_of(v) for v in e.outvars])
 
     def try_invert(self, i: int) -> str | None:
         e = self.eqns[i]
@@ -432,7 +438,8 @@ class _Planner:
         if self.probe_now(e, known) is None:
             return []
         dead = [v for v in e.outvars if not self.known(v) and self.dead(v)]
-        if dead and probe(e, known, [self.fact_of(v) for v in e.invars], self.table) is None:
+        if dead and probe(e, known, [self.fact_of(v) for v in e.invars], self.table,
+                          out_facts=[self.fact_of(v) for v in e.outvars]) is None:
             return dead
         return None
 
@@ -450,7 +457,8 @@ class _Planner:
             dead = [v for v in e.outvars if not self.known(v) and self.dead(v)]
             if dead and self.outputs_ready(e):
                 known = tuple(map(self.known, e.invars))
-                if probe(e, known, [self.fact_of(v) for v in e.invars], self.table) is None:
+                if probe(e, known, [self.fact_of(v) for v in e.invars], self.table,
+                         out_facts=[self.fact_of(v) for v in e.outvars]) is None:
                     for v in dead:
                         self.save(v, "an unread output, needed to invert its equation")
                     return True

@@ -1,5 +1,5 @@
-"""Rules for higher-order primitives: scan, fori-style while loops, custom_jvp
-and custom_vjp calls.
+"""Rules for higher-order primitives: scan, fori-style while loops, cond /
+switch, custom_jvp and custom_vjp calls.
 
 These rules recurse into the interpreter (a loop body is planned and run like
 any jaxpr), so this pack sits above :mod:`jaxinv.interpreter` rather than
@@ -14,6 +14,12 @@ no rule: their bodies are inlined (:mod:`jaxinv.flatten`).
   the trip count comes from the known initial counter and bound; the ivjp is a
   reverse ``fori_loop`` (reverse-mode through a while loop, which JAX itself
   refuses).
+* ``cond`` (``lax.cond``, ``lax.switch``): invertible when its index (first
+  operand) is known; the outer plan recomputes it, or saves it (one scalar)
+  when it is computed from values the outputs cannot give back. Every branch
+  must rebuild the unknown operands with nothing saved; the inverse is a
+  ``lax.switch`` over the inverted branches, the ivjp a ``lax.switch`` over
+  the branches' reverse sweeps.
 * ``custom_jvp_call`` / ``custom_vjp_call``: inverted through their body; their
   cotangents come from their own custom rule (the interpreter's derived ivjp).
   Well-known JAX functions whose body no rule inverts (``jnp.logaddexp``, hence
@@ -27,6 +33,7 @@ import functools
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax import lax
 from jax.extend.core import ClosedJaxpr, Literal
 from jax.extend.core import primitives as P
@@ -35,13 +42,13 @@ from jaxinv import interpreter
 from jaxinv.flatten import flatten, has_calls
 from jaxinv.plan import make_plan
 from jaxinv._version import __version__
-from jaxinv.domains import Example, reals
+from jaxinv.domains import Example, booleans, integers, reals
 from jaxinv.packs import RulePack
 from jaxinv.registry import NotInvertibleError
 from jaxinv.rules.functions import known_inverse
 
 pack = RulePack("jaxinv.control_flow", __version__, jax_versions=">=0.10", builtin=True,
-                description="loops and custom-derivative calls, inverted through their bodies")
+                description="loops, cond/switch and custom-derivative calls, inverted through their bodies")
 
 
 def _closed(j) -> ClosedJaxpr:
@@ -241,6 +248,78 @@ pack.register_inverse(P.while_p, _while_inverse, examples=Example(
     lambda x: lax.fori_loop(0, 3, lambda i, x: jnp.sinh(x) * 0.5 + 1.0, x), reals(-1, 1),
     label="fori_loop"), notes="fixed trip count (lax.fori_loop form) only; ivjp = reverse fori_loop")
 pack.register_ivjp(P.while_p, _while_ivjp)
+
+
+# ---------------------------------------------------------------- cond / switch
+
+
+def _cond_setup(invals, outvals, branches):
+    """The plans of every branch, with the operands known here known in each
+    (nothing saved). The index must be known: it is an input of the cond, which
+    the outer plan recomputes or saves (a scalar) like any other. Branches are
+    checked first, so that a branch no index could help is the reason given."""
+    if any(y is None for y in outvals):
+        raise NotInvertibleError("every output of a cond/switch is needed to run its branch backwards")
+    known = tuple(x is not None for x in invals[1:])
+    plans = []
+    for k, branch in enumerate(branches):
+        try:
+            plans.append(_body_plan(_closed(branch), known))
+        except NotInvertibleError as err:
+            raise NotInvertibleError(f"branch {k} (of {len(branches)}) is not invertible: {err}") from None
+    if invals[0] is None:
+        raise NotInvertibleError("the branch index of a cond/switch must be known (recomputed or saved)")
+    return invals[0], list(invals[1:]), plans
+
+
+def _cond_inverse(invals, outvals, *, branches, **_):
+    # cond(i, ops) = branches[i](ops): the operands are branch i's inverse applied
+    # to the outputs, so run lax.switch(i, inverted branches).
+    index, ops, plans = _cond_setup(invals, outvals, branches)
+    unknown = [j for j, x in enumerate(ops) if x is None]
+
+    def inverted(plan):
+        def run(outs):
+            vals = interpreter.reconstruct(plan, ops, [], list(outs))
+            return [vals[j] for j in unknown]
+        return run
+
+    solved = iter(lax.switch(index, [inverted(p) for p in plans], list(outvals)))
+    return [index] + [x if x is not None else next(solved) for x in ops]
+
+
+def _cond_ivjp(invals, outvals, out_cts, *, branches, **_):
+    # The same switch, each branch running its own reverse sweep: it rebuilds
+    # the operands and their cotangents (known float operands included) together.
+    index, ops, plans = _cond_setup(invals, outvals, branches)
+    unknown = [j for j, x in enumerate(ops) if x is None]
+    avals = [v.aval for v in _closed(branches[0]).jaxpr.invars]
+    floats = [j for j, a in enumerate(avals) if jnp.issubdtype(a.dtype, jnp.inexact)]
+    cts = [ct if ct is not None and _is_float(y) else None for ct, y in zip(out_cts, outvals)]
+
+    def reversed_branch(plan):
+        def run(outs):
+            vals, in_cts = interpreter.backward(plan, ops, [], list(outs), cts, return_inputs=True)
+            return ([vals[j] for j in unknown],
+                    [_zero_if_none(in_cts[j], jnp.zeros(avals[j].shape, avals[j].dtype)) for j in floats])
+        return run
+
+    solved, float_cts = lax.switch(index, [reversed_branch(p) for p in plans], list(outvals))
+    solved = iter(solved)
+    in_cts = [None] * len(invals)
+    for j, ct in zip(floats, float_cts):
+        in_cts[1 + j] = ct
+    return [index] + [x if x is not None else next(solved) for x in ops], in_cts
+
+
+pack.register_inverse(P.cond_p, _cond_inverse, examples=[
+    Example(lambda i, x: lax.switch(i, [lambda x: jnp.exp(x), lambda x: x * 2.0 + 1.0, lambda x: -jnp.tanh(x)], x),
+            integers((0, 1, 2), shape=(), dtype=np.int32), reals(), solve=[(1,)], label="lax.switch"),
+    Example(lambda p, x, w: lax.cond(p, lambda x: x + jnp.tanh(w), lambda x: x * 2.0 - w, x),
+            booleans(shape=()), reals(), reals(), solve=[(2,)], label="lax.cond, a known closed-over operand"),
+], notes="the index must be known (recomputed or saved); every branch must invert with nothing saved; "
+         "ivjp = lax.switch over the branches' reverse sweeps")
+pack.register_ivjp(P.cond_p, _cond_ivjp)
 
 
 # ---------------------------------------------------------------- custom_jvp / custom_vjp

@@ -1,21 +1,115 @@
-"""Rules for primitives that only carry values through, and for jaxinv's own
-primitives: the ``nonzero`` marker and ``custom_ivjp`` calls.
+"""Rules for primitives that only carry values through, for PRNG keys, and for
+jaxinv's own primitives: the ``nonzero`` marker and ``custom_ivjp`` calls.
+
+* Identity-like primitives (``optimization_barrier``, ``sharding_constraint``,
+  ``checkpoint_name``'s ``name``, ``stop_gradient``): the input is the output.
+* ``jit`` / ``pjit``, ``closed_call``, ``call`` and ``remat`` (``jax.checkpoint``)
+  need no rule: :mod:`jaxinv.flatten` inlines their bodies, so the planner sees
+  (and inverts) across their borders.
+* PRNG: ``random_bits``, ``random_split``, ``random_fold_in`` (and the
+  arithmetic that turns bits into a dropout mask) are hashes of the key; they are
+  never solved for, only recomputed forward from the key, which the plan keeps
+  (a few bytes) instead of the mask. Where a key primitive is a bijection it is
+  inverted: ``random_wrap`` <-> ``random_unwrap``, and ``threefry2x32`` as a
+  bijection of its counter for a known key.
 
 Only registrations live here (see ``jaxinv/registry.py`` for the conventions).
 """
 
 from __future__ import annotations
 
+import jax
+import jax.extend.random  # noqa: F401  (threefry_2x32, in an example)
 import jax.numpy as jnp
+import numpy as np
+from jax import lax
+from jax.ad_checkpoint import checkpoint_name
+from jax.extend.core import primitives as P
+from jax.sharding import SingleDeviceSharding
 
+from jaxinv._jax_internals import optimization_barrier_p, random_unwrap_p, random_wrap_p
 from jaxinv.custom_ivjp import custom_ivjp, custom_ivjp_call_p, inverse_rule, ivjp_rule
 from jaxinv._version import __version__
-from jaxinv.domains import Example, reals
+from jaxinv.domains import Example, integers, reals
 from jaxinv.markers import nonzero, nonzero_p
 from jaxinv.packs import RulePack
+from jaxinv.registry import NotInvertibleError, input_avals
 
 pack = RulePack("jaxinv.utility", __version__, jax_versions=">=0.10", builtin=True,
-                description="identity-like primitives, markers, and jaxinv's custom_ivjp calls")
+                description="identity-like primitives (optimization_barrier, sharding_constraint, name, "
+                            "stop_gradient), PRNG key wrapping and threefry2x32, markers, and jaxinv's "
+                            "custom_ivjp calls; jit/pjit, closed_call and remat (checkpoint) need no rule: "
+                            "jaxinv.flatten inlines them")
+
+
+def _is_float(dtype) -> bool:
+    return jnp.issubdtype(dtype, jnp.inexact)
+
+
+def _same_ct(x, y, ct):
+    return ct if _is_float(y.dtype) else None
+
+
+def _zero_ct(x, y, ct):
+    return jnp.zeros_like(ct) if _is_float(y.dtype) else None
+
+
+def _one_device():  # a sharding for the example, made lazily (no backend at import)
+    return SingleDeviceSharding(jax.devices()[0])
+
+
+def _barrier_inverse(invals, outvals, **_):
+    if any(x is None and y is None for x, y in zip(invals, outvals)):
+        raise NotInvertibleError("an unknown input's output of optimization_barrier is not read")
+    return [y if x is None else x for x, y in zip(invals, outvals)]
+
+
+def _barrier_ivjp(invals, outvals, out_cts, **_):
+    avals = input_avals()
+    return (_barrier_inverse(invals, outvals),
+            [ct if _is_float(a.dtype) else None for ct, a in zip(out_cts, avals)])
+
+
+def _unwrap_inverse(invals, outvals, **_):
+    # the key whose data is the output, with the key type of the input
+    # (its PRNG implementation, e.g. threefry, is part of the key dtype)
+    return [jax.random.wrap_key_data(outvals[0], impl=input_avals()[0].dtype._impl)]
+
+
+_THREEFRY_ROTATIONS = ((13, 15, 26, 6), (17, 29, 16, 24))
+
+
+def _rotr32(v, r):
+    return jnp.right_shift(v, np.uint32(r)) | jnp.left_shift(v, np.uint32(32 - r))
+
+
+def _threefry2x32_undo(k1, k2, y1, y2):
+    """Threefry-2x32's 20 rounds run backwards (as JAX's unrolled lowering in
+    jax/_src/random/threefry2x32.py, read bottom-up); uint32 arithmetic wraps."""
+    ks = [k1, k2, k1 ^ k2 ^ np.uint32(0x1BD11BDA)]
+    x0, x1 = y1, y2
+    for g in reversed(range(5)):
+        x0 = x0 - ks[(g + 1) % 3]
+        x1 = x1 - ks[(g + 2) % 3] - np.uint32(g + 1)
+        for r in reversed(_THREEFRY_ROTATIONS[g % 2]):
+            # round: x0 += x1; x1 = rotl(x1, r) ^ x0
+            x1 = _rotr32(x1 ^ x0, r)
+            x0 = x0 - x1
+    return x0 - ks[0], x1 - ks[1]
+
+
+def _threefry2x32_inverse(invals, outvals, **_):
+    k1, k2, x1, x2 = invals
+    if k1 is None or k2 is None:
+        raise NotInvertibleError("threefry2x32 is a bijection of its counter only for a known key")
+    if any(y is None for y in outvals):
+        raise NotInvertibleError("both outputs of threefry2x32 are needed to undo its rounds")
+    shape = tuple(jnp.shape(outvals[0]))
+    for x, a in zip((x1, x2), input_avals()[2:]):
+        if x is None and tuple(a.shape) != shape:
+            raise NotInvertibleError("a broadcast counter of threefry2x32 cannot be recovered uniquely")
+    c1, c2 = _threefry2x32_undo(k1, k2, outvals[0], outvals[1])
+    return [k1, k2, c1 if x1 is None else x1, c2 if x2 is None else x2]
 
 
 @custom_ivjp
@@ -24,6 +118,11 @@ def _couple(x1, x2):  # conformance example
 
 
 _couple.definverse(lambda y1, y2: (y1, y2 - jnp.tanh(y1)))
+
+_U32 = (0, 1, 7, 0x9E3779B9, 2**31, 2**32 - 1)
+
+
+# ---------------------------------------------------------------- markers and custom_ivjp
 
 pack.defunary(nonzero_p, lambda y: y, ct=lambda x, y, ct: ct, examples=Example(nonzero, reals()),
               notes="identity; asserts nonzero (for a matrix: nonsingular)")
@@ -34,3 +133,50 @@ pack.register_inverse(custom_ivjp_call_p, inverse_rule,
                       examples=Example(_couple, reals(), reals(), solve=[(0, 1)]),
                       notes="the user's own rule (definverse / defivjp)")
 pack.register_ivjp(custom_ivjp_call_p, ivjp_rule)
+
+
+# ---------------------------------------------------------------- identity-like
+
+# optimization_barrier(xs) = xs (it only blocks compiler reordering): each input
+# is its output, and so is its cotangent.
+pack.register_inverse(optimization_barrier_p, _barrier_inverse, examples=Example(
+    lambda x, y: lax.optimization_barrier((x, y)), reals(), reals(shape=(3,)), solve=[(0,), (1,), (0, 1)]),
+    notes="identity on a tuple")
+pack.register_ivjp(optimization_barrier_p, _barrier_ivjp)
+pack.register_nonzero(optimization_barrier_p, lambda nz, **_: all(nz))
+
+# with_sharding_constraint and checkpoint_name only annotate a value: x = y, ct_x = ct_y.
+pack.defunary(P.sharding_constraint_p, lambda y: y, ct=_same_ct,
+              examples=Example(lambda x: lax.with_sharding_constraint(x, _one_device()), reals()),
+              notes="identity (a sharding annotation)")
+pack.defunary(P.name_p, lambda y: y, ct=_same_ct, examples=Example(lambda x: checkpoint_name(x, "h"), reals()),
+              notes="identity (jax.ad_checkpoint.checkpoint_name)")
+# stop_gradient is the identity on values and zero on cotangents.
+pack.defunary(P.stop_gradient_p, lambda y: y, ct=_zero_ct, examples=Example(lax.stop_gradient, reals()),
+              notes="identity on values; its cotangent is zero")
+
+
+# ---------------------------------------------------------------- PRNG keys
+
+# random_wrap (key data -> key) and random_unwrap (key -> key data) only change
+# the type: each is inverted by the other.
+pack.register_inverse(random_wrap_p, lambda invals, outvals, **_: [jax.random.key_data(outvals[0])],
+                      examples=Example(lambda d: jax.random.key_data(jax.random.wrap_key_data(d)),
+                                       integers(_U32, shape=(3, 2), dtype=np.uint32)),
+                      notes="key data from the key (random_unwrap)")
+pack.register_inverse(random_unwrap_p, _unwrap_inverse,
+                      examples=Example(lambda d: jax.random.key_data(jax.random.wrap_key_data(d)),
+                                       integers(_U32, shape=(3, 2), dtype=np.uint32)),
+                      notes="the key from its data (random_wrap with the key's implementation)")
+# threefry2x32(k1, k2, x1, x2): a 20-round Threefish-style cipher of the counter
+# (x1, x2) under the key (k1, k2); each round (add, rotate, xor) is undone exactly.
+pack.register_inverse(P.threefry2x32_p, _threefry2x32_inverse, examples=Example(
+    lambda k, c: jax.extend.random.threefry_2x32(k, c), integers(_U32, shape=(2,), dtype=np.uint32),
+    integers(_U32, shape=(6,), dtype=np.uint32), solve=[(2,), (3,), (2, 3)]),
+    notes="the counter, for a known key (a bijection)")
+
+_HASH = ("a hash of the key: recomputed forward from the key (which the plan keeps, a few bytes), "
+         "never solved for")
+pack.register_not_invertible(P.random_bits_p, "pseudo-random bits are " + _HASH)
+pack.register_not_invertible(P.random_split_p, "split keys are " + _HASH)
+pack.register_not_invertible(P.random_fold_in_p, "a folded-in key is " + _HASH)
