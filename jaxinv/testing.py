@@ -147,6 +147,10 @@ def _compare(what: str, got, want, scale: float) -> str | None:
     """None if ``got`` matches ``want``, else a one-paragraph explanation."""
     if got is None:
         return f"{what}: the rule returned None"
+    if _is_key(want) or _is_key(got):
+        if not (_is_key(want) and _is_key(got)) or str(got.dtype) != str(want.dtype):
+            return f"{what}: got {getattr(got, 'dtype', type(got))}, want {want.dtype} (a PRNG key)"
+        got, want = jax.random.key_data(got), jax.random.key_data(want)
     got_shape, got_dtype = tuple(np.shape(got)), np.dtype(jnp.result_type(got))
     want_shape, want_dtype = tuple(np.shape(want)), np.dtype(jnp.result_type(want))
     if got_shape != want_shape or got_dtype != want_dtype:
@@ -172,7 +176,7 @@ def _compare(what: str, got, want, scale: float) -> str | None:
 def _show(values) -> str:
     lines = []
     for i, v in enumerate(values):
-        arr = np.asarray(v)
+        arr = np.asarray(jax.random.key_data(v) if _is_key(v) else v)
         body = np.array2string(arr, precision=6, threshold=24, separator=", ").replace("\n", " ")
         lines.append(f"    x{i} ({arr.dtype.name}{list(arr.shape)}) = {body}")
     return "\n".join(lines)
@@ -264,12 +268,21 @@ def _run_modes(rule, eqns: list[_Equation], pattern, modes, cts_list=None):
             yield "vmap", k, jax.tree_util.tree_map(lambda a, k=k: _unbatch(a, k), res)
 
 
+def _is_key(x) -> bool:
+    return hasattr(x, "dtype") and jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key)
+
+
 def _unbatch(a, k):
-    return np.asarray(a)[k] if a is not None and np.ndim(a) > 0 else a
+    if a is None or np.ndim(a) == 0:
+        return a
+    return a[k] if _is_key(a) else np.asarray(a)[k]
 
 
 def _stack(values):
     """Stack on the host (a device stack would compile one XLA program per shape)."""
+    if _is_key(values[0]):  # typed PRNG keys: stack their data, wrap again
+        impl = jax.random.key_impl(values[0])
+        return jax.random.wrap_key_data(np.stack([np.asarray(jax.random.key_data(v)) for v in values]), impl=impl)
     return np.stack([np.asarray(v) for v in values])
 
 
