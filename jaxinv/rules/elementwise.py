@@ -1,4 +1,5 @@
-"""Rules for elementwise primitives: arithmetic, exp/log, hyperbolic, powers, casts.
+"""Rules for elementwise primitives: arithmetic, exp/log, hyperbolic, powers, casts,
+complex numbers, bitwise operations, and documented refusals.
 
 Only registrations live here (see ``jaxinv/registry.py`` for the conventions).
 Unary injective primitives are one ``defunary`` line each; ``defunary`` also
@@ -8,9 +9,23 @@ a nonzero input (``log(1) = 0``, ``acos(1) = 0``) declare ``never`` first.
 Zero-divisor policy: a solver that divides by a known operand calls
 ``require_nonzero`` on that operand (see ``registry.require_nonzero``).
 
-Integer arithmetic: ``add``/``sub``/``neg`` are bijections even when they wrap
-around, so they are solved for integers too; ``mul``, ``div``, ``pow`` and
-``integer_pow`` lose information on integers (overflow, truncation) and refuse.
+Integer arithmetic: ``add``/``sub``/``neg``/``xor``/``not`` are bijections even
+when they wrap around, so they are solved for integers too; ``mul``, ``div``,
+``pow`` and ``integer_pow`` lose information on integers (overflow,
+truncation) and refuse.
+
+Broadcasting: lax's binary ops let an operand broadcast along its size-1
+dimensions (or entirely, when rank 0); solvers cut the solution back to the
+operand's shape (``_as_input``), fused cotangents sum over those dimensions
+(``_unbroadcast``), as ``jax.vjp`` does.
+
+Fused ivjp rules give ``jax.vjp``'s own cotangents from the values the inverse
+already has (often the output: ``d exp = y dx``), so the backward pass neither
+traces the primitive's VJP nor recomputes its output.
+
+Non-injective elementwise primitives either have a principal branch (``sin``,
+``abs``, even ``integer_pow``, ...: ``jaxinv.inverse`` only) or a documented
+refusal (``floor``, ``max``, comparisons, ...: the planner quotes the reason).
 """
 
 from __future__ import annotations
@@ -22,6 +37,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 from jax.extend.core import primitives as P
+from jax.scipy.special import ndtri
 
 from jaxinv._version import __version__
 from jaxinv.domains import Example, integers, booleans, nonzero, positive, reals
@@ -29,7 +45,8 @@ from jaxinv.packs import RulePack
 from jaxinv.registry import NotInvertibleError, input_avals, require_nonzero
 
 pack = RulePack("jaxinv.elementwise", __version__, jax_versions=">=0.10", builtin=True,
-                description="arithmetic, exp/log, hyperbolic and inverse trigonometric functions, powers, casts")
+                description="arithmetic, exp/log, hyperbolic and inverse trigonometric functions, powers, casts, "
+                            "complex numbers, bitwise operations")
 
 # --------------------------------------------------------------------------
 # private helpers for the non-trivial rules
@@ -55,15 +72,62 @@ def _inexact(x, what: str):
 
 
 def _as_input(x, i: int):
-    """A solved operand, cut down to input ``i``'s shape.
+    """A solved operand, cut down to input ``i``'s shape and dtype.
 
-    lax's binary ops let a rank-0 operand broadcast against the other one; every
-    element of the solution then holds the same value, so take the first.
+    lax's binary ops let an operand broadcast against the other one along its
+    size-1 dimensions (or entirely, when it is rank 0); every element of the
+    solution along such a dimension then holds the same value, so take the
+    first. A mixed-precision ``mul`` (``out_dtype``) solves in the output dtype:
+    cast back (exact when the product was).
     """
-    shape = tuple(input_avals()[i].shape)
-    if tuple(x.shape) != shape and math.prod(shape) == 1:
-        return jnp.reshape(x, (-1,))[0].reshape(shape)
+    aval = input_avals()[i]
+    shape = tuple(aval.shape)
+    if tuple(x.shape) != shape:
+        if not shape:
+            x = jnp.reshape(x, (-1,))[0]
+        else:
+            x = x[tuple(slice(0, 1) if d == 1 and n != 1 else slice(None) for d, n in zip(shape, x.shape))]
+    if x.dtype != aval.dtype:
+        x = lax.convert_element_type(x, aval.dtype)
     return x
+
+
+def _is_float(i: int) -> bool:
+    return jnp.issubdtype(input_avals()[i].dtype, jnp.inexact)
+
+
+def _unbroadcast(ct, i: int):
+    """The cotangent of input ``i`` from ``ct`` (of the output's shape): summed over
+    the dimensions along which input ``i`` was broadcast (what ``jax.vjp`` does),
+    in input ``i``'s dtype; None for an integer or boolean input."""
+    if ct is None or not _is_float(i):
+        return None
+    aval = input_avals()[i]
+    shape = tuple(aval.shape)
+    if tuple(ct.shape) != shape:
+        if not shape:
+            ct = jnp.sum(ct)
+        else:
+            dims = tuple(k for k, (d, n) in enumerate(zip(shape, ct.shape)) if d != n)
+            ct = jnp.sum(ct, axis=dims, keepdims=True)
+    if ct.dtype != aval.dtype:
+        ct = lax.convert_element_type(ct, aval.dtype)
+    return ct
+
+
+def _binary_ivjp(prim, cotangents):
+    """A fused ivjp for ``y = prim(a, b)``: the pack's inverse rule for ``prim``
+    recovers the unknown operand, then ``cotangents(a, b, y, ct, **params) ->
+    (ct_a, ct_b)`` (broadcast to the output's shape; summed back here) replaces
+    a second trace of the primitive's VJP."""
+    def ivjp_rule(invals, outvals, out_cts, **params):
+        a, b = pack.rules[prim].inverse(invals, outvals, **params)
+        y, ct = outvals[0], out_cts[0]
+        if ct is None:
+            ct = jnp.zeros_like(y)
+        ct_a, ct_b = cotangents(a, b, y, ct, **params)
+        return [a, b], [_unbroadcast(ct_a, 0), _unbroadcast(ct_b, 1)]
+    return ivjp_rule
 
 
 def _odd_root(z, n: int):
@@ -132,7 +196,63 @@ def _pow_exponent(y, a):
 
 
 def _logit(y):
-    return jnp.log(y) - jnp.log1p(-y)
+    # The inverse of the logistic function, y = 1 / (1 + exp(-x)):
+    # x = log(y / (1 - y)) = log(y) - log1p(-y) = 2 atanh(2y - 1).
+    # For y >= 1/4, 2y - 1 is exact (Sterbenz) and atanh is accurate near 0,
+    # so x is within ~2 ulp even near y = 1/2, where log(y) - log1p(-y) cancels
+    # (10^6 ulp in float32), and near y = 1 (sigmoid(x) = 0.9999: 1 - y is exact).
+    # For y < 1/4 the two logs do not cancel (|log y| > 1.38 > |log1p(-y)|) and
+    # stay exact for tiny y (logit of sigmoid(-100) in float64). Both branches
+    # are finite on (0, 1), so the unused one never poisons a derivative.
+    return jnp.where(y < 0.25, jnp.log(y) - jnp.log1p(-y), 2 * jnp.arctanh(2 * y - 1))
+
+
+def _erfc_inverse(y):
+    # y = erfc(x) = 2 Phi(-x sqrt 2) (Phi the standard normal CDF), so
+    # x = -ndtri(y / 2) / sqrt(2). erf_inv(1 - y) would be the same in exact
+    # arithmetic, but 1 - y cancels for x > 0 (y small): at x = 3.9 in float32
+    # it gives inf; ndtri is accurate in both tails (<= 5 ulp from the exact
+    # inverse of the rounded y over x in [-3.5, 9]). For x << 0, y = 2 - tiny
+    # and the tiny part is lost by erfc itself (ill-conditioned, not fixable).
+    return -ndtri(y / 2) * np.asarray(1 / math.sqrt(2), y.dtype)
+
+
+def _conj_inverse(y, *, input_dtype):
+    # conj is its own inverse on complex numbers; on a real input it binds
+    # conj too (lax.conj of float32 gives complex64 with imaginary part 0), so
+    # the input is the real part, in the input's dtype.
+    if jnp.issubdtype(input_dtype, jnp.complexfloating):
+        return lax.conj(y)
+    return lax.convert_element_type(lax.real(y), input_dtype)
+
+
+def _complex_inverse(invals, outvals, **_):
+    # y = re + i im holds both operands: re = real(y), im = imag(y), whether one
+    # of them is known or neither (a broadcast operand takes its first element).
+    y = outvals[0]
+    parts = (lax.real(y), lax.imag(y))
+    return [v if v is not None else _as_input(parts[i], i) for i, v in enumerate(invals)]
+
+
+def _bitcast_inverse(invals, outvals, **_):
+    # bitcast_convert_type reinterprets the bits, so bitcasting back restores
+    # them exactly, for every value (NaN payloads included). With different
+    # widths lax splits each element into a new trailing dimension (wide ->
+    # narrow) or joins the trailing dimension (narrow -> wide); bitcasting back
+    # undoes that too. (lax forbids bool and complex on either side.)
+    return [lax.bitcast_convert_type(outvals[0], input_avals()[0].dtype)]
+
+
+def _pow_cotangents(a, b, y, ct, **_):
+    # What jax.vjp gives for y = a ** b (lax's pow JVP), with the operand the
+    # inverse recovered: ct_a = ct * b * a^(b-1) (0 where an integer b is 0);
+    # ct_b = ct * log(a) * y (log(1) where a == 0), none for an integer b.
+    bf = jnp.asarray(b).astype(y.dtype)
+    a, bf = jnp.broadcast_arrays(jnp.asarray(a), bf)
+    jac = bf * lax.pow(a, bf - 1)
+    if not _is_float(1):
+        return ct * jnp.where(bf == 0, 0, jac), None
+    return ct * jac, ct * jnp.log(jnp.where(a == 0, 1, a)) * y
 
 
 def _lossless(src, dst) -> bool:
@@ -190,16 +310,25 @@ def _convert_nonzero(nonzero_in, *, new_dtype, **_):
 
 BOTH = [(0,), (1,)]
 
+# y = a + b: a = y - b, b = y - a (integers too: wrap-around addition is a bijection).
 pack.defbinary(P.add_p, lambda y, b: _as_input(y - b, 0), lambda y, a: _as_input(y - a, 1), examples=[
     Example(jnp.add, reals(-10, 10), reals(-10, 10), solve=BOTH),
     Example(lax.add, reals(shape=(3, 4)), reals(shape=()), solve=BOTH, label="rank-0 operand broadcast"),
+    Example(lax.add, reals(shape=(3, 4)), reals(shape=(3, 1)), solve=BOTH, label="size-1 dimension broadcast"),
     Example(jnp.add, integers(), integers(), solve=BOTH, label="integers wrap around bijectively"),
 ])
+# add_any (jax.extend's add_jaxvals_p) sums cotangents in the jaxprs of gradient code: the same as add.
+pack.defbinary(P.add_jaxvals_p, lambda y, b: _as_input(y - b, 0), lambda y, a: _as_input(y - a, 1), examples=[
+    Example(P.add_jaxvals_p.bind, reals(-10, 10), reals(-10, 10), solve=BOTH),
+    Example(P.add_jaxvals_p.bind, integers(), integers(), solve=BOTH, label="integers wrap around bijectively"),
+])
+# y = a - b: a = y + b, b = a - y.
 pack.defbinary(P.sub_p, lambda y, b: _as_input(y + b, 0), lambda y, a: _as_input(a - y, 1), examples=[
     Example(jnp.subtract, reals(-10, 10), reals(-10, 10), solve=BOTH),
     Example(lax.sub, reals(shape=()), reals(shape=(3, 4)), solve=BOTH, label="rank-0 operand broadcast"),
     Example(lambda a, b: a - b, integers(), integers(), solve=BOTH, label="integers wrap around bijectively"),
 ])
+# y = a * b: a = y / b, b = y / a (floats only: integer products overflow).
 pack.defbinary(P.mul_p,
                lambda y, b: _as_input(_inexact(y, "mul") / require_nonzero(b, "the known factor of `mul`"), 0),
                lambda y, a: _as_input(_inexact(y, "mul") / require_nonzero(a, "the known factor of `mul`"), 1),
@@ -207,13 +336,21 @@ pack.defbinary(P.mul_p,
                    Example(jnp.multiply, nonzero(0.25, 4), nonzero(0.25, 4), solve=BOTH),
                    Example(lambda x: x * 2.0, reals(), solve=[(0,)], label="by a literal"),
                    Example(lax.mul, nonzero(), nonzero(shape=()), solve=BOTH, label="rank-0 operand broadcast"),
+                   Example(lax.mul, nonzero(shape=(3, 4)), nonzero(shape=(1, 4)), solve=BOTH,
+                           label="size-1 dimension broadcast"),
+                   Example(lambda a, b: lax.mul(a, b, out_dtype=jnp.float32), reals(dtype=jnp.bfloat16),
+                           nonzero(dtype=jnp.bfloat16), solve=[(0,)], label="bf16 * bf16 -> f32 (exact)"),
                ],
                notes="divides by the known factor: it must be provably nonzero")
 # y = a / b: a = y * b divides by nothing; b = a / y divides by y, nonzero iff a is.
 pack.defbinary(P.div_p,
                lambda y, b: _as_input(_inexact(y, "div") * b, 0),
                lambda y, a: _as_input(require_nonzero(a, "the known numerator of `div`") / _inexact(y, "div"), 1),
-               examples=Example(jnp.divide, nonzero(0.25, 4), nonzero(0.25, 4), solve=BOTH),
+               examples=[
+                   Example(jnp.divide, nonzero(0.25, 4), nonzero(0.25, 4), solve=BOTH),
+                   Example(lax.div, nonzero(shape=()), nonzero(shape=(3, 4)), solve=BOTH,
+                           label="rank-0 operand broadcast"),
+               ],
                notes="solving the divisor divides by the output: the numerator must be provably nonzero")
 pack.defbinary(P.pow_p, _pow_base, _pow_exponent, examples=[
     Example(lax.pow, positive(0.2, 3), nonzero(0.25, 2), solve=[(0,)], label="positive base"),
@@ -221,8 +358,34 @@ pack.defbinary(P.pow_p, _pow_base, _pow_exponent, examples=[
     Example(lax.pow, reals(-3, 3), integers((-3, -1, 1, 3)), solve=[(0,)], label="any base, odd integer exponent"),
     Example(lax.pow, positive(1.5, 3), integers(), solve=[(1,)], label="integer exponent, recovered exactly"),
 ], notes="base: |a| = |y|^(1/b) (a >= 0, or b an odd integer); exponent: log|y| / log|a| (a not 0, +-1)")
-pack.defunary(P.neg_p, lax.neg, examples=[Example(lax.neg, reals(-3, 3)),
-                                          Example(lax.neg, integers(), label="integers")])
+# y = atan2(a, b), the angle of the point (b, a): tan(y) = a / b exactly, and
+# for a fixed b != 0 (a != 0) the angle is strictly monotone in a (in b), so
+# a = b tan(y), b = a / tan(y) (tan(+-pi/2) is huge but finite: b ~ 0, right).
+# A zero known operand loses the other one's magnitude (atan2(a, 0) = +-pi/2).
+pack.defbinary(P.atan2_p,
+               lambda y, b: _as_input(require_nonzero(b, "the known second operand of `atan2`") * jnp.tan(y), 0),
+               lambda y, a: _as_input(require_nonzero(a, "the known first operand of `atan2`") / jnp.tan(y), 1),
+               examples=[
+                   Example(jnp.arctan2, reals(-2, 2), nonzero(0.5, 2), solve=[(0,)], label="|a / b| <= 4"),
+                   Example(jnp.arctan2, nonzero(0.5, 2), reals(-2, 2), solve=[(1,)], label="|b / a| <= 4"),
+               ],
+               notes="the known operand must be provably nonzero; ill-conditioned as |a / b| (solving a) grows")
+# neg is its own inverse (integers too).
+pack.defunary(P.neg_p, lax.neg, ct=lambda x, y, ct: -ct if jnp.issubdtype(y.dtype, jnp.inexact) else None,
+              examples=[Example(lax.neg, reals(-3, 3)), Example(lax.neg, integers(), label="integers")])
+
+# Fused cotangents: jax.vjp's, from the operands the inverse recovered, without tracing the VJP
+# (which would also recompute the output); summed back over broadcast dimensions by _binary_ivjp.
+pack.register_ivjp(P.add_p, _binary_ivjp(P.add_p, lambda a, b, y, ct, **_: (ct, ct)))
+pack.register_ivjp(P.add_jaxvals_p, _binary_ivjp(P.add_jaxvals_p, lambda a, b, y, ct, **_: (ct, ct)))
+pack.register_ivjp(P.sub_p, _binary_ivjp(P.sub_p, lambda a, b, y, ct, **_: (ct, -ct)))
+pack.register_ivjp(P.mul_p, _binary_ivjp(P.mul_p, lambda a, b, y, ct, **_: (ct * b, ct * a)))
+# d(a / b) = da / b - a db / b^2
+pack.register_ivjp(P.div_p, _binary_ivjp(P.div_p, lambda a, b, y, ct, **_: (ct / b, -ct * a * b ** -2)))
+pack.register_ivjp(P.pow_p, _binary_ivjp(P.pow_p, _pow_cotangents))
+# d atan2(a, b) = (b da - a db) / (a^2 + b^2)
+pack.register_ivjp(P.atan2_p, _binary_ivjp(
+    P.atan2_p, lambda a, b, y, ct, **_: (ct * (b / (a * a + b * b)), ct * (-a / (a * a + b * b)))))
 
 pack.register_nonzero(P.mul_p, _all)
 pack.register_nonzero(P.div_p, _first)  # a / b with a nonzero (and b finite)
@@ -237,9 +400,15 @@ pack.register_inverse(P.integer_pow_p, _integer_pow_inverse, examples=[
 ], notes="odd exponents only (even ones: principal branch)")
 pack.register_nonzero(P.integer_pow_p, _integer_pow_nonzero)
 
-pack.defunary(P.sqrt_p, jnp.square, examples=Example(jnp.sqrt, positive(1e-3, 100)))
-pack.defunary(P.rsqrt_p, lambda y: jnp.reciprocal(jnp.square(y)), examples=Example(lax.rsqrt, positive(0.01, 100)))
-pack.defunary(P.cbrt_p, lambda y: y * y * y, examples=Example(jnp.cbrt, reals(-100, 100)))
+# Roots: undo by powering. Fused cotangents from the output alone (jax's own
+# formulas): d sqrt(x) = dx / (2 sqrt(x)), d rsqrt(x) = -rsqrt(x) dx / (2x),
+# d cbrt(x) = dx / (3 cbrt(x)^2).
+pack.defunary(P.sqrt_p, jnp.square, ct=lambda x, y, ct: ct * (0.5 / y),
+              examples=Example(jnp.sqrt, positive(1e-3, 100)))
+pack.defunary(P.rsqrt_p, lambda y: jnp.reciprocal(jnp.square(y)), ct=lambda x, y, ct: ct * (-0.5 * (y / x)),
+              examples=Example(lax.rsqrt, positive(0.01, 100)))
+pack.defunary(P.cbrt_p, lambda y: y * y * y, ct=lambda x, y, ct: ct * ((1 / 3) * lax.integer_pow(y, -2)),
+              examples=Example(jnp.cbrt, reals(-100, 100)))
 
 # --------------------------------------------------------------------------
 # exponentials and logarithms (outputs of exp, exp2 and logistic are never zero)
@@ -249,12 +418,18 @@ pack.register_nonzero(P.exp2_p)
 pack.register_nonzero(P.logistic_p)
 pack.register_nonzero(P.log_p, _never)  # log(1) == 0
 
+# Each undone by its inverse function; the fused cotangents are jax's own,
+# from the output (d exp = exp dx, d expm1 = (expm1 + 1) dx, d logistic =
+# y (1 - y) dx) or from the recovered input (d log = dx / x, d log1p = dx / (1 + x)).
 pack.defunary(P.exp_p, jnp.log, ct=lambda x, y, ct: ct * y, examples=Example(jnp.exp, reals(-10, 10)))
 pack.defunary(P.exp2_p, jnp.log2, ct=lambda x, y, ct: ct * y * math.log(2), examples=Example(jnp.exp2, reals(-10, 10)))
 pack.defunary(P.log_p, jnp.exp, ct=lambda x, y, ct: ct / x, examples=Example(jnp.log, positive(1e-3, 1e3)))
-pack.defunary(P.log1p_p, jnp.expm1, examples=Example(jnp.log1p, reals(-0.9, 10)))
+pack.defunary(P.log1p_p, jnp.expm1, ct=lambda x, y, ct: ct / (x + 1), examples=Example(jnp.log1p, reals(-0.9, 10)))
 pack.defunary(P.expm1_p, jnp.log1p, ct=lambda x, y, ct: ct * (y + 1), examples=Example(jnp.expm1, reals(-3, 3)))
-pack.defunary(P.logistic_p, _logit, ct=lambda x, y, ct: ct * y * (1 - y), examples=Example(jax.nn.sigmoid, reals(-4, 4)))
+pack.defunary(P.logistic_p, _logit, ct=lambda x, y, ct: ct * (y * (1 - y)), examples=[
+    Example(jax.nn.sigmoid, reals(-4, 4)),
+    Example(jax.nn.sigmoid, reals(-10, 10), label="into the tails: sigmoid(10) = 0.99995"),
+], notes="x = log(y) - log1p(-y) for y < 1/4, else 2 atanh(2y - 1): a few ulp on all of (0, 1)")
 
 # --------------------------------------------------------------------------
 # hyperbolic, trigonometric (on their injective domains), erf
@@ -262,7 +437,9 @@ pack.defunary(P.logistic_p, _logit, ct=lambda x, y, ct: ct * y * (1 - y), exampl
 pack.register_nonzero(P.acos_p, _never)  # acos(1) == 0
 pack.register_nonzero(P.acosh_p, _never)  # acosh(1) == 0
 
-pack.defunary(P.tanh_p, jnp.arctanh, ct=lambda x, y, ct: ct * (1 - y * y), examples=Example(jnp.tanh, reals(-2.5, 2.5)))
+# d tanh = (1 + y)(1 - y) dx, jax's form: 1 - y is exact for y near 1, where 1 - y*y loses digits.
+pack.defunary(P.tanh_p, jnp.arctanh, ct=lambda x, y, ct: (ct + ct * y) * (1 - y),
+              examples=Example(jnp.tanh, reals(-2.5, 2.5)))
 pack.defunary(P.atanh_p, jnp.tanh, examples=Example(jnp.arctanh, reals(-0.95, 0.95)))
 pack.defunary(P.sinh_p, jnp.arcsinh, examples=Example(jnp.sinh, reals(-5, 5)))
 pack.defunary(P.asinh_p, jnp.sinh, examples=Example(lax.asinh, reals(-100, 100)))
@@ -271,7 +448,12 @@ pack.defunary(P.asin_p, jnp.sin, examples=Example(jnp.arcsin, reals(-0.99, 0.99)
 pack.defunary(P.acos_p, jnp.cos, examples=Example(jnp.arccos, reals(-0.99, 0.99)))
 pack.defunary(P.atan_p, jnp.tan, examples=Example(jnp.arctan, reals(-10, 10)))
 pack.defunary(P.erf_p, lax.erf_inv, examples=Example(lax.erf, reals(-1.5, 1.5)))
-pack.defunary(P.erf_inv_p, lax.erf, examples=Example(lax.erf_inv, reals(-0.95, 0.95)))
+# d erf_inv(x) = sqrt(pi)/2 exp(erf_inv(x)^2) dx: from the output alone.
+pack.defunary(P.erf_inv_p, lax.erf, ct=lambda x, y, ct: (math.sqrt(math.pi) / 2) * (ct * jnp.exp(y * y)),
+              examples=Example(lax.erf_inv, reals(-0.95, 0.95)))
+pack.register_nonzero(P.erfc_p, _never)  # erfc > 0, but underflows to 0 (x > 10 in float32)
+pack.defunary(P.erfc_p, _erfc_inverse, examples=Example(lax.erfc, reals(-2, 8)),
+              notes="x = -ndtri(y / 2) / sqrt(2): accurate in both tails; x << 0 is ill-conditioned")
 
 # --------------------------------------------------------------------------
 # casts and copies
@@ -287,6 +469,92 @@ pack.register_inverse(P.convert_element_type_p, _convert_inverse, examples=[
 ], notes="lossless conversions only (every source value survives the round trip)")
 pack.defunary(P.copy_p, lambda y: y, ct=lambda x, y, ct: ct if jnp.issubdtype(y.dtype, jnp.inexact) else None,
               examples=[Example(jnp.copy, reals()), Example(jnp.copy, integers(), label="integers")])
+pack.register_nonzero(P.bitcast_convert_type_p, _never)  # the int bits of -0.0 or of a flushed denormal
+pack.register_inverse(P.bitcast_convert_type_p, _bitcast_inverse, examples=[
+    Example(lambda x: lax.bitcast_convert_type(x, jnp.int32), reals(-1e3, 1e3),
+            label="float -> int32 (f32: same width; f64: split in two)"),
+    Example(lambda x: lax.bitcast_convert_type(x, jnp.float32), integers((-1, -3, 0, 1, 0x3F800000, 0x7FC00001)),
+            label="int32 -> float32, NaN payloads kept"),
+    Example(lambda x: lax.bitcast_convert_type(x, jnp.float32), integers((0, 7, 63, 128, 255), shape=(2, 4),
+                                                                           dtype=np.uint8),
+            label="uint8[..., 4] -> float32 (joins the last dimension)"),
+    Example(lambda x: lax.bitcast_convert_type(x, jnp.bfloat16), reals(dtype=np.float16), label="f16 -> bf16"),
+], notes="bitcasting back restores every bit (different widths too)")
+
+# --------------------------------------------------------------------------
+# complex numbers
+
+# conj: its own inverse; of a real input: the real part (see _conj_inverse).
+pack.defunary(P.conj_p, _conj_inverse, examples=[
+    Example(lambda a, b: lax.conj(lax.complex(a, b)), reals(), reals(), label="complex"),
+    Example(lax.conj, reals(), label="real input (lax.conj binds conj, giving a complex output)"),
+])
+pack.register_nonzero(P.complex_p, lambda nz, **_: any(nz))  # re + i im != 0 if either part is
+pack.register_inverse(P.complex_p, _complex_inverse, examples=[
+    Example(lax.complex, reals(), reals(), solve=[(0,), (1,), (0, 1)]),
+    Example(lax.complex, reals(shape=(3, 4)), reals(shape=()), solve=[(0,), (1,), (0, 1)],
+            label="rank-0 operand broadcast"),
+], notes="both parts from the output: re = real(y), im = imag(y)")
+pack.register_not_invertible(P.real_p, "real(z) loses the imaginary part of z")
+pack.register_not_invertible(P.imag_p, "imag(z) loses the real part of z")
+
+# --------------------------------------------------------------------------
+# bitwise
+
+# y = a xor b: a = y xor b, b = y xor a (xor with a fixed value is an involution).
+pack.defbinary(P.xor_p, lambda y, b: _as_input(lax.bitwise_xor(y, b), 0),
+               lambda y, a: _as_input(lax.bitwise_xor(y, a), 1), examples=[
+    Example(lax.bitwise_xor, integers(), integers(), solve=BOTH),
+    Example(lax.bitwise_xor, booleans(), booleans(), solve=BOTH, label="booleans"),
+    Example(lax.bitwise_xor, integers((0, 7, 255), dtype=np.uint8), integers((3,), shape=(), dtype=np.uint8),
+            solve=BOTH, label="rank-0 operand broadcast"),
+])
+# not (bitwise complement; logical not on booleans) is an involution.
+pack.register_nonzero(P.not_p, _never)  # not(-1) == 0, not(True) == False
+pack.defunary(P.not_p, lax.bitwise_not, examples=[
+    Example(lax.bitwise_not, integers(), label="integers"),
+    Example(lax.bitwise_not, booleans(), label="booleans"),
+    Example(lax.bitwise_not, integers((0, 1, 200, 255), dtype=np.uint8), label="uint8"),
+])
+
+# --------------------------------------------------------------------------
+# documented refusals: elementwise primitives that are not injective (or
+# have no inverse in lax); the planner quotes the reason and saves the inputs
+
+_not = pack.register_not_invertible
+_not(P.reduce_precision_p, "it rounds away mantissa and exponent bits, so many inputs give the same output")
+_not(P.sign_p, "sign keeps only the sign (every positive x gives 1)")
+_not(P.floor_p, "floor maps [n, n+1) to n")
+_not(P.ceil_p, "ceil maps (n-1, n] to n")
+_not(P.round_p, "round maps every x within 1/2 of an integer n to n")
+_not(P.rem_p, "rem(a, b) loses the quotient: a and a + b give the same remainder")
+_not(P.max_p, "max(a, b) loses the smaller operand")
+_not(P.min_p, "min(a, b) loses the larger operand")
+_not(P.clamp_p, "clamp(lo, x, hi) maps every x below lo to lo and every x above hi to hi")
+_not(P.is_finite_p, "is_finite keeps one bit per element")
+_not(P.nextafter_p, "nextafter(x, t) moves x one ulp toward t: x = t and x one ulp beyond t both give t, "
+                    "and t only matters through its side of x")
+_not(P.population_count_p, "population_count keeps only the number of set bits")
+_not(P.clz_p, "clz keeps only the number of leading zero bits")
+_not(P.and_p, "and loses the bits where the other operand is 0")
+_not(P.or_p, "or loses the bits where the other operand is 1")
+_not(P.shift_left_p, "shift_left drops the bits shifted out at the top")
+_not(P.shift_right_logical_p, "shift_right_logical drops the bits shifted out at the bottom")
+_not(P.shift_right_arithmetic_p, "shift_right_arithmetic drops the bits shifted out at the bottom")
+for _cmp in (P.eq_p, P.ne_p, P.lt_p, P.le_p, P.gt_p, P.ge_p, P.eq_to_p, P.le_to_p, P.lt_to_p):
+    _not(_cmp, "a comparison keeps one bit per element")
+_not(P.lgamma_p, "lgamma is not injective (lgamma(1) == lgamma(2) == 0)")
+_not(P.digamma_p, "digamma is not injective (each interval between its poles 0, -1, -2, ... covers every value), "
+                  "and lax has no inverse of its monotone branch x > 0")
+_not(P.polygamma_p, "polygamma is not injective (poles at 0, -1, -2, ...), and lax has no inverse")
+_not(P.bessel_i0e_p, "bessel_i0e is even: x and -x give the same output")
+_not(P.bessel_i1e_p, "bessel_i1e is not injective: it rises to a maximum near |x| = 1.55, then decays to 0")
+_not(P.igamma_p, "lax has no inverse incomplete gamma function (igamma is monotone in x, but not solvable here)")
+_not(P.igammac_p, "lax has no inverse incomplete gamma function (igammac is monotone in x, but not solvable here)")
+_not(P.igamma_grad_a_p, "the derivative of igamma in a is not injective")
+_not(P.regularized_incomplete_beta_p, "lax has no inverse incomplete beta function (it is monotone in x, but "
+                                      "not solvable here)")
+_not(P.zeta_p, "lax has no inverse of the Hurwitz zeta function")
 
 # --------------------------------------------------------------------------
 # principal branches of non-injective primitives: jaxinv.inverse only
@@ -298,8 +566,8 @@ pack.defunary(P.cos_p, jnp.arccos, principal_branch=True, examples=Example(jnp.c
               notes="x in [0, pi]")
 pack.defunary(P.tan_p, jnp.arctan, principal_branch=True, examples=Example(jnp.tan, reals(-1.4, 1.4)),
               notes="x in (-pi/2, pi/2)")
-pack.defunary(P.cosh_p, jnp.arccosh, principal_branch=True, examples=Example(jnp.cosh, reals(0, 3)),
-              notes="x >= 0")
+pack.defunary(P.cosh_p, jnp.arccosh, principal_branch=True, examples=Example(jnp.cosh, reals(0.1, 3)),
+              notes="x >= 0 (near 0, cosh(x) = 1 + x^2/2 rounds x away)")
 pack.defunary(P.abs_p, lambda y: y, principal_branch=True, examples=Example(jnp.abs, reals(0, 5)),
               notes="x >= 0")
 pack.defunary(P.square_p, jnp.sqrt, principal_branch=True, examples=Example(jnp.square, reals(0, 5)),
