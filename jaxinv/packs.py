@@ -485,7 +485,7 @@ def load_entry_point_packs(*, reload: bool = False) -> None:
             continue
         try:
             obj = ep.load()
-            pack = obj if isinstance(obj, RulePack) else obj()
+            pack = obj() if callable(obj) and not isinstance(obj, RulePack) else obj
             if not isinstance(pack, RulePack):
                 raise TypeError(f"it gave {type(pack).__name__}, not a jaxinv.RulePack")
         except Exception as e:
