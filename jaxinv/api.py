@@ -10,6 +10,7 @@ import numpy as np
 from jax.tree_util import register_pytree_node_class, tree_flatten, tree_leaves, tree_unflatten
 
 from jaxinv import interpreter
+from jaxinv.registry import NotInvertibleError
 from jaxinv.tracing import Traced, trace
 
 
@@ -140,6 +141,22 @@ def grad(f: Callable, argnums: int | Sequence[int] = 0, has_aux: bool = False):
     return wrapped
 
 
+def _check_all_recovered(t: Traced, args) -> None:
+    """The plan recovers only the inputs the outputs depend on: any other input
+    (``f = lambda x: 1.0``) cannot be inverted."""
+    arg_vars = t.plan.jaxpr.invars[t.num_consts:]
+    lost = [path for path, v in zip(_leaf_paths(args), arg_vars) if v not in t.plan.sources]
+    if lost:
+        raise NotInvertibleError(f"the outputs do not depend on the input(s) {', '.join(lost)}, "
+                                 "so they cannot be recovered")
+
+
+def _leaf_paths(args) -> list[str]:
+    """``args[0]``, ``args[1]['w']``, ...: one name per flat leaf of ``args``."""
+    paths, _ = jax.tree_util.tree_flatten_with_path(tuple(args))
+    return [f"args{jax.tree_util.keystr(p)}" for p, _ in paths]
+
+
 def inverse(f: Callable, *example_args):
     """The inverse of ``f``, with Oryx's calling convention.
 
@@ -163,6 +180,7 @@ def inverse(f: Callable, *example_args):
         flat_out = [jnp.asarray(y) for y in flat_out]
         if out_tree != t.out_tree:
             raise TypeError(f"inverse expected outputs shaped like {t.out_tree}, got {out_tree}")
+        _check_all_recovered(t, example_args if example_args else outputs)
         n_args = len(t.plan.jaxpr.invars) - t.num_consts
         flat_in = interpreter.reconstruct(t.plan, [*t.consts, *[None] * n_args], [], flat_out)
         args = tree_unflatten(t.in_tree, flat_in[t.num_consts:])
