@@ -15,3 +15,5 @@ optimization_barrier_p = _lax.optimization_barrier_p  # lax.optimization_barrier
 from jax._src.random import prng as _prng  # noqa: E402  random_wrap/unwrap: key data <-> key (jax.random.key_data ...)
 random_wrap_p = _prng.random_wrap_p
 random_unwrap_p = _prng.random_unwrap_p
+from jax._src.lax import slicing as _slicing  # noqa: E402
+scatter_sub_p = _slicing.scatter_sub_p  # x.at[i].subtract(u) binds it (scatter-sub in jaxprs)

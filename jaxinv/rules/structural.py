@@ -1,4 +1,6 @@
-"""Rules for structural primitives: permutations, broadcasts, joins, splits, scans.
+"""Rules for structural primitives: permutations, broadcasts, joins, splits,
+windows, selections, sorts and scans; and documented refusals for the ones
+that drop or combine elements (slices, gathers, reductions).
 
 Only registrations live here (see ``jaxinv/registry.py`` for the conventions).
 Pure permutations are one ``defpermutation`` line each.  The other rules find
@@ -7,20 +9,24 @@ an unknown input's shape with ``input_avals()``.
 
 from __future__ import annotations
 
+import functools
+
+import jax
 import jax.numpy as jnp
+import numpy as np
 from jax import lax
 from jax.extend.core import primitives as P
 
-import jax
-
-from jaxinv._jax_internals import split_p, stack_p, tile_p, unstack_p
+from jaxinv import registry
+from jaxinv._jax_internals import scatter_sub_p, split_p, stack_p, tile_p, unstack_p
 from jaxinv._version import __version__
-from jaxinv.domains import Example, integers, reals
+from jaxinv.domains import Example, fixed, integers, nonzero, reals
 from jaxinv.packs import RulePack
-from jaxinv.registry import NotInvertibleError, input_avals
+from jaxinv.registry import NotInvertibleError, input_avals, require_nonzero
 
 pack = RulePack("jaxinv.structural", __version__, jax_versions=">=0.10", builtin=True,
-                description="permutations, broadcasts, joins and splits, padding, cumulative ops")
+                description="permutations, broadcasts, joins and splits, padding, windows and scatters, "
+                            "selections, sorts, cumulative ops; refusals for slices and reductions")
 
 # --------------------------------------------------------------------------
 # private helpers for the non-trivial rules
@@ -47,6 +53,21 @@ def _fill(known, solved):
     return [s if k is None else k for k, s in zip(known, solved)]
 
 
+def _inexact(dtype) -> bool:
+    return jnp.issubdtype(dtype, jnp.inexact)
+
+
+def _concrete(x):
+    """``x`` as a numpy array if the rule can read its value (a literal, a
+    constant called eagerly), else None (a tracer)."""
+    if isinstance(x, jax.core.Tracer):
+        return None
+    try:
+        return np.asarray(x)
+    except Exception:  # keys and other opaque values
+        return None
+
+
 def _broadcast_in_dim_inverse(invals, outvals, *, shape, broadcast_dimensions, **_):
     # Operand dim i lands on output dim broadcast_dimensions[i] (increasing);
     # every other output dim, and every operand dim of size 1 that was
@@ -68,6 +89,34 @@ def _concatenate_inverse(invals, outvals, *, dimension, **_):
         solved.append(lax.slice_in_dim(outvals[0], start, start + size, axis=dimension))
         start += size
     return _fill(invals, solved)
+
+
+def _concatenate_ivjp(invals, outvals, out_cts, *, dimension, **_):
+    # concatenate is linear; its transpose cuts the cotangent into the operands' pieces.
+    solved, ct = _concatenate_inverse(invals, outvals, dimension=dimension), out_cts[0]
+    cts, start = [], 0
+    for aval in input_avals():
+        size = aval.shape[dimension]
+        cts.append(lax.slice_in_dim(ct, start, start + size, axis=dimension)
+                   if ct is not None and _inexact(aval.dtype) else None)
+        start += size
+    return solved, cts
+
+
+def _broadcast_in_dim_ivjp(invals, outvals, out_cts, *, shape, broadcast_dimensions, **params):
+    # Each operand element is copied to every position of the new dims and of
+    # its expanded size-1 dims; the transpose sums the cotangent over those dims.
+    solved = _broadcast_in_dim_inverse(invals, outvals, shape=shape, broadcast_dimensions=broadcast_dimensions,
+                                       **params)
+    x_aval, ct = input_avals()[0], out_cts[0]
+    if not _inexact(x_aval.dtype):
+        return solved, [None] * len(invals)
+    if ct is None:
+        return solved, [jnp.zeros(x_aval.shape, x_aval.dtype)] + [None] * (len(invals) - 1)
+    kept = {d for i, d in enumerate(broadcast_dimensions) if x_aval.shape[i] == shape[d]}
+    summed = tuple(d for d in range(len(shape)) if d not in kept)
+    ct_x = lax.reshape(jnp.sum(ct, axis=summed) if summed else ct, tuple(x_aval.shape))
+    return solved, [ct_x] + [None] * (len(invals) - 1)
 
 
 def _split_inverse(invals, outvals, *, axis, **_):
@@ -95,21 +144,23 @@ def _tile_inverse(invals, outvals, *, reps, **_):
     return [lax.slice(outvals[0], [0] * len(x_shape), x_shape)]
 
 
+def _neighbour(y, axis: int, reverse: bool, fill):
+    """What each step of a scan along ``axis`` combined with: ``y`` shifted one
+    place forward (``reverse``: backward), ``fill`` entering at the start (end)."""
+    n = y.shape[axis]
+    config = [(0, 0, 0)] * y.ndim
+    config[axis] = (0, 1, 0) if reverse else (1, 0, 0)
+    start, stop = (1, n) if reverse else (0, n - 1)
+    return lax.pad(lax.slice_in_dim(y, start, stop, axis=axis), jnp.asarray(fill, y.dtype), config)
+
+
 def _cumsum_inverse(invals, outvals, *, axis, reverse, **_):
     # Forward y[i] = x[0] + ... + x[i]; backward (reverse) y[i] = x[i] + ... + x[n-1].
     # So x[i] = y[i] - y[i-1] (resp. y[i] - y[i+1]), the missing neighbour being 0.
     y = outvals[0]
-    n = y.shape[axis]
-    if n <= 1:
+    if y.shape[axis] == 0:
         return [y]
-    config = [(0, 0, 0)] * y.ndim
-    if reverse:
-        neighbour = lax.slice_in_dim(y, 1, n, axis=axis)
-        config[axis] = (0, 1, 0)
-    else:
-        neighbour = lax.slice_in_dim(y, 0, n - 1, axis=axis)
-        config[axis] = (1, 0, 0)
-    return [y - lax.pad(neighbour, jnp.zeros((), y.dtype), config)]
+    return [y - _neighbour(y, axis, reverse, 0)]
 
 
 def _cumsum_ivjp(invals, outvals, out_cts, *, axis, reverse, **_):
@@ -118,6 +169,41 @@ def _cumsum_ivjp(invals, outvals, out_cts, *, axis, reverse, **_):
     if not jnp.issubdtype(input_avals()[0].dtype, jnp.inexact):
         return [x], [None]
     return [x], [lax.cumsum(out_cts[0], axis, reverse=not reverse)]
+
+
+def _cumprod_inverse(invals, outvals, *, axis, reverse, **_):
+    # y[i] = x[0] * ... * x[i] (reverse: x[i] * ... * x[n-1]), so x[i] = y[i] / y[i-1]
+    # (resp. y[i] / y[i+1]), the missing neighbour being 1. It divides by the
+    # outputs: they must be provably nonzero (iff the input is; see below).
+    if not _inexact(input_avals()[0].dtype):
+        raise NotInvertibleError("integer `cumprod` wraps around and divides inexactly: not invertible")
+    y = require_nonzero(outvals[0], "the cumulative product")
+    if y.shape[axis] == 0:
+        return [y]
+    return [y / _neighbour(y, axis, reverse, 1)]
+
+
+def _cumprod_ivjp(invals, outvals, out_cts, *, axis, reverse, **_):
+    # dy[j]/dx[i] = y[j] / x[i] for each j the scan carries x[i] into (j >= i;
+    # reverse: j <= i), so ct_x = (cumsum of ct * y, running the other way) / x.
+    # One cumsum, where JAX's own VJP transposes an associative scan.
+    (x,) = _cumprod_inverse(invals, outvals, axis=axis, reverse=reverse)
+    y, ct = outvals[0], out_cts[0]
+    if ct is None or y.shape[axis] == 0:
+        return [x], [jnp.zeros_like(x)]
+    return [x], [lax.cumsum(ct * y, axis, reverse=not reverse) / x]
+
+
+def _cumlogsumexp_inverse(invals, outvals, *, axis, reverse, **_):
+    # exp(y[i]) = exp(y[i-1]) + exp(x[i]) (reverse: y[i+1]), so
+    # x[i] = y[i] + log(1 - exp(y[i-1] - y[i])) = y[i] + log(-expm1(y[i-1] - y[i])),
+    # and x[i] = y[i] where nothing came before (y[i-1] = -inf, the fill).
+    # Ill-conditioned where x[i] is far below the running total (inherently).
+    y = outvals[0]
+    if y.shape[axis] == 0:
+        return [y]
+    prev = _neighbour(y, axis, reverse, -jnp.inf)
+    return [jnp.where(prev == -jnp.inf, y, y + jnp.log(-jnp.expm1(prev - y)))]
 
 
 def _pad_value_index(x_shape, config):
@@ -162,6 +248,187 @@ def _device_put_inverse(invals, outvals, **_):
     return _fill(invals, outvals)
 
 
+def _dynamic_update_slice_inverse(invals, outvals, **_):
+    # y is the operand with the window at the start indices replaced by the
+    # update. XLA clamps the start of dynamic_update_slice and dynamic_slice
+    # alike (start = clip(start, 0, dim - size)), so the update is the window
+    # dynamic_slice(y, starts) reads back. The operand's window is overwritten:
+    # lost (unless the update is empty), so an unknown operand is refused.
+    x, u, *starts = invals
+    y = outvals[0]
+    avals = input_avals()
+    if any(s is None for s in starts):
+        raise NotInvertibleError("the start indices of `dynamic_update_slice` cannot be recovered")
+    if x is None:
+        if 0 not in avals[1].shape:
+            raise NotInvertibleError("the update overwrites a window of the operand, which is lost; only the update "
+                                     "can be recovered (keep that window, e.g. with jnp.split, or save the operand)")
+        x = y
+    if u is None:
+        # bind the primitive: lax.dynamic_slice would normalise negative starts a second time
+        starts = [jnp.asarray(s, a.dtype) for s, a in zip(starts, avals[2:])]
+        u = P.dynamic_slice_p.bind(y, *starts, slice_sizes=tuple(avals[1].shape))
+    return [x, u, *starts]
+
+
+def _scatter_add_inverse(invals, outvals, *, prim, **params):
+    # y = x with each update added (scatter-sub: subtracted) at its index; updates
+    # at out-of-range indices are dropped (mode FILL_OR_DROP) both ways. So with
+    # the indices and updates known, x = the same scatter of -u into y. The
+    # updates themselves are lost where indices repeat or fall out of range.
+    x, idx, u = invals
+    if idx is None or u is None:
+        raise NotInvertibleError(f"only the operand of `{prim.name}` can be recovered, from known indices and "
+                                 "updates (repeated or out-of-range indices lose updates)")
+    if x is None:
+        if not jnp.issubdtype(input_avals()[0].dtype, jnp.number):
+            raise NotInvertibleError(f"`{prim.name}` on booleans is a logical or: not invertible")
+        x = prim.bind(outvals[0], idx, -u, **params)
+    return [x, idx, u]
+
+
+def _scatter_mul_inverse(invals, outvals, **params):
+    # y = x times the product of the updates scattered to each position (the
+    # dropped ones count as 1 both ways), so x = y / scatter_mul(1, idx, u),
+    # with every update nonzero.
+    x, idx, u = invals
+    if idx is None or u is None:
+        raise NotInvertibleError("only the operand of `scatter-mul` can be recovered, from known indices and updates")
+    if x is None:
+        if not _inexact(input_avals()[0].dtype):
+            raise NotInvertibleError("integer `scatter-mul` wraps around: not invertible")
+        require_nonzero(u, "the updates")
+        y = outvals[0]
+        x = y / P.scatter_mul_p.bind(jnp.ones_like(y), idx, u, **params)
+    return [x, idx, u]
+
+
+def _require_fact(x, fact: str, reason: str):
+    """Like ``require_nonzero``, for another fact the planner may prove about a
+    known input: while jaxinv plans, raise NotInvertibleError(reason) unless
+    ``fact`` is proven for ``x``; free when a plan runs (it was checked)."""
+    try:
+        return registry._require(x, fact, "", "")
+    except NotInvertibleError:
+        raise NotInvertibleError(reason) from None
+
+
+# Facts a planner may prove about a known input, checked with _require_fact:
+_IOTA_FACT = "iota:{}"  # x == lax.broadcasted_iota(x.dtype, x.shape, d) (an iota equation's output)
+_SELECTS_FACT = "selects:{}"  # a select_n predicate equal to k everywhere
+
+
+def _select_n_inverse(invals, outvals, **_):
+    # y = cases[which] elementwise: a case equals y where `which` selects it and
+    # is lost elsewhere. Returning y where a case was not selected would be a
+    # silently wrong value, and a rule cannot read a traced predicate while
+    # jaxinv plans. So the one safe solve: a predicate known to select the
+    # unknown case everywhere, i.e. a constant (a literal, as jnp.where(flag, a, b)
+    # with a Python bool gives), checked by value, or a traced predicate the
+    # planner proved to (the fact _SELECTS_FACT; none proves it yet).
+    which, *cases = invals
+    unknown = [k for k, c in enumerate(cases) if c is None]
+    if which is None:
+        raise NotInvertibleError("the predicate of `select_n` cannot be recovered")
+    if len(unknown) != 1:
+        raise NotInvertibleError("at most one case of `select_n` can be recovered (the others are lost where the "
+                                 "predicate does not select them), and the others must be known")
+    (k,) = unknown
+    reason = "the predicate must be a constant that selects the unknown operand everywhere (elsewhere it is lost)"
+    w = _concrete(which)
+    if w is None:
+        _require_fact(which, _SELECTS_FACT.format(k), reason)
+    elif not np.all(w.astype(np.int64) == k):
+        raise NotInvertibleError(reason)
+    cases[k] = outvals[0]
+    return [which, *cases]
+
+
+def _require_iota(x, dimension: int, what: str):
+    """Check that ``x`` is ``lax.broadcasted_iota(..., dimension)``: by value
+    when it is concrete (a constant), else by the planner's fact."""
+    reason = f"{what} is not provably lax.iota along dimension {dimension}"
+    c = _concrete(x)
+    if c is None:
+        return _require_fact(x, _IOTA_FACT.format(dimension), reason)
+    expected = np.arange(c.shape[dimension]).reshape([-1 if d == dimension else 1 for d in range(c.ndim)])
+    if not np.array_equal(c, np.broadcast_to(expected, c.shape)):
+        raise NotInvertibleError(reason)
+    return x
+
+
+def _inverse_permutation(perm, axis: int):
+    """``inv`` with ``take_along_axis(y, inv, axis)`` undoing ``y = take_along_axis(x, perm, axis)``."""
+    iota = lax.broadcasted_iota(perm.dtype, perm.shape, axis)
+    return jnp.put_along_axis(jnp.zeros_like(perm), perm, iota, axis, inplace=False)
+
+
+def _sort_solve(invals, outvals, dimension):
+    """The unknown operands of a sort, and the inverse permutation.
+
+    A sort applies one permutation ``perm`` to every operand along
+    ``dimension``: ``out[j] = take_along_axis(in[j], perm)``. An operand
+    carrying ``lax.iota`` (``lax.sort((x, iota), num_keys=1)``, ``argsort``,
+    ``sort_key_val(x, arange)``) comes out as ``perm`` itself; then
+    ``in[j] = take_along_axis(out[j], perm^-1)`` for every other operand."""
+    reasons = []
+    for k, (x, y) in enumerate(zip(invals, outvals)):
+        if x is None or y is None or not jnp.issubdtype(input_avals()[k].dtype, jnp.integer):
+            continue
+        try:
+            _require_iota(x, dimension, f"sort operand {k}")
+        except NotInvertibleError as e:
+            reasons.append(e.reason)
+            continue
+        inv = _inverse_permutation(y, dimension)
+        solved = list(invals)
+        for j, (x_j, y_j) in enumerate(zip(invals, outvals)):
+            if x_j is None:
+                if y_j is None:
+                    raise NotInvertibleError(f"output {j} of `sort` is needed to recover operand {j}")
+                solved[j] = jnp.take_along_axis(y_j, inv, dimension)
+        return solved, inv
+    raise NotInvertibleError("`sort` loses the permutation unless an operand carries lax.iota along the sort "
+                             "dimension (lax.sort((x, iota), num_keys=1), sort_key_val(x, arange)) and its sorted "
+                             "output is known" + (f" ({'; '.join(reasons)})" if reasons else ""))
+
+
+def _sort_inverse(invals, outvals, *, dimension, **_):
+    return _sort_solve(invals, outvals, dimension)[0]
+
+
+def _sort_ivjp(invals, outvals, out_cts, *, dimension, **_):
+    # The sort is a permutation of each operand; its transpose is the inverse
+    # permutation applied to the cotangents (no second sort).
+    solved, inv = _sort_solve(invals, outvals, dimension)
+    cts = [jnp.take_along_axis(ct if ct is not None else jnp.zeros(a.shape, a.dtype), inv, dimension)
+           if _inexact(a.dtype) else None for ct, a in zip(out_cts, input_avals())]
+    return solved, cts
+
+
+def _top_k_solve(outvals, k, axis):
+    # With k equal to the axis length, top_k sorts: values = take_along_axis(x,
+    # indices), indices a permutation, so x = take_along_axis(values, indices^-1).
+    n = input_avals()[0].shape[axis]
+    if k != n:
+        raise NotInvertibleError(f"`top_k` keeps only k={k} of {n} elements")
+    values, indices = _all_known(outvals, "top_k")
+    inv = _inverse_permutation(indices, axis)
+    return jnp.take_along_axis(values, inv, axis), inv
+
+
+def _top_k_inverse(invals, outvals, *, k, axis=-1, **_):
+    return [_top_k_solve(outvals, k, axis)[0]]
+
+
+def _top_k_ivjp(invals, outvals, out_cts, *, k, axis=-1, **_):
+    x, inv = _top_k_solve(outvals, k, axis)
+    ct = out_cts[0]
+    if not _inexact(input_avals()[0].dtype):
+        return [x], [None]
+    return [x], [jnp.zeros_like(x) if ct is None else jnp.take_along_axis(ct, inv, axis)]
+
+
 # --------------------------------------------------------------------------
 # permutations (each also declares "nonzero iff its input is")
 
@@ -179,12 +446,14 @@ pack.register_inverse(P.broadcast_in_dim_p, _broadcast_in_dim_inverse, examples=
     Example(lambda x: jnp.broadcast_to(x, (2, 3, 4)), reals(shape=(3, 1)), label="size-1 dim expanded"),
     Example(lambda x: jnp.broadcast_to(x, (2, 3)), reals(shape=()), label="scalar"),
 ], notes="keeps one copy of each broadcast element")
+pack.register_ivjp(P.broadcast_in_dim_p, _broadcast_in_dim_ivjp)
 pack.register_nonzero(P.broadcast_in_dim_p, _first)
 pack.register_inverse(tile_p, _tile_inverse, examples=Example(lambda x: jnp.tile(x, (2, 3)), reals(shape=(3, 4))))
 pack.register_nonzero(tile_p, _first)
 pack.register_inverse(P.concatenate_p, _concatenate_inverse, examples=Example(
     lambda a, b, c: jnp.concatenate([a, b, c], axis=1), reals(shape=(3, 1)), reals(shape=(3, 4)),
     reals(shape=(3, 2)), solve=[(0,), (1, 2), (0, 1, 2)]))
+pack.register_ivjp(P.concatenate_p, _concatenate_ivjp)
 pack.register_nonzero(P.concatenate_p, _all)
 pack.register_inverse(split_p, _split_inverse, examples=[
     Example(lambda x: jnp.split(x, [1, 3], axis=1), reals(shape=(3, 6))),
@@ -219,3 +488,95 @@ pack.register_inverse(P.cumsum_p, _cumsum_inverse, examples=[
     Example(lambda x: lax.cumsum(x, axis=1), integers(shape=(3, 5)), label="integers wrap around bijectively"),
 ])
 pack.register_ivjp(P.cumsum_p, _cumsum_ivjp)
+pack.register_inverse(P.cumprod_p, _cumprod_inverse, examples=[
+    Example(lambda x: jnp.cumprod(x, axis=1), nonzero(shape=(3, 5)), label="forward"),
+    Example(lambda x: lax.cumprod(x, axis=0, reverse=True), nonzero(shape=(3, 5)), label="reverse"),
+    Example(lambda x: lax.cumprod(x, axis=0), nonzero(shape=(1, 4)), label="length 1"),
+], notes="floats; divides by the running product: the input must be provably nonzero (and not underflow)")
+pack.register_ivjp(P.cumprod_p, _cumprod_ivjp)
+pack.register_nonzero(P.cumprod_p, _first)  # a product of nonzero factors is nonzero
+pack.register_inverse(P.cumlogsumexp_p, _cumlogsumexp_inverse, examples=[
+    Example(lambda x: lax.cumlogsumexp(x, axis=1), reals(-2, 2, shape=(3, 4)), label="forward"),
+    Example(lambda x: lax.cumlogsumexp(x, axis=0, reverse=True), reals(-2, 2, shape=(3, 4)), label="reverse"),
+], notes="ill-conditioned where an element is far below the running log-sum-exp")
+pack.register_not_invertible(P.cummax_p, "a running maximum hides every element below it")
+pack.register_nonzero(P.cummax_p, _first)  # each output is one of the inputs
+pack.register_not_invertible(P.cummin_p, "a running minimum hides every element above it")
+pack.register_nonzero(P.cummin_p, _first)
+
+# --------------------------------------------------------------------------
+# windows, scatters and selections: what is not overwritten comes back
+
+pack.register_inverse(P.dynamic_update_slice_p, _dynamic_update_slice_inverse, examples=[
+    Example(lambda x, u: lax.dynamic_update_slice(x, u, (1, 2)), reals(shape=(3, 4)), reals(shape=(2, 2)),
+            solve=[(1,)]),
+    Example(lambda x, u: lax.dynamic_update_slice(x, u, (5, -1)), reals(shape=(3, 4)), reals(shape=(2, 2)),
+            solve=[(1,)], label="clamped start indices"),
+    Example(lambda x, u, i: lax.dynamic_update_slice(x, u, (i, i)), reals(shape=(3, 4)), reals(shape=(1, 2)),
+            integers((-4, -1, 0, 2, 7), shape=()), solve=[(1,)], label="traced start indices"),
+], notes="recovers the update; the operand's overwritten window is lost")
+pack.register_nonzero(P.dynamic_update_slice_p, lambda nz, **_: nz[0] and nz[1])
+pack.register_inverse(P.scatter_add_p, functools.partial(_scatter_add_inverse, prim=P.scatter_add_p), examples=[
+    Example(lambda x, u: x.at[:, 1:].add(u), reals(shape=(2, 3)), reals(shape=(2, 2)), solve=[(0,)]),
+    Example(lambda x, u, i: x.at[i].add(u), reals(shape=(3, 2)), reals(shape=(4, 2)), fixed(np.array([0, 0, 2, 5])),
+            solve=[(0,)], label="repeated and out-of-range indices"),
+    Example(lambda x, u: x.at[1].add(u), integers(shape=(2, 3)), integers(shape=(3,)), solve=[(0,)],
+            label="integers wrap around bijectively"),
+], notes="recovers the operand from known indices and updates")
+pack.register_inverse(scatter_sub_p, functools.partial(_scatter_add_inverse, prim=scatter_sub_p), examples=[
+    Example(lambda x, u, i: x.at[i].subtract(u), reals(shape=(3, 2)), reals(shape=(2, 2)), fixed(np.array([1, 1])),
+            solve=[(0,)]),
+], notes="recovers the operand from known indices and updates")
+pack.register_inverse(P.scatter_mul_p, _scatter_mul_inverse, examples=Example(
+    lambda x, u: x.at[0].multiply(u), reals(shape=(2, 3)), nonzero(shape=(3,)), solve=[(0,)]),
+    notes="recovers the operand from known indices and provably nonzero updates")
+pack.register_not_invertible(P.scatter_p, "it overwrites the operand at the indices (and drops updates at "
+                                          "repeated or out-of-range indices)")
+pack.register_not_invertible(P.scatter_min_p, "it keeps the smaller of each element and its updates")
+pack.register_not_invertible(P.scatter_max_p, "it keeps the larger of each element and its updates")
+pack.register_inverse(P.select_n_p, _select_n_inverse, examples=[
+    Example(lambda a, b: lax.select_n(True, a, b), reals(), reals(), solve=[(2,)], label="literal predicate"),
+    Example(lambda a, b: jnp.where(False, a, b), reals(), reals(), solve=[(1,)], label="jnp.where, Python bool"),
+    Example(lambda a, b, c: lax.select_n(np.int32(2), a, b, c), reals(), reals(), reals(), solve=[(3,)],
+            label="integer case index"),
+], notes="only a case that a constant predicate selects everywhere")
+pack.register_nonzero(P.select_n_p, lambda nz, **_: all(nz[1:]))
+
+# --------------------------------------------------------------------------
+# sorts: invertible when the permutation comes out too
+
+pack.register_inverse(P.sort_p, _sort_inverse, examples=[
+    Example(lambda x: lax.sort((x, lax.broadcasted_iota(jnp.int32, x.shape, 1)), dimension=1, num_keys=1),
+            reals(shape=(3, 4)), solve=[(0,)], label="values and indices"),
+    Example(lambda x: lax.sort_key_val(x, jnp.arange(5)), integers(shape=(5,)), solve=[(0,)],
+            label="sort_key_val with arange, ties"),
+    Example(lambda x, v: lax.sort((x, v, lax.broadcasted_iota(jnp.int32, x.shape, 0)), dimension=0, num_keys=1),
+            reals(shape=(4, 2)), reals(shape=(4, 2)), solve=[(0,), (1,), (0, 1)], label="carried payload"),
+], notes="needs an operand carrying lax.iota along the sort dimension (the permutation) and its output")
+pack.register_ivjp(P.sort_p, _sort_ivjp)
+pack.register_nonzero(P.sort_p, _all)  # each output is a permutation of its operand
+pack.register_inverse(P.top_k_p, _top_k_inverse, examples=Example(lambda x: lax.top_k(x, 4), reals(shape=(3, 4)),
+                                                                  solve=[(0,)]),
+                      notes="only with k equal to the axis length (a sort that returns its permutation)")
+pack.register_ivjp(P.top_k_p, _top_k_ivjp)
+pack.register_not_invertible(P.approx_top_k_p, "it keeps only k elements, approximately the largest")
+
+# --------------------------------------------------------------------------
+# documented refusals: these drop or combine elements
+
+pack.register_not_invertible(P.slice_p, "it drops elements; use jnp.split to keep every piece")
+pack.register_nonzero(P.slice_p, _first)
+pack.register_not_invertible(P.dynamic_slice_p, "it keeps only a window of its operand")
+pack.register_nonzero(P.dynamic_slice_p, _first)
+pack.register_not_invertible(P.gather_p, "it may drop or repeat elements, depending on the index values")
+for _prim in (P.reduce_sum_p, P.reduce_prod_p, P.reduce_max_p, P.reduce_min_p, P.reduce_and_p, P.reduce_or_p,
+              P.reduce_xor_p, P.reduce_p):
+    pack.register_not_invertible(_prim, "it reduces each axis it runs over to one value")
+for _prim in (P.reduce_max_p, P.reduce_min_p, P.reduce_prod_p):
+    pack.register_nonzero(_prim, _first)  # the max/min is one of the inputs; a product of nonzero factors
+pack.register_not_invertible(P.argmax_p, "it keeps only the position of the largest element")
+pack.register_not_invertible(P.argmin_p, "it keeps only the position of the smallest element")
+for _prim in (P.reduce_window_sum_p, P.reduce_window_max_p, P.reduce_window_min_p, P.reduce_window_p):
+    pack.register_not_invertible(_prim, "each pooling window combines several elements into one")
+pack.register_not_invertible(P.select_and_scatter_add_p, "it sums window cotangents onto selected elements")
+pack.register_not_invertible(P.select_and_gather_add_p, "it keeps one element per pooling window")
