@@ -59,7 +59,7 @@ class Integers:
     dtype: Any = np.int32
 
     def describe(self) -> str:
-        return f"{np.dtype(self.dtype).name} in {set(self.values)}"
+        return f"{np.dtype(self.dtype).name} in {{{', '.join(map(str, sorted(set(self.values))))}}}"
 
 
 @dataclasses.dataclass(frozen=True)

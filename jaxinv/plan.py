@@ -28,6 +28,7 @@ import jax
 import numpy as np
 from jax.extend import source_info_util
 from jax.extend.core import ClosedJaxpr, DropVar, Literal, Var
+from jax.extend.core import primitives as P
 
 from jaxinv import registry
 from jaxinv.registry import NotInvertibleError
@@ -100,19 +101,29 @@ def is_float(aval) -> bool:
 
 def _concrete_facts(value) -> frozenset:
     """Facts a concrete value proves: 'nonzero' when no element is zero;
-    'nonsingular' for (a batch of) square matrices that are well conditioned."""
+    'nonsingular:a,b' when it is a well-conditioned matrix over axes a, b
+    (batched over the others); 'selects:k' for a constant integer or boolean
+    array equal to k everywhere (a select_n predicate)."""
     try:
         arr = np.asarray(value)
     except Exception:  # tracers, keys
         return frozenset()
-    if arr.dtype == object or arr.size == 0 or not np.issubdtype(arr.dtype, np.number):
+    if arr.dtype == object or arr.size == 0 or not (np.issubdtype(arr.dtype, np.number) or arr.dtype == np.bool_):
         return frozenset()
     facts = {"nonzero"} if bool(np.all(arr != 0)) else set()
-    if arr.ndim >= 2 and arr.shape[-1] == arr.shape[-2] and np.issubdtype(arr.dtype, np.inexact):
-        with np.errstate(all="ignore"):
-            cond = np.linalg.cond(arr.astype(np.float64))
-        if bool(np.all(cond < 1e6)):
-            facts.add("nonsingular")
+    if (arr.dtype == np.bool_ or np.issubdtype(arr.dtype, np.integer)) and bool(np.all(arr == arr.flat[0])):
+        facts.add(f"selects:{int(arr.flat[0])}")  # a constant select_n predicate
+    if arr.ndim >= 2 and np.issubdtype(arr.dtype, np.inexact) and arr.size <= 1 << 16:
+        # "nonsingular over axes (a, b)": a rule names the two axes it solves
+        # with (a 1x1 conv kernel OIHW: 0 and 1, not the trailing 1x1 window).
+        for a, b in itertools.combinations(range(arr.ndim), 2):
+            if arr.shape[a] != arr.shape[b]:
+                continue
+            with np.errstate(all="ignore"):
+                m = np.moveaxis(arr, (a, b), (-2, -1))
+                cond = np.linalg.cond(m.astype(np.complex128 if np.iscomplexobj(m) else np.float64))
+            if bool(np.all(cond < 1e6)):
+                facts.add(registry.nonsingular_fact(arr.ndim, (a, b)))
     return frozenset(facts)
 
 
@@ -298,6 +309,8 @@ class _Planner:
             if e.primitive in registry.nonsingular_primitives:
                 for v in e.outvars:
                     facts[v] = facts[v] | {"nonsingular"}
+            if e.primitive is P.iota_p:  # a permutation carried through sort
+                facts[e.outvars[0]] = facts[e.outvars[0]] | {f"iota:{e.params['dimension']}"}
             rule = registry.nonzero_rules.get(e.primitive)
             if rule is None:
                 continue
@@ -311,9 +324,10 @@ class _Planner:
         return facts
 
     def fact_of(self, v) -> frozenset:
+        proven = _concrete_facts(v.val) if isinstance(v, Literal) else self.facts[v]
         if self.assume_nonzero:
-            return frozenset({"nonzero", "nonsingular"})
-        return _concrete_facts(v.val) if isinstance(v, Literal) else self.facts[v]
+            return proven | {"nonzero", "nonsingular"}
+        return proven
 
     # ---- propagation
     def known(self, v) -> bool:

@@ -126,11 +126,34 @@ _proven: contextvars.ContextVar[dict[int, frozenset] | None] = contextvars.Conte
     "jaxinv_proven_facts", default=None)
 
 
-def _require(x: Any, fact: str, what: str, hint: str) -> Any:
+def _require(x: Any, facts_needed: tuple[str, ...], what: str, hint: str) -> Any:
+    facts = _proven.get()
+    if facts is not None and not (set(facts_needed) & facts.get(id(x), frozenset())):
+        raise NotInvertibleError(f"{what} is not provably {facts_needed[0].split(':')[0]} ({hint})")
+    return x
+
+
+def require_fact(x: Any, fact: str, reason: str) -> Any:
+    """Inside a rule: unless the planner proved ``fact`` about ``x`` (one of
+    the rule's arguments), refuse with ``reason`` while jaxinv plans; free at
+    run time. Facts the planner proves: ``"nonzero"``, ``"nonsingular:a,b"``
+    (see :func:`require_nonsingular`), ``"iota:d"`` (an iota along dim ``d``),
+    ``"selects:k"`` (a constant predicate equal to ``k`` everywhere).
+
+    Example::
+
+        require_fact(pred, "selects:1", "the predicate must select the unknown case everywhere")
+    """
     facts = _proven.get()
     if facts is not None and fact not in facts.get(id(x), frozenset()):
-        raise NotInvertibleError(f"{what} is not provably {fact} ({hint})")
+        raise NotInvertibleError(reason)
     return x
+
+
+def nonsingular_fact(ndim: int, axes: tuple[int, int]) -> str:
+    """The fact "nonsingular as a matrix over these two axes" (axes normalised)."""
+    a, b = sorted(ax % ndim for ax in axes)
+    return f"nonsingular:{a},{b}"
 
 
 def require_nonzero(x: Any, what: str = "the known operand") -> Any:
@@ -149,19 +172,23 @@ def require_nonzero(x: Any, what: str = "the known operand") -> Any:
         defbinary(lax.mul_p, lambda y, b: y / require_nonzero(b),
                              lambda y, a: y / require_nonzero(a))
     """
-    return _require(x, "nonzero", what, "mark it with jaxinv.nonzero to assert it is")
+    return _require(x, ("nonzero",), what, "mark it with jaxinv.nonzero to assert it is")
 
 
-def require_nonsingular(x: Any, what: str = "the known matrix") -> Any:
-    """Like :func:`require_nonzero`, for a matrix a rule solves with: it must be
-    a well-conditioned concrete constant or marked with ``jaxinv.nonzero``.
+def require_nonsingular(x: Any, what: str = "the known matrix", axes: tuple[int, int] = (-2, -1)) -> Any:
+    """Like :func:`require_nonzero`, for an array a rule solves with as a matrix
+    over ``axes`` (batched over the others): it must be a well-conditioned
+    concrete constant over those axes, or marked with ``jaxinv.nonzero``.
 
     Example::
 
-        w = require_nonsingular(invals[1])
-        x = jnp.linalg.solve(w.T, y.T).T
+        w = require_nonsingular(invals[1])                  # a (..., n, n) matrix
+        k = require_nonsingular(kernel, axes=(0, 1))        # an OIHW 1x1 kernel
     """
-    return _require(x, "nonsingular", what, "mark it with jaxinv.nonzero to assert it is")
+    needed = ("nonsingular",)
+    if hasattr(x, "ndim") and x.ndim >= 2:
+        needed += (nonsingular_fact(x.ndim, axes),)
+    return _require(x, needed, what, "mark it with jaxinv.nonzero to assert it is")
 
 
 @contextlib.contextmanager

@@ -103,8 +103,8 @@ def _equation(prim: Primitive, fn: Callable, args: Sequence[Any]) -> _Equation:
     key = (prim, fn, tuple((np.shape(x), str(jnp.result_type(x))) for x in leaves), jax.config.jax_enable_x64)
     if key not in _traced:
         _traced[key] = _locate(prim, fn, args)
-    closed, index, fixed = _traced[key]
-    env = dict(zip(closed.jaxpr.invars, leaves))
+    closed, consts, index, fixed = _traced[key]
+    env = dict(zip(closed.jaxpr.invars, [*consts, *leaves]))
     env.update(zip(closed.jaxpr.constvars, closed.consts))
     read = lambda v: v.val if isinstance(v, Literal) else env[v]
     for eqn in closed.jaxpr.eqns[:index]:
@@ -114,12 +114,14 @@ def _equation(prim: Primitive, fn: Callable, args: Sequence[Any]) -> _Equation:
 
 
 def _locate(prim, fn, args):
-    closed = flatten(jax.make_jaxpr(fn)(*args))
-    consts = set(closed.jaxpr.constvars)
+    traced = jax.make_jaxpr(fn)(*args)
+    closed = flatten(traced)  # its first invars are traced's constants, lifted
+    lifted = list(traced.consts)
+    consts = set(closed.jaxpr.constvars) | set(closed.jaxpr.invars[:len(lifted)])
     for index, eqn in enumerate(closed.jaxpr.eqns):
         if eqn.primitive is prim:
             # only the prefix that computes this equation's inputs needs evaluating
-            return closed, index, tuple(isinstance(v, Literal) or v in consts for v in eqn.invars)
+            return closed, lifted, index, tuple(isinstance(v, Literal) or v in consts for v in eqn.invars)
         if all(isinstance(v, Literal) or v in consts for v in eqn.invars):
             consts.update(eqn.outvars)
     raise RuleCheckError(f"the example function {_name(fn)} has no `{prim.name}` equation; its jaxpr is\n{closed}")
@@ -161,7 +163,8 @@ def _compare(what: str, got, want, scale: float) -> str | None:
     if jnp.issubdtype(want_dtype, jnp.inexact):
         g64 = g.astype(np.complex128 if np.iscomplexobj(g) else np.float64)
         w64 = w.astype(np.complex128 if np.iscomplexobj(w) else np.float64)
-        err = np.abs(g64 - w64)
+        with np.errstate(invalid="ignore"):  # inf - inf: equal infinities are compared below
+            err = np.abs(g64 - w64)
         bad = ~(err <= tol["atol"] + tol["rtol"] * np.abs(w64))
         bad &= ~((np.isnan(g64) & np.isnan(w64)) | (g64 == w64))
     else:
@@ -214,11 +217,14 @@ _compiled: dict = {}
 def _compiled_call(rule, eqn0: _Equation, with_cts: bool, how: str, axes=None):
     """``rule`` as a function of (known inputs, outputs[, cts]), jitted (and
     vmapped) once per rule, params, shapes and pattern of Nones."""
+    fixed = {i: v for i, v in enumerate(eqn0.invals) if eqn0.fixed[i]}
     key = (how, id(rule), eqn0.prim, _params_key(eqn0.params), tuple(map(str, eqn0.avals)), with_cts,
-           None if axes is None else repr(axes))
+           None if axes is None else repr(axes), tuple((i, repr(v)) for i, v in fixed.items()))
     fn = _compiled.get(key)
     if fn is None:
         def plain(known, out, cts=None):
+            # literals and constants reach rules as concrete values, as in the interpreter
+            known = [fixed[i] if i in fixed and k is not None else k for i, k in enumerate(known)]
             return _call(rule, eqn0, known, out, cts if with_cts else None)
         fn = jax.jit(plain if how == "jit" else jax.vmap(plain, in_axes=axes))
         _compiled[key] = fn
@@ -349,10 +355,18 @@ def _reference_cts(eqn: _Equation, cts) -> list:
                     args[i] = x
                 out = prim.bind(*args, **bind_params)
                 return list(out) if prim.multiple_results else [out]
-            outs, vjp = jax.vjp(f, *[invals[i] for i in floats])
+            xs = [invals[i] for i in floats]
+            outs, vjp = jax.vjp(f, *xs)
             full = [jnp.zeros_like(o) if c is None else c for c, o in zip(cts, outs)]
-            full = [c if _is_float(o) else np.zeros(np.shape(o), jax.dtypes.float0) for c, o in zip(full, outs)]
-            return vjp(full)
+            try:
+                return vjp([c if _is_float(o) else np.zeros(np.shape(o), jax.dtypes.float0)
+                            for c, o in zip(full, outs)])
+            except ValueError:
+                # JAX cannot reverse-differentiate some primitives (a while
+                # loop with a traced trip count): ct_x = J^T ct, J by forward mode.
+                jac = jax.jacfwd(f, argnums=tuple(range(len(xs))))(*xs)
+                return [sum(jnp.tensordot(c, jac[o][j], axes=np.ndim(c))
+                            for o, c in enumerate(full) if _is_float(outs[o])) for j in range(len(xs))]
 
         fn = _reference[key] = jax.jit(vjp_at)
     for i, ct in zip(floats, fn(list(eqn.invals), list(cts))):
@@ -405,25 +419,38 @@ def _check_batch(report: CheckReport, eqns: list[_Equation], inverse, ivjp, solv
                 report.refused[pattern] = abstract
             continue
         report.solved.add(pattern)
-        for mode, k, got in _run_modes(inverse, eqns, pattern, modes):
+        for mode, k, got in _guarded(_run_modes(inverse, eqns, pattern, modes)):
             report.checks += 1
-            msg = _compare_all(got, eqns[k].invals, scale, "input")
+            msg = got if isinstance(got, str) else _compare_all(got, eqns[k].invals, scale, "input")
             if msg:
                 fail(msg, pattern, mode, k, "inverse")
                 break
         if ivjp is None:
             continue
-        for mode, k, got in _run_modes(ivjp, eqns, pattern, modes, cts_list):
+        for mode, k, got in _guarded(_run_modes(ivjp, eqns, pattern, modes, cts_list)):
             report.checks += 1
-            invals, in_cts = got
-            msg = _compare_all(invals, eqns[k].invals, scale, "input")
-            if not msg:
-                msg = _compare_cts(in_cts, refs[k], eqns[k], scale)
+            if isinstance(got, str):
+                msg = got
+            else:
+                invals, in_cts = got
+                msg = _compare_all(invals, eqns[k].invals, scale, "input")
+                if not msg:
+                    msg = _compare_cts(in_cts, refs[k], eqns[k], scale)
             if msg:
                 fail(msg, pattern, mode, k, "ivjp")
                 break
     if not report.solved and not required:
         report.failures.append(f"[{where}] the rule solves no pattern of unknowns: {report.refused}")
+
+
+def _guarded(results):
+    """The (mode, k, result) triples, an exception becoming a message that ends them."""
+    mode = "?"
+    try:
+        for mode, k, got in results:
+            yield mode, k, got
+    except Exception as e:  # a rule that crashes in some mode: report, don't abort the pack
+        yield f"after {mode}", 0, f"the rule raised {type(e).__name__}: {e}"
 
 
 def _compare_all(got, want, scale, what) -> str | None:

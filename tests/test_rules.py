@@ -386,3 +386,30 @@ def test_even_integer_pow_has_only_a_principal_branch():
     with pytest.raises(NotInvertibleError, match="not injective"):
         invert(eqn, (0,))
     assert_same_arrays(invert(eqn, (0,), registry.principal_inverse_rules), eqn.invals)
+
+
+# ==========================================================================
+# Facts about constants name the axes a rule solves over
+
+
+def test_a_singular_1x1_conv_kernel_is_never_divided_by():
+    # OIHW kernel (3, 3, 1, 1): every trailing 1x1 block is nonzero, but the
+    # 3x3 matrix over (O, I) is singular; the planner must save, not solve.
+    import jaxinv
+    x = jnp.linspace(-1, 1, 96).reshape(2, 3, 4, 4)
+    conv = lambda w: (lambda x: lax.conv_general_dilated(jnp.tanh(x), w, (1, 1), "SAME"))
+    singular, regular = jnp.ones((3, 3, 1, 1)), jnp.asarray(2 * np.eye(3)[:, :, None, None] + 0.1)
+    for w, saved in [(singular, x.nbytes), (regular, 0)]:
+        f = conv(w)
+        assert jaxinv.explain(f, x).saved_bytes == saved
+        loss = lambda x: jnp.sum(f(x) ** 2)
+        np.testing.assert_allclose(jaxinv.grad(loss)(x), jax.grad(loss)(x), rtol=1e-4, atol=1e-5)
+
+
+def test_constant_facts_are_per_axis_pair():
+    from jaxinv.plan import _concrete_facts
+    w = np.ones((3, 3, 1, 1)) + 2 * np.eye(3)[:, :, None, None]
+    assert "nonsingular:0,1" in _concrete_facts(w)
+    assert "nonsingular:0,1" not in _concrete_facts(np.ones((3, 3, 1, 1)))
+    assert "nonsingular:2,3" in _concrete_facts(np.ones((3, 3, 1, 1)))  # 1x1 blocks: a different claim
+    assert "selects:1" in _concrete_facts(np.ones((2, 3), bool))

@@ -42,7 +42,7 @@ from jaxinv import interpreter
 from jaxinv.flatten import flatten, has_calls
 from jaxinv.plan import make_plan
 from jaxinv._version import __version__
-from jaxinv.domains import Example, booleans, integers, reals
+from jaxinv.domains import Example, booleans, fixed, integers, reals
 from jaxinv.packs import RulePack
 from jaxinv.registry import NotInvertibleError
 from jaxinv.rules.functions import known_inverse
@@ -162,7 +162,7 @@ def _scan_ivjp(invals, outvals, out_cts, *, jaxpr, num_consts, num_carry, length
 pack.register_inverse(P.scan_p, _scan_inverse, examples=[
     Example(lambda c, xs: lax.scan(lambda c, x: (c + x, jnp.exp(c)), c, xs), reals(shape=(3,)),
             reals(shape=(4, 3)), solve=[(0,), (0, 1)], label="carry and xs from the outputs"),
-    Example(lambda c, xs: lax.scan(lambda c, x: (jnp.tanh(c) * 0.5 + x, None), c, xs), reals(shape=(3,)),
+    Example(lambda c, xs: lax.scan(lambda c, x: (c * 1.5 + jnp.tanh(x), None), c, xs), reals(shape=(3,)),
             reals(shape=(5, 3)), solve=[(0,)], label="carry only, xs known"),
 ], notes="the body must rebuild its carry with nothing saved; ivjp = reverse scan of the inverted body")
 pack.register_ivjp(P.scan_p, _scan_ivjp)
@@ -245,8 +245,9 @@ def _while_ivjp(invals, outvals, out_cts, *, cond_jaxpr, body_jaxpr, cond_nconst
 
 
 pack.register_inverse(P.while_p, _while_inverse, examples=Example(
-    lambda x: lax.fori_loop(0, 3, lambda i, x: jnp.sinh(x) * 0.5 + 1.0, x), reals(-1, 1),
-    label="fori_loop"), notes="fixed trip count (lax.fori_loop form) only; ivjp = reverse fori_loop")
+    lambda x, n: lax.fori_loop(0, n, lambda i, x: jnp.sinh(x) * 0.5 + 1.0, x), reals(-1, 1), fixed(np.int32(3)),
+    solve=[(2,)], label="fori_loop with a traced bound (a while loop)"),
+    notes="fixed trip count (lax.fori_loop form) only; ivjp = reverse fori_loop")
 pack.register_ivjp(P.while_p, _while_ivjp)
 
 
@@ -353,9 +354,13 @@ def _custom_call_inverse(invals, outvals, *, call_jaxpr, num_consts, **params):
     return interpreter.reconstruct(plan, list(invals), [], list(outvals))
 
 
-pack.register_inverse(P.custom_jvp_call_p, _custom_call_inverse,
-                      examples=Example(lambda x: _scaled_tanh(x), reals()),
-                      notes="inverted through its body; cotangents from its custom JVP")
+pack.register_inverse(P.custom_jvp_call_p, _custom_call_inverse, examples=[
+    Example(lambda x: _scaled_tanh(x), reals(), label="a user's custom_jvp, through its body"),
+    Example(jax.nn.softplus, reals(-10, 10), label="softplus (logaddexp, recognised)"),
+    Example(jnp.logaddexp, reals(-5, 5), reals(-5, 5), solve=[(0,), (1,)], label="logaddexp, either operand"),
+    Example(jax.scipy.special.logit, reals(0.01, 0.99), label="logit (recognised)"),
+], notes="inverted through its body, or by a known inverse (logaddexp, softplus, logit); cotangents from its "
+         "custom JVP")
 pack.register_inverse(P.custom_vjp_call_p, _custom_call_inverse,
                       examples=Example(lambda x: _shifted_exp(x), reals()),
                       notes="inverted through its body; cotangents from its custom VJP")

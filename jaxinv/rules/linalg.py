@@ -196,7 +196,7 @@ def _solve(w, y, lay: _Layout):
 
 def _dot_general_inverse(invals, outvals, *, dimension_numbers, **_):
     lay = _layout(invals, dimension_numbers)
-    w = require_nonsingular(invals[1 - lay.unknown], _SINGULAR)
+    w = require_nonsingular(invals[1 - lay.unknown], _SINGULAR, axes=lay.w_perm[-2:])
     _, x2 = _solve(w, outvals[0], lay)
     solved = list(invals)
     solved[lay.unknown] = _unarrange_x(x2, lay, input_avals()[lay.unknown].dtype)
@@ -206,7 +206,7 @@ def _dot_general_inverse(invals, outvals, *, dimension_numbers, **_):
 def _dot_general_ivjp(invals, outvals, out_cts, *, dimension_numbers, precision=None, **_):
     lay = _layout(invals, dimension_numbers)
     u, k = lay.unknown, 1 - lay.unknown
-    a, x2 = _solve(require_nonsingular(invals[k], _SINGULAR), outvals[0], lay)
+    a, x2 = _solve(require_nonsingular(invals[k], _SINGULAR, axes=lay.w_perm[-2:]), outvals[0], lay)
     ct2 = _arrange_y(out_cts[0], lay)
     ct_x2 = jnp.einsum("...fj,...kj->...fk", ct2, a, precision=precision)  # ct' @ A^T
     ct_a = jnp.einsum("...fk,...fj->...kj", x2, ct2, precision=precision)  # X'^T @ ct'
@@ -365,7 +365,7 @@ def _conv_matrix(w, lay: _Conv):
 
 def _conv_solve(w, y, lay: _Conv):
     """x' (positions x C) from y' = x' @ M^T: x'^T = M^-1 y'^T, one LU solve for every position."""
-    m = _conv_matrix(require_nonsingular(w, _CONV_SINGULAR), lay)
+    m = _conv_matrix(require_nonsingular(w, _CONV_SINGULAR, axes=lay.w_perm[:2]), lay)
     ya = jnp.transpose(y, lay.y_perm)
     dtype = jnp.result_type(m.dtype, ya.dtype)
     y2 = jnp.reshape(ya, (-1, lay.c)).astype(dtype)

@@ -307,10 +307,7 @@ def _require_fact(x, fact: str, reason: str):
     """Like ``require_nonzero``, for another fact the planner may prove about a
     known input: while jaxinv plans, raise NotInvertibleError(reason) unless
     ``fact`` is proven for ``x``; free when a plan runs (it was checked)."""
-    try:
-        return registry._require(x, fact, "", "")
-    except NotInvertibleError:
-        raise NotInvertibleError(reason) from None
+    return registry.require_fact(x, fact, reason)
 
 
 # Facts a planner may prove about a known input, checked with _require_fact:
