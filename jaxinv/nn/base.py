@@ -1,0 +1,55 @@
+"""The contract every invertible layer of :mod:`jaxinv.nn` keeps.
+
+Layers are small frozen dataclasses holding hyperparameters only; parameters
+are pytrees passed explicitly, so a layer works in plain JAX, Flax NNX and
+Equinox alike. The first axis of ``x`` is the batch; log-determinants are per
+example (shape ``(batch,)``), like distrax's bijectors.
+
+Example::
+
+    layer = AffineCoupling(hidden=64)
+    params = layer.init(key, x)
+    y = layer.apply(params, x)
+    x_again = layer.inverse(params, y)
+    y, log_det = layer.forward_and_log_det(params, x)     # log|det dy/dx| per example
+    x, ildj = layer.inverse_and_log_det(params, y)        # log|det dx/dy| = -log_det
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+
+Params = Any
+
+
+class Layer:
+    """Base class: subclasses define ``init``, ``forward_and_log_det`` and
+    ``inverse_and_log_det``; ``apply``/``inverse`` drop the log-det (override
+    them when the log-det costs extra work)."""
+
+    def init(self, key: jax.Array, x: jax.Array) -> Params:
+        """Parameters for inputs shaped like ``x`` (data-dependent layers, such
+        as ActNorm, use ``x``'s values too)."""
+        raise NotImplementedError
+
+    def apply(self, params: Params, x: jax.Array) -> jax.Array:
+        """``y = f(x)``."""
+        return self.forward_and_log_det(params, x)[0]
+
+    def __call__(self, params: Params, x: jax.Array) -> jax.Array:
+        return self.apply(params, x)
+
+    def inverse(self, params: Params, y: jax.Array) -> jax.Array:
+        """``x = f^-1(y)``."""
+        return self.inverse_and_log_det(params, y)[0]
+
+    def forward_and_log_det(self, params: Params, x: jax.Array) -> tuple[jax.Array, jax.Array]:
+        """``(f(x), log|det df/dx|)``, the log-det per example."""
+        raise NotImplementedError
+
+    def inverse_and_log_det(self, params: Params, y: jax.Array) -> tuple[jax.Array, jax.Array]:
+        """``(f^-1(y), log|det df^-1/dy|)``, the log-det per example."""
+        raise NotImplementedError
+
