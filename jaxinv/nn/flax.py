@@ -1,0 +1,119 @@
+"""Flax NNX modules for :mod:`jaxinv.nn` layers (``pip install jaxinv[flax]``).
+
+:class:`Invertible` wraps any :class:`jaxinv.nn.Layer` (one layer or a whole
+reversible stack) as an ``nnx.Module`` whose parameters are ``nnx.Param``\\ s,
+so it mixes with ordinary NNX layers, ``nnx.Optimizer``, ``nnx.jit`` and
+``nnx.grad``. Calls go through :func:`jaxinv.invertible` applied to the layer's
+pure function, so ``nnx.grad``/``jax.grad`` of any loss use the reversible
+backward pass for the wrapped part: its activations are rebuilt from its output
+instead of being stored, and its memory stays flat in depth.
+
+Example (an NNX classifier around a reversible stack)::
+
+    import optax
+    from flax import nnx
+    from jaxinv.nn.flax import Invertible
+
+    class Classifier(nnx.Module):
+        def __init__(self, stack, x, *, rngs):
+            self.embed = nnx.Linear(64, 32, rngs=rngs)
+            self.body = Invertible(stack, self.embed(x), rngs=rngs)    # init from an example input
+            self.head = nnx.Linear(32, 10, rngs=rngs)
+
+        def __call__(self, x):
+            return self.head(self.body(self.embed(x)))
+
+    model = Classifier(stack, x[:64], rngs=nnx.Rngs(0))
+    optimizer = nnx.Optimizer(model, optax.adam(1e-3), wrt=nnx.Param)
+
+    @nnx.jit
+    def step(model, optimizer, x, labels):
+        loss_fn = lambda m: optax.softmax_cross_entropy_with_integer_labels(m(x), labels).mean()
+        loss, grads = nnx.value_and_grad(loss_fn)(model)    # the body's backward is jaxinv's
+        optimizer.update(model, grads)
+        return loss
+
+Parameters are created once, in the constructor, by the layer's
+``init(key, x)`` (data-dependent layers such as ActNorm read ``x`` there).
+Calling the module never re-initialises or mutates them; only the optimizer
+does.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+import jaxinv
+from jaxinv.nn.base import Layer
+
+__all__ = ["Invertible"]
+
+
+def _variable(leaf) -> nnx.Variable:
+    """Floating-point leaves are trainable ``nnx.Param``\\ s; integer leaves
+    (a fixed permutation) are plain ``nnx.Variable``\\ s, which ``nnx.grad``
+    and ``nnx.Optimizer(..., wrt=nnx.Param)`` leave alone."""
+    leaf = jnp.asarray(leaf)
+    return nnx.Param(leaf) if jnp.issubdtype(leaf.dtype, jnp.inexact) else nnx.Variable(leaf)
+
+
+def _is_variable(v) -> bool:
+    return isinstance(v, nnx.Variable)
+
+
+class Invertible(nnx.Module):
+    """An ``nnx.Module`` running a :class:`jaxinv.nn.Layer` with reversible gradients.
+
+    Args:
+      layer: any :class:`jaxinv.nn.Layer` (a frozen dataclass of hyperparameters).
+      x: an example input, batch first; ``layer.init(key, x)`` creates the
+        parameters from its shape (and, for data-dependent layers, its values).
+      rngs: an ``nnx.Rngs``; the key comes from its ``params`` stream.
+      reversible: when ``False``, calls are plain JAX (``jax.grad`` stores every
+        activation): handy for comparing memory and gradients.
+      params: the layer's parameters, instead of ``x`` and ``rngs``
+        (``Invertible(layer, params=params)``).
+
+    The parameters live in ``self.params``, a pytree shaped like the layer's
+    params whose leaves are ``nnx.Param`` (integer leaves: ``nnx.Variable``).
+    """
+
+    def __init__(self, layer: Layer, x: jax.Array | None = None, *, rngs: nnx.Rngs | None = None,
+                 reversible: bool = True, params: Any = None):
+        if params is None:
+            if x is None or rngs is None:
+                raise TypeError("Invertible needs an example input `x` and `rngs`, or `params`")
+            params = layer.init(rngs.params(), x)
+        self.layer = layer
+        self.reversible = reversible
+        self.params = nnx.data(jax.tree.map(_variable, params))
+
+    def param_values(self) -> Any:
+        """The layer's params as a plain pytree of arrays (what ``layer.apply`` takes)."""
+        return jax.tree.map(lambda v: v.get_value(), self.params, is_leaf=_is_variable)
+
+    def _run(self, method: str, x: jax.Array):
+        fn = getattr(self.layer, method)
+        if self.reversible:
+            fn = jaxinv.invertible(fn)
+        return fn(self.param_values(), x)
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        """``y = f(x)``."""
+        return self._run("apply", x)
+
+    def inverse(self, y: jax.Array) -> jax.Array:
+        """``x = f^-1(y)``."""
+        return self._run("inverse", y)
+
+    def forward_and_log_det(self, x: jax.Array) -> tuple[jax.Array, jax.Array]:
+        """``(f(x), log|det df/dx|)``, the log-det per example."""
+        return self._run("forward_and_log_det", x)
+
+    def inverse_and_log_det(self, y: jax.Array) -> tuple[jax.Array, jax.Array]:
+        """``(f^-1(y), log|det df^-1/dy|)``, the log-det per example."""
+        return self._run("inverse_and_log_det", y)

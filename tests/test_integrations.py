@@ -1,0 +1,391 @@
+"""jaxinv.nn layers inside Flax NNX and Equinox models.
+
+``jaxinv.nn.flax.Invertible`` and ``jaxinv.nn.equinox.Invertible`` wrap any
+``jaxinv.nn.Layer`` as a module of the framework. Their gradients must equal
+plain ``jax.grad``'s, optimizers must train through them, the wrapped part's
+residual memory must stay flat in depth, parameters (also data-dependent ones)
+are set once at construction, and ``import jaxinv`` never imports either
+framework.
+"""
+
+import dataclasses
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import jaxinv
+from jaxinv.nn.base import Layer
+
+from helpers import assert_trees_close, tree_bytes
+
+nnx = pytest.importorskip("flax.nnx")
+eqx = pytest.importorskip("equinox")
+optax = pytest.importorskip("optax")
+
+from jaxinv.nn.equinox import Invertible as EqxInvertible  # noqa: E402
+from jaxinv.nn.flax import Invertible as NnxInvertible  # noqa: E402
+
+
+# ---- tiny layers of the jaxinv.nn contract, so these tests depend only on base.Layer
+
+
+@dataclasses.dataclass(frozen=True)
+class Coupling(Layer):
+    """A RevNet block on the two halves of the features: y1 = x1 + F(x2), y2 = x2 + G(y1)."""
+
+    def init(self, key, x):
+        d = x.shape[-1] // 2
+        k1, k2 = jax.random.split(key)
+        return {"f": (0.3 * jax.random.normal(k1, (d, d)), jnp.zeros(d)),
+                "g": (0.3 * jax.random.normal(k2, (d, d)), jnp.zeros(d))}
+
+    def forward_and_log_det(self, p, x):
+        (wf, bf), (wg, bg) = p["f"], p["g"]
+        x1, x2 = jnp.split(x, 2, axis=-1)
+        y1 = x1 + jnp.tanh(x2 @ wf + bf)
+        y2 = x2 + jnp.tanh(y1 @ wg + bg)
+        return jnp.concatenate([y1, y2], axis=-1), jnp.zeros(x.shape[0], x.dtype)
+
+    def inverse_and_log_det(self, p, y):
+        (wf, bf), (wg, bg) = p["f"], p["g"]
+        y1, y2 = jnp.split(y, 2, axis=-1)
+        x2 = y2 - jnp.tanh(y1 @ wg + bg)
+        x1 = y1 - jnp.tanh(x2 @ wf + bf)
+        return jnp.concatenate([x1, x2], axis=-1), jnp.zeros(y.shape[0], y.dtype)
+
+
+INIT_CALLS = []
+
+
+@dataclasses.dataclass(frozen=True)
+class DataInitScale(Layer):
+    """ActNorm-style: init from the example batch so outputs have zero mean and unit variance."""
+
+    def init(self, key, x):
+        INIT_CALLS.append(1)
+        return {"bias": -jnp.mean(x, axis=0), "log_scale": -jnp.log(jnp.std(x, axis=0) + 1e-6)}
+
+    def forward_and_log_det(self, p, x):
+        y = (x + p["bias"]) * jnp.exp(p["log_scale"])
+        return y, jnp.broadcast_to(jnp.sum(p["log_scale"]), x.shape[:1])
+
+    def inverse_and_log_det(self, p, y):
+        x = y * jnp.exp(-p["log_scale"]) - p["bias"]
+        return x, jnp.broadcast_to(-jnp.sum(p["log_scale"]), y.shape[:1])
+
+
+@dataclasses.dataclass(frozen=True)
+class Stack(Layer):
+    layers: tuple
+
+    def init(self, key, x):
+        params = []
+        for layer, k in zip(self.layers, jax.random.split(key, len(self.layers))):
+            params.append(layer.init(k, x))
+            x = layer.apply(params[-1], x)
+        return tuple(params)
+
+    def forward_and_log_det(self, params, x):
+        log_det = jnp.zeros(x.shape[0], x.dtype)
+        for layer, p in zip(self.layers, params):
+            x, ld = layer.forward_and_log_det(p, x)
+            log_det = log_det + ld
+        return x, log_det
+
+    def inverse_and_log_det(self, params, y):
+        log_det = jnp.zeros(y.shape[0], y.dtype)
+        for layer, p in reversed(list(zip(self.layers, params))):
+            y, ld = layer.inverse_and_log_det(p, y)
+            log_det = log_det + ld
+        return y, log_det
+
+
+def stack(depth):
+    return Stack((DataInitScale(),) + (Coupling(),) * depth)
+
+
+WIDTH, BATCH = 8, 32
+X = jax.random.normal(jax.random.key(0), (BATCH, 6))
+LABELS = jax.random.randint(jax.random.key(1), (BATCH,), 0, 3)
+
+
+def output_loss(y):
+    """A loss on the stack's output that is not invertible itself."""
+    return jnp.sum(jnp.sin(y) * y)
+
+
+# ---- Flax NNX
+
+
+class NnxClassifier(nnx.Module):
+    """Ordinary NNX layers around a reversible stack."""
+
+    def __init__(self, depth, x, *, rngs, reversible=True):
+        self.embed = nnx.Linear(x.shape[-1], WIDTH, rngs=rngs)
+        self.body = NnxInvertible(stack(depth), self.embed(x), rngs=rngs, reversible=reversible)
+        self.head = nnx.Linear(WIDTH, 3, rngs=rngs)
+
+    def __call__(self, x):
+        return self.head(jnp.tanh(self.body(self.embed(x))))
+
+
+def nnx_loss(model, x, labels):
+    return optax.softmax_cross_entropy_with_integer_labels(model(x), labels).mean()
+
+
+def test_nnx_params_are_nnx_params_shaped_like_the_layers():
+    layer = stack(2)
+    x = jax.random.normal(jax.random.key(2), (BATCH, WIDTH))
+    m = NnxInvertible(layer, x, rngs=nnx.Rngs(0))
+    expected = layer.init(jax.random.key(0), x)
+    assert jax.tree.structure(m.param_values()) == jax.tree.structure(expected)
+    params = nnx.state(m, nnx.Param)
+    assert len(jax.tree.leaves(params)) == len(jax.tree.leaves(expected))
+
+
+def test_nnx_methods_match_the_layer_and_invert():
+    x = jax.random.normal(jax.random.key(2), (BATCH, WIDTH))
+    m = NnxInvertible(stack(3), x, rngs=nnx.Rngs(0))
+    p = m.param_values()
+    y, log_det = m.forward_and_log_det(x)
+    y_ref, log_det_ref = m.layer.forward_and_log_det(p, x)
+    assert_trees_close((y, log_det), (y_ref, log_det_ref))
+    assert_trees_close(m(x), y_ref)
+    assert_trees_close(m.inverse(y), x, atol=1e-5)
+    x_back, ildj = m.inverse_and_log_det(y)
+    assert_trees_close((x_back, ildj), (x, -log_det), atol=1e-5)
+
+
+def test_nnx_grad_equals_plain_jax_grad():
+    model = NnxClassifier(8, X, rngs=nnx.Rngs(0))
+    plain = NnxClassifier(8, X, rngs=nnx.Rngs(0), reversible=False)
+    assert_trees_close(nnx.state(model, nnx.Param), nnx.state(plain, nnx.Param), rtol=0, atol=0)
+
+    g = nnx.grad(nnx_loss)(model, X, LABELS)
+    g_plain = nnx.grad(nnx_loss)(plain, X, LABELS)
+    assert_trees_close(g, g_plain, rtol=1e-4, atol=1e-6)
+
+    # the same through the pure function with jax.grad, and jitted
+    graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+    pure = lambda params, x: nnx_loss(nnx.merge(graphdef, params, rest), x, LABELS)
+    assert_trees_close(jax.jit(jax.grad(pure))(params, X), g_plain, rtol=1e-4, atol=1e-6)
+
+
+def test_nnx_gradient_of_the_inverse_and_log_det():
+    z = jax.random.normal(jax.random.key(3), (BATCH, WIDTH))
+    model = NnxInvertible(stack(4), z, rngs=nnx.Rngs(0))
+    plain = NnxInvertible(stack(4), z, rngs=nnx.Rngs(0), reversible=False)
+
+    def loss(m):
+        x, ildj = m.inverse_and_log_det(z)
+        return output_loss(x) + jnp.sum(ildj)
+
+    assert_trees_close(nnx.grad(loss)(model), nnx.grad(loss)(plain), rtol=1e-4, atol=1e-5)
+
+
+def test_nnx_optimizer_steps_lower_the_loss():
+    model = NnxClassifier(8, X, rngs=nnx.Rngs(0))
+    optimizer = nnx.Optimizer(model, optax.adam(1e-2), wrt=nnx.Param)
+
+    @nnx.jit
+    def step(model, optimizer, x, labels):
+        loss, grads = nnx.value_and_grad(nnx_loss)(model, x, labels)
+        optimizer.update(model, grads)
+        return loss
+
+    losses = [float(step(model, optimizer, X, LABELS)) for _ in range(30)]
+    assert losses[-1] < 0.7 * losses[0], losses
+
+
+def test_nnx_residual_memory_is_flat_in_depth():
+    """Under jax.vjp the reversible body keeps its parameters and output, not one
+    activation per block; the plain body's residuals grow with depth."""
+    x = jax.random.normal(jax.random.key(4), (256, WIDTH))
+
+    def residual_bytes(depth, reversible):
+        m = NnxInvertible(stack(depth), x, rngs=nnx.Rngs(0), reversible=reversible)
+        graphdef, state = nnx.split(m)
+        _, vjp_fn = jax.vjp(lambda s, x: output_loss(nnx.merge(graphdef, s)(x)), state, x)
+        return tree_bytes(vjp_fn) - tree_bytes(state)
+
+    activation = x.size * x.dtype.itemsize
+    assert residual_bytes(4, True) == residual_bytes(16, True) <= 3 * activation
+    assert residual_bytes(16, False) > residual_bytes(4, False) + 12 * activation
+
+
+def test_explain_saves_nothing_in_depth_for_the_wrapped_stack():
+    x = jax.random.normal(jax.random.key(4), (64, WIDTH))
+
+    def saved(depth):
+        m = NnxInvertible(stack(depth), x, rngs=nnx.Rngs(0))
+        p = m.param_values()
+        return jaxinv.explain(lambda x: m.layer.apply(p, x), x).saved_bytes
+
+    assert saved(4) == saved(16)
+
+
+def test_nnx_data_dependent_params_are_set_once():
+    """ActNorm-style parameters come from the example batch in the constructor;
+    calls (eager, jit, grad) never re-initialise them, and an optimizer step
+    changes them by exactly the optimizer's update, once."""
+    x_first = 3.0 + 2.0 * jax.random.normal(jax.random.key(5), (BATCH, WIDTH))
+    x_other = -1.0 + 0.5 * jax.random.normal(jax.random.key(6), (BATCH, WIDTH))
+    INIT_CALLS.clear()
+    m = NnxInvertible(Stack((DataInitScale(), Coupling())), x_first, rngs=nnx.Rngs(0))
+    assert len(INIT_CALLS) == 1
+    normalized = DataInitScale().apply(m.param_values()[0], x_first)
+    np.testing.assert_allclose(jnp.mean(normalized, axis=0), 0.0, atol=1e-5)
+    np.testing.assert_allclose(jnp.std(normalized, axis=0), 1.0, atol=1e-4)
+
+    before = jax.tree.map(jnp.copy, nnx.state(m))
+    m(x_other)
+    nnx.jit(lambda m, x: m(x))(m, x_other)
+    nnx.grad(lambda m: output_loss(m(x_other)))(m)
+    assert len(INIT_CALLS) == 1
+    assert_trees_close(nnx.state(m), before, rtol=0, atol=0)
+
+    lr = 0.1
+    optimizer = nnx.Optimizer(m, optax.sgd(lr), wrt=nnx.Param)
+
+    @nnx.jit
+    def step(m, optimizer, x):
+        grads = nnx.grad(lambda m: output_loss(m(x)))(m)
+        optimizer.update(m, grads)
+        return grads
+
+    grads = step(m, optimizer, x_other)
+    assert len(INIT_CALLS) == 1
+    expected = jax.tree.map(lambda p, g: p - lr * g, before, grads)
+    assert_trees_close(nnx.state(m, nnx.Param), expected, rtol=1e-6, atol=1e-6)
+
+
+def test_nnx_integer_params_are_variables_not_params():
+    @dataclasses.dataclass(frozen=True)
+    class Permute(Layer):
+        def init(self, key, x):
+            return {"perm": jax.random.permutation(key, x.shape[-1])}
+
+        def forward_and_log_det(self, p, x):
+            return x[:, p["perm"]], jnp.zeros(x.shape[0], x.dtype)
+
+        def inverse_and_log_det(self, p, y):
+            return y[:, jnp.argsort(p["perm"])], jnp.zeros(y.shape[0], y.dtype)
+
+    x = jax.random.normal(jax.random.key(7), (4, WIDTH))
+    m = NnxInvertible(Permute(), x, rngs=nnx.Rngs(0))
+    assert not jax.tree.leaves(nnx.state(m, nnx.Param))
+    assert_trees_close(m.inverse(m(x)), x)
+    nnx.grad(lambda m, x: jnp.sum(m(x) ** 2), argnums=1)(m, x)
+
+
+# ---- Equinox
+
+
+class EqxClassifier(eqx.Module):
+    """Ordinary Equinox layers around a reversible stack."""
+    embed: eqx.nn.Linear
+    body: EqxInvertible
+    head: eqx.nn.Linear
+
+    def __init__(self, depth, x, *, key, reversible=True):
+        k1, k2, k3 = jax.random.split(key, 3)
+        self.embed = eqx.nn.Linear(x.shape[-1], WIDTH, key=k1)
+        self.body = EqxInvertible(stack(depth), jax.vmap(self.embed)(x), key=k2, reversible=reversible)
+        self.head = eqx.nn.Linear(WIDTH, 3, key=k3)
+
+    def __call__(self, x):
+        return jax.vmap(self.head)(jnp.tanh(self.body(jax.vmap(self.embed)(x))))
+
+
+def eqx_loss(model, x, labels):
+    return optax.softmax_cross_entropy_with_integer_labels(model(x), labels).mean()
+
+
+def test_eqx_methods_match_the_layer_and_invert():
+    x = jax.random.normal(jax.random.key(2), (BATCH, WIDTH))
+    m = EqxInvertible(stack(3), x, key=jax.random.key(0))
+    y, log_det = m.forward_and_log_det(x)
+    assert_trees_close((y, log_det), m.layer.forward_and_log_det(m.params, x))
+    assert_trees_close(m(x), y)
+    x_back, ildj = m.inverse_and_log_det(y)
+    assert_trees_close((x_back, ildj), (x, -log_det), atol=1e-5)
+    assert_trees_close(m.inverse(y), x, atol=1e-5)
+    same = EqxInvertible(m.layer, params=m.params)
+    assert_trees_close(same(x), y)
+
+
+def test_eqx_filter_grad_equals_plain_jax_grad():
+    model = EqxClassifier(8, X, key=jax.random.key(0))
+    plain = EqxClassifier(8, X, key=jax.random.key(0), reversible=False)
+    g = eqx.filter_grad(eqx_loss)(model, X, LABELS)
+    g_plain = eqx.filter_grad(eqx_loss)(plain, X, LABELS)
+    assert_trees_close(jax.tree.leaves(g), jax.tree.leaves(g_plain), rtol=1e-4, atol=1e-6)
+
+    params, static = eqx.partition(model, eqx.is_inexact_array)
+    pure = lambda params, x: eqx_loss(eqx.combine(params, static), x, LABELS)
+    assert_trees_close(jax.tree.leaves(jax.jit(jax.grad(pure))(params, X)), jax.tree.leaves(g_plain),
+                       rtol=1e-4, atol=1e-6)
+
+
+def test_eqx_optimizer_steps_lower_the_loss():
+    model = EqxClassifier(8, X, key=jax.random.key(0))
+    optim = optax.adam(1e-2)
+    opt_state = optim.init(eqx.filter(model, eqx.is_inexact_array))
+
+    @eqx.filter_jit
+    def step(model, opt_state, x, labels):
+        loss, grads = eqx.filter_value_and_grad(eqx_loss)(model, x, labels)
+        updates, opt_state = optim.update(grads, opt_state, eqx.filter(model, eqx.is_inexact_array))
+        return eqx.apply_updates(model, updates), opt_state, loss
+
+    losses = []
+    for _ in range(30):
+        model, opt_state, loss = step(model, opt_state, X, LABELS)
+        losses.append(float(loss))
+    assert losses[-1] < 0.7 * losses[0], losses
+
+
+def test_eqx_residual_memory_is_flat_in_depth():
+    x = jax.random.normal(jax.random.key(4), (256, WIDTH))
+
+    def residual_bytes(depth, reversible):
+        m = EqxInvertible(stack(depth), x, key=jax.random.key(0), reversible=reversible)
+        _, vjp_fn = jax.vjp(lambda m, x: output_loss(m(x)), m, x)
+        return tree_bytes(vjp_fn) - tree_bytes(m.params)
+
+    activation = x.size * x.dtype.itemsize
+    assert residual_bytes(4, True) == residual_bytes(16, True) <= 3 * activation
+    assert residual_bytes(16, False) > residual_bytes(4, False) + 12 * activation
+
+
+def test_eqx_data_dependent_params_are_set_once():
+    x_first = 3.0 + 2.0 * jax.random.normal(jax.random.key(5), (BATCH, WIDTH))
+    x_other = -1.0 + 0.5 * jax.random.normal(jax.random.key(6), (BATCH, WIDTH))
+    INIT_CALLS.clear()
+    m = EqxInvertible(Stack((DataInitScale(), Coupling())), x_first, key=jax.random.key(0))
+    before = m.params
+    grads = eqx.filter_jit(eqx.filter_grad(lambda m, x: output_loss(m(x))))(m, x_other)
+    assert len(INIT_CALLS) == 1
+    assert_trees_close(m.params, before, rtol=0, atol=0)
+    lr = 0.1
+    optim = optax.sgd(lr)
+    updates, _ = optim.update(grads, optim.init(eqx.filter(m, eqx.is_inexact_array)))
+    m2 = eqx.apply_updates(m, updates)
+    assert len(INIT_CALLS) == 1
+    assert_trees_close(m2.params, jax.tree.map(lambda p, g: p - lr * g, before, grads.params), rtol=1e-6, atol=1e-6)
+
+
+# ---- import hygiene
+
+
+def test_import_jaxinv_does_not_import_flax_or_equinox():
+    code = ("import sys, jaxinv, jaxinv.nn, jaxinv.nn.base; "
+            "heavy = sorted(m for m in ('flax', 'equinox', 'optax') if m in sys.modules); "
+            "assert not heavy, heavy; "
+            "import jaxinv.nn.flax, jaxinv.nn.equinox; "
+            "assert 'flax' in sys.modules and 'equinox' in sys.modules")
+    subprocess.run([sys.executable, "-c", code], check=True)
