@@ -33,7 +33,9 @@ from jax.extend.core import ClosedJaxpr, Primitive
 from jax.interpreters import ad, batching, mlir
 from jax.tree_util import tree_flatten, tree_unflatten
 
+from jaxinv import interpreter
 from jaxinv.flatten import register_inline
+from jaxinv.plan import make_plan
 from jaxinv.registry import NotInvertibleError, RuleError
 
 custom_ivjp_call_p = Primitive("custom_ivjp_call")
@@ -70,15 +72,28 @@ class custom_ivjp:
         self.fun = fun
         self.ivjp: Callable | None = None
         self.inverse: Callable | None = None
+        self.ildj: Callable | None = None
 
     def defivjp(self, ivjp: Callable) -> Callable:
         """Set ``ivjp(xs, ys, cts) -> (xs, cts_xs)``; returns ``ivjp``."""
         self.ivjp = ivjp
         return ivjp
 
-    def definverse(self, inverse: Callable) -> Callable:
-        """Set ``inverse(*ys) -> xs``; returns ``inverse``."""
+    def definverse(self, inverse: Callable | None = None, *, ildj: Callable | None = None) -> Callable:
+        """Set ``inverse(*ys) -> xs``; returns ``inverse``. ``ildj(*ys) ->
+        scalar``, optional, gives ``log|det d(xs)/d(ys)|`` summed over elements
+        for ``jaxinv.ildj`` (without it, the log-det is derived through the
+        function's body). Usable as a decorator, with or without ``ildj``.
+
+        Example::
+
+            double.definverse(lambda y: y / 2.0, ildj=lambda y: -y.size * jnp.log(2.0))
+        """
+        if inverse is None:
+            return lambda inv: self.definverse(inv, ildj=ildj)
         self.inverse = inverse
+        if ildj is not None:
+            self.ildj = ildj
         return inverse
 
     def __call__(self, *args, **kwargs):
@@ -167,6 +182,17 @@ class _Rule:
                             f"arguments {self.in_tree}; got {tree} and {ct_tree}")
         return flat_xs, flat_cts
 
+    def ildj(self, outvals):
+        """The user's log-det at flat outputs (summed over a vmapped batch), or None."""
+        if self.f.ildj is None:
+            return None
+        if self.in_axes is not None:
+            unbatched = _Rule(self.f, self.in_tree, self.out_tree, self.num_args, self.traced_consts)
+            return jnp.sum(jax.vmap(unbatched.ildj)(list(outvals)))
+        ys = self._ys(outvals)
+        with _stale_tracers_are_rule_errors(f"ildj of `{self.f.__name__}`"):
+            return self.f.ildj(*ys) if isinstance(ys, tuple) else self.f.ildj(ys)
+
     def _batched_inverse(self, args, outvals):
         """The inverse of a vmapped call: the user's inverse under vmap."""
         axes = [ax if a is not None else None for a, ax in zip(args, self.in_axes)]
@@ -230,6 +256,23 @@ def _split(invals, num_consts, what):
 def inverse_rule(invals, outvals, *, body, num_consts, rule):
     consts, args = _split(invals, num_consts, rule.f.__name__)
     return consts + list(rule.inverse(args, outvals))
+
+
+def ildj_rule(invals, outvals, *, body, num_consts, rule):
+    """The user's ildj, else the log-det derived through the body (planned
+    like a loop body: nothing saved)."""
+    consts, args = _split(invals, num_consts, rule.f.__name__)
+    given = rule.ildj(outvals)
+    if given is not None:
+        return given
+    known = (True,) * num_consts + tuple(a is not None for a in args)
+    try:
+        body_plan = make_plan(body, known, allow_saving=False, principal_branch=True)
+    except NotInvertibleError as e:
+        raise NotInvertibleError(f"no log-det for `{rule.f.__name__}`: give definverse(inv, ildj=...) "
+                                 f"({e.reason})") from None
+    _, log_det = interpreter.reconstruct_and_ildj(body_plan, consts + list(args), [], list(outvals))
+    return log_det
 
 
 def ivjp_rule(invals, outvals, out_cts, *, body, num_consts, rule):

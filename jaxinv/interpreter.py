@@ -69,8 +69,9 @@ _HELD = Source("held")
 class _Sweep:
     """State of one backward / reconstruction pass over a plan."""
 
-    def __init__(self, plan: Plan, inputs, residuals, outvals):
+    def __init__(self, plan: Plan, inputs, residuals, outvals, *, track_ildj: bool = False):
         self.plan = plan
+        self.ildj = [] if track_ildj else None  # log-det terms of the inversions, for jaxinv.ildj
         jaxpr = plan.jaxpr
         self.eqns = jaxpr.eqns
         self.env: dict[Var, Any] = dict(zip(jaxpr.constvars, plan.closed.consts))
@@ -118,8 +119,11 @@ class _Sweep:
         rule when ``cts`` are given) and keep the inputs it rebuilt."""
         e = self.eqns[i]
         invals = [self.value(u) if k else None for u, k in zip(e.invars, known)]
-        result = call_rule(table, e, invals, self.outvals(e), *cts)
+        outvals = self.outvals(e)
+        result = call_rule(table, e, invals, outvals, *cts)
         solved = result[0] if cts else result
+        if self.ildj is not None and not cts:
+            self.ildj.append(eqn_ildj(table, e, invals, outvals))
         for u, k, x in zip(e.invars, known, solved):
             if not k:
                 self.env.setdefault(u, x)
@@ -270,3 +274,70 @@ def reconstruct(plan: Plan, inputs, residuals, outvals) -> list:
     """
     sweep = _Sweep(plan, inputs, residuals, outvals)
     return [sweep.value(v) for v in plan.jaxpr.invars]
+
+
+def reconstruct_and_ildj(plan: Plan, inputs, residuals, outvals) -> tuple[list, Any]:
+    """:func:`reconstruct`, plus the log-det of the inverse map, ``log|det
+    d(inputs)/d(outputs)|``: the sum of each inverted equation's term (the
+    inverse of a composition of triangular steps).
+
+    Example::
+
+        (x,), ildj = reconstruct_and_ildj(plan, [None], [], [y])
+    """
+    sweep = _Sweep(plan, inputs, residuals, outvals, track_ildj=True)
+    values = [sweep.value(v) for v in plan.jaxpr.invars]
+    floats = [jnp.result_type(v) for v in [*values, *outvals] if v is not None and _inexact(v)]
+    dtype = jnp.result_type(*floats) if floats else jnp.result_type(float)
+    dtype = jnp.finfo(dtype).dtype if jnp.issubdtype(dtype, jnp.complexfloating) else dtype
+    total = jnp.zeros((), dtype)
+    for term in sweep.ildj:
+        total = total + jnp.asarray(term).astype(dtype)
+    return values, total
+
+
+def _inexact(x) -> bool:
+    return jnp.issubdtype(jnp.result_type(x), jnp.inexact)
+
+
+def eqn_ildj(table, e, invals, outvals):
+    """One inverted equation's term of ``log|det d(inputs)/d(outputs)|``: its
+    ildj rule, or for an elementwise primitive ``sum(log|dx/dy|)`` by forward
+    mode through its inverse rule."""
+    prim = e.primitive
+    try:
+        return ildj_term(prim, e.params, [v.aval for v in e.invars], table.get(prim),
+                         registry.ildj_rules.get(prim), prim in registry.elementwise_primitives, invals, outvals)
+    except NotInvertibleError as err:
+        raise err.at(eqn_name(e), source_line(e)) from None
+
+
+def ildj_term(prim, params, in_avals, inverse_rule, ildj_rule, elementwise: bool, invals, outvals):
+    """``log|det d(unknown inputs)/d(outputs)|`` for one equation: its ildj
+    rule, or for an elementwise primitive ``sum(log|dx/dy|)`` by forward mode
+    through ``inverse_rule`` (also used by :mod:`jaxinv.testing`)."""
+    with registry.solving(in_avals), registry.proving(None):
+        if ildj_rule is not None:
+            return ildj_rule(invals, outvals, **params)
+        if elementwise:
+            return _elementwise_ildj(inverse_rule, params, in_avals, invals, outvals)
+    raise NotInvertibleError(f"no log-det (ildj) rule is registered for `{prim.name}`")
+
+
+def _elementwise_ildj(rule, params, in_avals, invals, outvals):
+    unknown = [j for j, x in enumerate(invals) if x is None]
+    if len(unknown) != 1 or len(outvals) != 1:
+        raise NotInvertibleError("an elementwise log-det needs one unknown input and one output")
+    (u,) = unknown
+    y = outvals[0]
+    if tuple(in_avals[u].shape) != tuple(np.shape(y)):
+        raise NotInvertibleError(f"its unknown input {tuple(in_avals[u].shape)} was broadcast to "
+                                 f"{tuple(np.shape(y))}: not a bijection, no log-det")
+    if not (_inexact(y) and jnp.issubdtype(in_avals[u].dtype, jnp.inexact)):
+        return 0.0  # a bijection of integers (xor, add): no volume to change
+
+    def solve(y):
+        return rule(invals, [y], **params)[u]
+
+    _, dx = jax.jvp(solve, (y,), (jnp.ones_like(y),))
+    return jnp.sum(jnp.log(jnp.abs(dx)))

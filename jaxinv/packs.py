@@ -41,7 +41,7 @@ from jaxinv.domains import Example
 from jaxinv.registry import InverseRule, IvjpRule, NotInvertibleError, input_avals
 
 ENTRY_POINT_GROUP = "jaxinv.rule_packs"
-KINDS = ("inverse", "ivjp", "principal", "nonzero", "nonsingular", "not_invertible")
+KINDS = ("inverse", "ivjp", "principal", "ildj", "elementwise", "nonzero", "nonsingular", "not_invertible")
 
 
 class RulePackWarning(UserWarning):
@@ -60,6 +60,8 @@ class PackRule:
     inverse: InverseRule | None = None
     ivjp: IvjpRule | None = None
     principal: InverseRule | None = None
+    ildj: Callable[..., Any] | None = None
+    elementwise: bool = False
     nonzero: Callable[..., bool] | None = None
     nonsingular: bool = False
     not_invertible: str | None = None
@@ -193,6 +195,31 @@ class RulePack:
         self._set(prim, "ivjp", rule, examples, notes)
         return rule
 
+    def register_ildj(self, prim: Primitive, rule: Callable[..., Any] | None = None) -> None:
+        """Register ``rule(invals, outvals, **params) -> scalar``: ``log|det|`` of
+        the Jacobian of the inverse, d(unknown inputs)/d(outputs), summed over
+        elements, for the pattern of unknowns in ``invals`` (for ``jaxinv.ildj``).
+        Without ``rule``: the log-det is 0 (permutations, copies, unit-triangular
+        maps such as ``cumsum``).
+
+        Example::
+
+            pack.register_ildj(lax.concatenate_p)          # a permutation: 0
+            pack.register_ildj(my_scale_p, lambda invals, outvals, *, s: -y.size * jnp.log(abs(s)))
+        """
+        self._set(prim, "ildj", rule if rule is not None else zero_ildj)
+
+    def register_elementwise(self, prim: Primitive) -> None:
+        """Declare ``prim`` elementwise: each unknown input element depends on one
+        output element, so ``jaxinv.ildj`` derives its log-det from the inverse
+        rule by forward mode (``defunary`` and ``defbinary`` do this).
+
+        Example::
+
+            pack.register_elementwise(lax.integer_pow_p)
+        """
+        self._set(prim, "elementwise", True)
+
     def register_nonzero(self, prim: Primitive, rule: Callable[..., bool] | None = None) -> None:
         """Declare when ``prim``'s output is provably nonzero.
 
@@ -242,7 +269,8 @@ class RulePack:
         ``inverse(y, **params) -> x``; the optional fused ``ct(x, y, ct_y,
         **params) -> ct_x`` registers an ivjp too. ``inverse``/``ct`` receive
         only the params they name. Also declares "nonzero iff the input is",
-        unless a nonzero rule is registered first.
+        unless a nonzero rule is registered first, and the primitive
+        elementwise (its log-det for ``jaxinv.ildj`` is derived from ``inverse``).
 
         Example::
 
@@ -256,6 +284,7 @@ class RulePack:
 
         self.register_inverse(prim, inverse_rule, principal_branch=principal_branch, examples=examples,
                               notes=notes)
+        self._set(prim, "elementwise", True)
         if principal_branch:
             return
         if not self._entry(prim).provides("nonzero"):
@@ -296,6 +325,7 @@ class RulePack:
             return out
 
         self.register_inverse(prim, inverse_rule, examples=examples, notes=notes)
+        self._set(prim, "elementwise", True)
 
     def defpermutation(self, prim: Primitive, *, examples: Example | Sequence[Example] = (),
                        notes: str = "") -> None:
@@ -324,6 +354,12 @@ class RulePack:
         self.register_inverse(prim, inverse_rule, examples=examples, notes=notes)
         self.register_ivjp(prim, ivjp_rule)
         self.register_nonzero(prim, _first)
+        self.register_ildj(prim)
+
+
+def zero_ildj(invals, outvals, **_):
+    """The log-det of a permutation, copy or unit-triangular map: 0."""
+    return 0.0
 
 
 def _always(nonzero_in, **_):
@@ -351,12 +387,13 @@ def _precedence(pack: RulePack):
 
 
 def _table_set(kind: str, prim: Primitive, value: Any) -> None:
-    if kind == "nonsingular":
-        (registry.nonsingular_primitives.add if value else registry.nonsingular_primitives.discard)(prim)
+    if kind in ("nonsingular", "elementwise"):
+        members = registry.nonsingular_primitives if kind == "nonsingular" else registry.elementwise_primitives
+        (members.add if value else members.discard)(prim)
         return
     table = {"inverse": registry.inverse_rules, "ivjp": registry.ivjp_rules,
-             "principal": registry.principal_inverse_rules, "nonzero": registry.nonzero_rules,
-             "not_invertible": registry.not_invertible_reasons}[kind]
+             "principal": registry.principal_inverse_rules, "ildj": registry.ildj_rules,
+             "nonzero": registry.nonzero_rules, "not_invertible": registry.not_invertible_reasons}[kind]
     if value is None:
         table.pop(prim, None)
     else:
@@ -520,6 +557,7 @@ def rule_packs() -> list[RulePack]:
 register_inverse = direct.register_inverse
 register_ivjp = direct.register_ivjp
 register_nonzero = direct.register_nonzero
+register_ildj = direct.register_ildj
 register_not_invertible = direct.register_not_invertible
 defunary = direct.defunary
 defbinary = direct.defbinary

@@ -14,6 +14,11 @@ Three tables map a ``jax.extend.core.Primitive`` to a rule, in the spirit of
 * ``principal_inverse_rules``: inverses of non-injective primitives on a
   documented principal branch (``sin`` -> ``asin``). Only ``jaxinv.inverse`` uses
   them; the gradient path never does.
+* ``ildj_rules[prim](invals, outvals, **params) -> scalar``: the log of the
+  absolute Jacobian determinant of the inverse, ``log|det d(unknown inputs) /
+  d(outputs)|``, summed over elements, for the same pattern of unknowns (for
+  ``jaxinv.ildj``). Elementwise primitives (``elementwise_primitives``) need
+  none: it is derived from their inverse rule by forward mode.
 
 The tables are filled by rule packs (:mod:`jaxinv.packs`): never write to them
 directly; ``jaxinv.register_inverse`` and friends, or a ``RulePack``, do it and
@@ -41,6 +46,10 @@ IvjpRule = Callable[..., tuple[Sequence[Any], Sequence[Any]]]
 inverse_rules: dict[Primitive, InverseRule] = {}
 ivjp_rules: dict[Primitive, IvjpRule] = {}
 principal_inverse_rules: dict[Primitive, InverseRule] = {}
+ildj_rules: dict[Primitive, Callable[..., Any]] = {}
+# Elementwise primitives: each unknown element depends on one output element,
+# so the log-det is the sum of log|dx/dy|, derived from the inverse rule.
+elementwise_primitives: set[Primitive] = set()
 # prim -> fn(nonzero_in: list[bool], **params) -> bool: is the output provably
 # nonzero, given which inputs are?  Drives the zero-divisor policy (design.md).
 nonzero_rules: dict[Primitive, Callable[..., bool]] = {}

@@ -5,6 +5,7 @@ A rule is right when, called the way the interpreter calls it,
 * its **inverse** returns the true inputs (same shape, dtype, values) for every
   pattern of unknown inputs it claims to solve, and
 * its fused **ivjp** also returns the cotangents ``jax.vjp`` gives,
+* its **log-det** (for ``jaxinv.ildj``) equals ``slogdet`` of the inverse's Jacobian,
 
 eagerly, under ``jax.jit`` and under ``jax.vmap``, in float32 and float64, on
 random inputs drawn (with hypothesis) from the domains its pack declares, and
@@ -388,8 +389,9 @@ def _random_cts(eqn: _Equation, rng) -> list:
 
 
 def _check_batch(report: CheckReport, eqns: list[_Equation], inverse, ivjp, solve, modes, scale, where: str,
-                 seed: int = 0) -> None:
-    """Check ``inverse`` (and ``ivjp``) on a batch of equations of one shape."""
+                 seed: int = 0, logdet=None) -> None:
+    """Check ``inverse`` (and ``ivjp``, and the log-det ``logdet = (ildj_rule,
+    elementwise)``) on a batch of equations of one shape."""
     eqn0 = eqns[0]
     patterns, required = _patterns(eqn0, solve)
     rng = np.random.default_rng(seed)
@@ -401,7 +403,8 @@ def _check_batch(report: CheckReport, eqns: list[_Equation], inverse, ivjp, solv
         report.failures.append(
             f"[{where}] {kind}, unknown inputs {list(pattern)}, mode={mode}, dtype={dtype}:\n  {msg}\n"
             f"  inputs:\n{_show(eqns[k].invals)}\n  params: {eqn0.params}\n"
-            f"  reproduce: jaxinv.testing.check_{kind}_rule(<{eqn0.prim.name}_p>, x0, ..., **params)")
+            f"  reproduce: jaxinv.testing.{'check_rule' if kind == 'ildj' else f'check_{kind}_rule'}"
+            f"(<{eqn0.prim.name}_p>, x0, ..., **params)")
 
     for pattern in patterns:
         if any(eqn0.fixed[i] for i in pattern):
@@ -419,6 +422,10 @@ def _check_batch(report: CheckReport, eqns: list[_Equation], inverse, ivjp, solv
                 report.refused[pattern] = abstract
             continue
         report.solved.add(pattern)
+        if logdet is not None and dtype == "float64":
+            msg = _check_log_det(eqn0, inverse, logdet, pattern, scale)
+            if msg:
+                fail(msg, pattern, "eager", 0, "ildj")
         for mode, k, got in _guarded(_run_modes(inverse, eqns, pattern, modes)):
             report.checks += 1
             msg = got if isinstance(got, str) else _compare_all(got, eqns[k].invals, scale, "input")
@@ -441,6 +448,47 @@ def _check_batch(report: CheckReport, eqns: list[_Equation], inverse, ivjp, solv
                 break
     if not report.solved and not required:
         report.failures.append(f"[{where}] the rule solves no pattern of unknowns: {report.refused}")
+
+
+def _check_log_det(eqn: _Equation, inverse, logdet, pattern, scale) -> str | None:
+    """The log-det term against ``slogdet`` of the inverse's Jacobian (float
+    unknowns with respect to float outputs, when that Jacobian is square)."""
+    from jaxinv.interpreter import ildj_term
+
+    ildj_rule, elementwise = logdet
+    outs = eqn.outvals()
+    unknown = [i for i in pattern if _is_float(eqn.invals[i])]
+    varied = [j for j, o in enumerate(outs) if _is_float(o)]
+    complex_ = any(jnp.issubdtype(jnp.result_type(v), jnp.complexfloating) for v in [*eqn.invals, *outs])
+    n_in = sum(np.size(eqn.invals[i]) for i in unknown)
+    if complex_ or not unknown or n_in != sum(np.size(outs[j]) for j in varied):
+        return None  # not a square real Jacobian: nothing to compare with
+    known = _known(eqn.invals, pattern, eqn.fixed)
+    try:
+        got = ildj_term(eqn.prim, eqn.params, eqn.avals, inverse, ildj_rule, elementwise, known, outs)
+    except NotInvertibleError as e:
+        return f"the log-det refused a pattern the inverse solves: {e.reason}"
+    except Exception as e:
+        return f"the log-det rule raised {type(e).__name__}: {e}"
+
+    def solve(*ys):
+        full = list(outs)
+        for j, y in zip(varied, ys):
+            full[j] = y
+        with registry.solving(eqn.avals), registry.proving(None):
+            solved = inverse(known, full, **eqn.params)
+        return jnp.concatenate([jnp.ravel(solved[i]) for i in unknown])
+
+    jac = jax.jacfwd(solve, argnums=tuple(range(len(varied))))(*[outs[j] for j in varied])
+    jac = jnp.concatenate([jnp.reshape(J, (n_in, -1)) for J in jac], axis=1)
+    want = float(jnp.linalg.slogdet(jac)[1])
+    got = float(got)
+    if not np.isfinite(want):  # a singular Jacobian (cbrt at 0): no finite log-det to match
+        return None if not np.isfinite(got) or np.isnan(want) else f"log-det {got!r}, but the Jacobian is singular"
+    tol = 1e-7 * scale * max(1.0, abs(want), n_in)
+    if not abs(got - want) <= tol:
+        return f"log-det {got!r}, but slogdet of the inverse's Jacobian is {want!r} (tolerance {tol:.1e})"
+    return None
 
 
 def _guarded(results):
@@ -615,7 +663,7 @@ def _example_dtype_ok(example: Example, dtype) -> bool:
 
 
 def check_rule(prim: Primitive, examples: Example | Sequence[Example] | None = None, *, inverse=None, ivjp=None,
-               principal_branch: bool = False, pack: str = "", max_examples: int = 5,
+               logdet=None, principal_branch: bool = False, pack: str = "", max_examples: int = 5,
                dtypes: Sequence[str] = DTYPES, modes: Sequence[str] = MODES, seed: int = 0) -> CheckReport:
     """Check ``prim``'s rules on random inputs from declared examples.
 
@@ -625,7 +673,9 @@ def check_rule(prim: Primitive, examples: Example | Sequence[Example] | None = N
     in jaxprs); ``max_examples`` batches of inputs are drawn from its domains
     per dtype, and each batch is checked eagerly, under ``jit`` and ``vmap``.
     With ``principal_branch=True`` the principal-branch inverse is checked (on
-    the branch the examples declare).
+    the branch the examples declare). Where the primitive has a log-det rule
+    (or is elementwise), its term is compared, in float64, with ``slogdet`` of
+    the inverse's Jacobian (``logdet=(ildj_rule, elementwise)`` overrides).
 
     Example::
 
@@ -648,6 +698,8 @@ def check_rule(prim: Primitive, examples: Example | Sequence[Example] | None = N
             raise RuleCheckError(f"no {kind} rule is registered for `{prim.name}`")
     if ivjp is None and not principal_branch:
         ivjp = registry.ivjp_rules.get(prim)
+    if logdet is None and (prim in registry.ildj_rules or prim in registry.elementwise_primitives):
+        logdet = (registry.ildj_rules.get(prim), prim in registry.elementwise_primitives)
     if examples is None:
         examples = packs.declared_examples(prim, kind)
     examples = [examples] if isinstance(examples, Example) else list(examples)
@@ -661,11 +713,11 @@ def check_rule(prim: Primitive, examples: Example | Sequence[Example] | None = N
             if not _example_dtype_ok(example, dtype):
                 continue
             where = f"example {n}{' ' + repr(example.label) if example.label else ''} ({_name(example.fn)}), {dtype}"
-            _check_example(report, prim, example, inverse, ivjp, dtype, modes, max_examples, seed, where)
+            _check_example(report, prim, example, inverse, ivjp, dtype, modes, max_examples, seed, where, logdet)
     return report.raise_if_failed()
 
 
-def _check_example(report, prim, example, inverse, ivjp, dtype, modes, max_examples, seed, where):
+def _check_example(report, prim, example, inverse, ivjp, dtype, modes, max_examples, seed, where, logdet=None):
     from hypothesis import HealthCheck, Phase, given, settings
     from hypothesis import strategies as st
 
@@ -683,7 +735,7 @@ def _check_example(report, prim, example, inverse, ivjp, dtype, modes, max_examp
             if len(report.failures) > failures_before:
                 return  # one failure per example is enough to act on
             eqns = [_equation(prim, example.fn, args) for args in draws]
-            _check_batch(report, eqns, inverse, ivjp, example.solve, modes, scale, where, seed)
+            _check_batch(report, eqns, inverse, ivjp, example.solve, modes, scale, where, seed, logdet)
 
     run()
 
@@ -713,8 +765,9 @@ def check_rule_pack(pack: "packs.RulePack", *, max_examples: int = 5, dtypes: Se
                 inverse = registry.inverse_rules.get(prim) or _ivjp_as_inverse(entry.ivjp)
             examples = entry.principal_examples if principal else entry.examples
             try:
+                logdet = (entry.ildj, entry.elementwise) if entry.ildj is not None or entry.elementwise else None
                 reports.append(check_rule(prim, examples, inverse=inverse, ivjp=None if principal else entry.ivjp,
-                                          principal_branch=principal, pack=pack.name, max_examples=max_examples,
+                                          logdet=logdet, principal_branch=principal, pack=pack.name, max_examples=max_examples,
                                           dtypes=dtypes, modes=modes))
             except RuleCheckError as e:
                 failed.append(str(e))

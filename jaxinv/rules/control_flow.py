@@ -93,24 +93,43 @@ def _scan_setup(invals, num_consts, num_carry, jaxpr):
 
 
 def _scan_inverse(invals, outvals, *, jaxpr, num_consts, num_carry, length, reverse, **_):
+    return _scan_backwards(invals, outvals, jaxpr, num_consts, num_carry, length, reverse)[0]
+
+
+def _scan_ildj(invals, outvals, *, jaxpr, num_consts, num_carry, length, reverse, **_):
+    # The scan is a composition of its iterations: the log-dets add up.
+    return _scan_backwards(invals, outvals, jaxpr, num_consts, num_carry, length, reverse, with_ildj=True)[1]
+
+
+def _scan_backwards(invals, outvals, jaxpr, num_consts, num_carry, length, reverse, with_ildj=False):
+    """The reverse scan of the inverted body: (inputs, summed log-det or None)."""
     consts, init, xs, xs_known, plan = _scan_setup(invals, num_consts, num_carry, jaxpr)
     carry_out, ys = outvals[:num_carry], outvals[num_carry:]
     if any(c is None for c in carry_out):
         raise NotInvertibleError("a scan's final carry is needed to run it backwards")
     known_xs = [x for x in xs if x is not None]
 
-    def step(carry, sl):
+    def step(state, sl):
+        carry, log_det = state
         xs_i, ys_i = sl
         it = iter(xs_i)
         inputs = consts + [None] * num_carry + [next(it) if k else None for k in xs_known]
-        vals = interpreter.reconstruct(plan, inputs, [], list(carry) + list(ys_i))
+        if with_ildj:
+            vals, term = interpreter.reconstruct_and_ildj(plan, inputs, [], list(carry) + list(ys_i))
+            log_det = log_det + term.astype(log_det.dtype)
+        else:
+            vals = interpreter.reconstruct(plan, inputs, [], list(carry) + list(ys_i))
         _, c_in, x_in = _scan_parts(vals, num_consts, num_carry)
-        return c_in, [x for x, k in zip(x_in, xs_known) if not k]
+        return (c_in, log_det), [x for x, k in zip(x_in, xs_known) if not k]
 
-    c0, xs_rec = lax.scan(step, list(carry_out), (known_xs, list(ys)), length=length, reverse=not reverse)
+    floats = [jnp.result_type(c) for c in carry_out if _is_float(c)]
+    zero = jnp.zeros((), jnp.result_type(*floats) if floats else jnp.result_type(float))
+    (c0, log_det), xs_rec = lax.scan(step, (list(carry_out), zero), (known_xs, list(ys)), length=length,
+                                     reverse=not reverse)
     rec = iter(xs_rec)
-    return consts + [i if i is not None else c for i, c in zip(init, c0)] + \
+    solved = consts + [i if i is not None else c for i, c in zip(init, c0)] + \
         [x if x is not None else next(rec) for x in xs]
+    return solved, (log_det if with_ildj else None)
 
 
 def _scan_ivjp(invals, outvals, out_cts, *, jaxpr, num_consts, num_carry, length, reverse, **_):
@@ -354,6 +373,21 @@ def _custom_call_inverse(invals, outvals, *, call_jaxpr, num_consts, **params):
     return interpreter.reconstruct(plan, list(invals), [], list(outvals))
 
 
+def _custom_call_ildj(invals, outvals, *, call_jaxpr, num_consts, **params):
+    # Through the body, as the inverse; a recognised function (logaddexp,
+    # logit) is elementwise in its unknown operand: sum log|dx/dy| by forward mode.
+    rule = known_inverse(call_jaxpr, params.get("jvp_jaxpr_fun")) if num_consts == 0 else None
+    if rule is not None:
+        unknown = [j for j, x in enumerate(invals) if x is None]
+        if len(unknown) != 1 or len(outvals) != 1:
+            raise NotInvertibleError("a log-det needs one unknown operand")
+        (u,) = unknown
+        _, dx = jax.jvp(lambda y: rule(list(invals), [y])[u], (outvals[0],), (jnp.ones_like(outvals[0]),))
+        return jnp.sum(jnp.log(jnp.abs(dx)))
+    plan = _body_plan(_closed(call_jaxpr), tuple(x is not None for x in invals))
+    return interpreter.reconstruct_and_ildj(plan, list(invals), [], list(outvals))[1]
+
+
 pack.register_inverse(P.custom_jvp_call_p, _custom_call_inverse, examples=[
     Example(lambda x: _scaled_tanh(x), reals(), label="a user's custom_jvp, through its body"),
     Example(jax.nn.softplus, reals(-10, 10), label="softplus (logaddexp, recognised)"),
@@ -364,3 +398,6 @@ pack.register_inverse(P.custom_jvp_call_p, _custom_call_inverse, examples=[
 pack.register_inverse(P.custom_vjp_call_p, _custom_call_inverse,
                       examples=Example(lambda x: _shifted_exp(x), reals()),
                       notes="inverted through its body; cotangents from its custom VJP")
+pack.register_ildj(P.custom_jvp_call_p, _custom_call_ildj)
+pack.register_ildj(P.custom_vjp_call_p, _custom_call_ildj)
+pack.register_ildj(P.scan_p, _scan_ildj)

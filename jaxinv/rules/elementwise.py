@@ -399,6 +399,7 @@ pack.register_inverse(P.integer_pow_p, _integer_pow_inverse, examples=[
     Example(lambda x: lax.integer_pow(x, 1), reals(), label="y=1"),
 ], notes="odd exponents only (even ones: principal branch)")
 pack.register_nonzero(P.integer_pow_p, _integer_pow_nonzero)
+pack.register_elementwise(P.integer_pow_p)  # log-det: sum log|dx/dy|, derived from the inverse
 
 # Roots: undo by powering. Fused cotangents from the output alone (jax's own
 # formulas): d sqrt(x) = dx / (2 sqrt(x)), d rsqrt(x) = -rsqrt(x) dx / (2x),
@@ -459,6 +460,9 @@ pack.defunary(P.erfc_p, _erfc_inverse, examples=Example(lax.erfc, reals(-2, 8)),
 # casts and copies
 
 pack.register_nonzero(P.convert_element_type_p, _convert_nonzero)
+pack.register_ildj(P.convert_element_type_p)  # lossless: the identity on values, log-det 0
+pack.register_ildj(P.bitcast_convert_type_p)  # a relabelling of bits, not a smooth map: log-det 0
+pack.register_elementwise(P.complex_p)
 pack.register_inverse(P.convert_element_type_p, _convert_inverse, examples=[
     Example(lambda x: x.astype(jnp.float32), reals(dtype=np.float16), label="f16->f32"),
     Example(lambda x: x.astype(jnp.float32), reals(dtype=jnp.bfloat16), label="bf16->f32"),

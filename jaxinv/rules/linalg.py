@@ -203,6 +203,13 @@ def _dot_general_inverse(invals, outvals, *, dimension_numbers, **_):
     return solved
 
 
+def _dot_general_ildj(invals, outvals, *, dimension_numbers, **_):
+    # X' = y' A^-1, each of the f rows of every batch: log|det| = -f * log|det A|.
+    lay = _layout(invals, dimension_numbers)
+    a = jnp.transpose(invals[1 - lay.unknown], lay.w_perm)
+    return -lay.f * jnp.sum(jnp.linalg.slogdet(a)[1])
+
+
 def _dot_general_ivjp(invals, outvals, out_cts, *, dimension_numbers, precision=None, **_):
     lay = _layout(invals, dimension_numbers)
     u, k = lay.unknown, 1 - lay.unknown
@@ -247,6 +254,17 @@ def _triangular_solve_inverse(invals, outvals, *, left_side, **params):
     t = _triangular_operand(a, **params)
     b = _mm(t, x) if left_side else _mm(x, t)
     return [a, _as_input(b, 1)]
+
+
+def _triangular_solve_ildj(invals, outvals, *, left_side, lower, transpose_a, conjugate_a, unit_diagonal):
+    # b = op(A) x column by column (x op(A) row by row): log|det db/dx| is
+    # log|det A| = sum log|diag A| once per column (row) of x, per batch.
+    if unit_diagonal:
+        return 0.0
+    a, x = invals[0], outvals[0]
+    per_matrix = jnp.sum(jnp.log(jnp.abs(jnp.diagonal(a, axis1=-2, axis2=-1))), axis=-1)
+    count = x.shape[-1] if left_side else x.shape[-2]
+    return count * jnp.sum(per_matrix)
 
 
 def _triangular_solve_ivjp(invals, outvals, out_cts, *, left_side, lower, transpose_a, conjugate_a, unit_diagonal):
@@ -382,6 +400,13 @@ def _conv_inverse(invals, outvals, **params):
     lay = _conv_layout(invals, **params)
     _, shape, x2 = _conv_solve(invals[1], outvals[0], lay)
     return [_conv_unarrange(x2, shape, lay.x_perm, 0), invals[1]]
+
+
+def _conv_ildj(invals, outvals, **params):
+    # x = M^-1 y at every position: log|det dx/dy| = -positions * log|det M|.
+    lay = _conv_layout(invals, **params)
+    positions = outvals[0].size // lay.c
+    return -positions * jnp.linalg.slogdet(_conv_matrix(invals[1], lay))[1]
 
 
 def _conv_ivjp(invals, outvals, out_cts, **params):
@@ -629,3 +654,8 @@ pack.register_inverse(P.lu_p, _lu_inverse, examples=[
     Example(lax.linalg.lu, reals(shape=(3, 5)), label="wide"),
     Example(lambda a: jax.scipy.linalg.lu_factor(a), nonsingular(4), label="lu_factor (lu and pivots only)"),
 ], notes="A = P L U from lu and the permutation (or the pivots)")
+
+# log-dets (jaxinv.ildj) of the solves
+pack.register_ildj(P.dot_general_p, _dot_general_ildj)
+pack.register_ildj(P.conv_general_dilated_p, _conv_ildj)
+pack.register_ildj(P.triangular_solve_p, _triangular_solve_ildj)

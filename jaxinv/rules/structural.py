@@ -183,6 +183,13 @@ def _cumprod_inverse(invals, outvals, *, axis, reverse, **_):
     return [y / _neighbour(y, axis, reverse, 1)]
 
 
+def _cumprod_ildj(invals, outvals, *, axis, reverse, **_):
+    # dx[i]/dy[j] is triangular with diagonal 1 / y[i-1] (reverse: 1 / y[i+1]),
+    # the missing neighbour being 1: log|det| = -sum log|neighbour|.
+    y = outvals[0]
+    return -jnp.sum(jnp.log(jnp.abs(_neighbour(y, axis, reverse, 1))))
+
+
 def _cumprod_ivjp(invals, outvals, out_cts, *, axis, reverse, **_):
     # dy[j]/dx[i] = y[j] / x[i] for each j the scan carries x[i] into (j >= i;
     # reverse: j <= i), so ct_x = (cumsum of ct * y, running the other way) / x.
@@ -491,6 +498,7 @@ pack.register_inverse(P.cumprod_p, _cumprod_inverse, examples=[
     Example(lambda x: lax.cumprod(x, axis=0), nonzero(shape=(1, 4)), label="length 1"),
 ], notes="floats; divides by the running product: the input must be provably nonzero (and not underflow)")
 pack.register_ivjp(P.cumprod_p, _cumprod_ivjp)
+pack.register_ildj(P.cumprod_p, _cumprod_ildj)
 pack.register_nonzero(P.cumprod_p, _first)  # a product of nonzero factors is nonzero
 pack.register_inverse(P.cumlogsumexp_p, _cumlogsumexp_inverse, examples=[
     Example(lambda x: lax.cumlogsumexp(x, axis=1), reals(-2, 2, shape=(3, 4)), label="forward"),
@@ -577,3 +585,10 @@ for _prim in (P.reduce_window_sum_p, P.reduce_window_max_p, P.reduce_window_min_
     pack.register_not_invertible(_prim, "each pooling window combines several elements into one")
 pack.register_not_invertible(P.select_and_scatter_add_p, "it sums window cotangents onto selected elements")
 pack.register_not_invertible(P.select_and_gather_add_p, "it keeps one element per pooling window")
+
+# --------------------------------------------------------------------------
+# log-dets (jaxinv.ildj): permutations, selections, copies and unit-triangular
+# maps (cumsum, scatter-add of known updates) change no volume
+
+for _prim in (P.concatenate_p, split_p, stack_p, unstack_p, P.device_put_p, P.cumsum_p, P.select_n_p, P.dynamic_update_slice_p, P.sort_p, P.top_k_p, P.scatter_add_p, scatter_sub_p):
+    pack.register_ildj(_prim)

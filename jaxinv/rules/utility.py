@@ -28,7 +28,7 @@ from jax.extend.core import primitives as P
 from jax.sharding import SingleDeviceSharding
 
 from jaxinv._jax_internals import optimization_barrier_p, random_unwrap_p, random_wrap_p
-from jaxinv.custom_ivjp import custom_ivjp, custom_ivjp_call_p, inverse_rule, ivjp_rule
+from jaxinv.custom_ivjp import custom_ivjp, custom_ivjp_call_p, ildj_rule, inverse_rule, ivjp_rule
 from jaxinv._version import __version__
 from jaxinv.domains import Example, integers, reals
 from jaxinv.markers import nonzero, nonzero_p
@@ -180,3 +180,8 @@ _HASH = ("a hash of the key: recomputed forward from the key (which the plan kee
 pack.register_not_invertible(P.random_bits_p, "pseudo-random bits are " + _HASH)
 pack.register_not_invertible(P.random_split_p, "split keys are " + _HASH)
 pack.register_not_invertible(P.random_fold_in_p, "a folded-in key is " + _HASH)
+
+# log-dets (jaxinv.ildj): identities, and bijections of integers, change no volume
+for _prim in (optimization_barrier_p, random_wrap_p, random_unwrap_p, P.threefry2x32_p):
+    pack.register_ildj(_prim)
+pack.register_ildj(custom_ivjp_call_p, ildj_rule)
