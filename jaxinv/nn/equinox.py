@@ -86,10 +86,12 @@ class Invertible(eqx.Module):
         self.reversible = reversible
 
     def _run(self, method: str, x: jax.Array):
-        fn = getattr(self.layer, method)
-        if self.reversible:
-            fn = jaxinv.invertible(fn)
-        return fn(self.params, x)
+        fn, params = getattr(self.layer, method), self.params
+        if not self.reversible:
+            return fn(params, x)
+        # The params are closed over, not passed: jaxinv then treats them as known in
+        # the backward pass (gradients still reach them) and plans to rebuild only x.
+        return jaxinv.invertible(lambda x: fn(params, x))(x)
 
     def __call__(self, x: jax.Array) -> jax.Array:
         """``y = f(x)``."""

@@ -97,10 +97,12 @@ class Invertible(nnx.Module):
         return jax.tree.map(lambda v: v.get_value(), self.params, is_leaf=_is_variable)
 
     def _run(self, method: str, x: jax.Array):
-        fn = getattr(self.layer, method)
-        if self.reversible:
-            fn = jaxinv.invertible(fn)
-        return fn(self.param_values(), x)
+        fn, params = getattr(self.layer, method), self.param_values()
+        if not self.reversible:
+            return fn(params, x)
+        # The params are closed over, not passed: jaxinv then treats them as known in
+        # the backward pass (gradients still reach them) and plans to rebuild only x.
+        return jaxinv.invertible(lambda x: fn(params, x))(x)
 
     def __call__(self, x: jax.Array) -> jax.Array:
         """``y = f(x)``."""
