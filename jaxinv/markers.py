@@ -32,3 +32,34 @@ nonzero_p.def_abstract_eval(lambda aval: aval)
 ad.primitive_jvps[nonzero_p] = lambda primals, tangents: (nonzero_p.bind(*primals), tangents[0])
 batching.primitive_batchers[nonzero_p] = lambda args, dims: (nonzero_p.bind(*args), dims[0])
 mlir.register_lowering(nonzero_p, mlir.lower_fun(lambda x: x, multiple_results=False))
+
+
+# ---------------------------------------------------------------- anchors
+
+anchor_p = Primitive("jaxinv_anchor")
+
+
+def anchor(x):
+    """Return ``x`` unchanged, stored by jaxinv's backward pass instead of rebuilt.
+
+    Reconstruction rounds at every block, so the rebuilt activations (and the
+    gradient) drift from the true ones as depth grows. At an anchor the
+    backward pass restarts from the exact stored value: drift is bounded by the
+    blocks between two anchors, at the cost of one stored activation per anchor.
+    ``anchor`` has no inverse rule on purpose: the planner saves its input.
+
+    Example::
+
+        for i in range(depth):
+            x = block(params[i], x)
+            if (i + 1) % 10 == 0:
+                x = jaxinv.anchor(x)     # store every 10th activation
+    """
+    return jax.tree_util.tree_map(anchor_p.bind, x)
+
+
+anchor_p.def_impl(lambda x: x)
+anchor_p.def_abstract_eval(lambda aval: aval)
+ad.primitive_jvps[anchor_p] = lambda primals, tangents: (anchor_p.bind(*primals), tangents[0])
+batching.primitive_batchers[anchor_p] = lambda args, dims: (anchor_p.bind(*args), dims[0])
+mlir.register_lowering(anchor_p, mlir.lower_fun(lambda x: x, multiple_results=False))
