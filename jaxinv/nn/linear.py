@@ -59,11 +59,38 @@ def _random_orthogonal(key: jax.Array, n: int, dtype) -> jax.Array:
     return q * jnp.sign(jnp.diag(r))
 
 
+@functools.partial(jax.jit, static_argnums=(1, 2))  # one XLA program, not a dozen eager ops
+def _orthogonal_lu(key: jax.Array, n: int, dtype) -> jax.Array:
+    """The packed ``lu`` parameter of a random rotation: ``Q[perm_q] = L U``."""
+    # Partial pivoting (|L| <= 1); LAPACK packs L and U as we do.
+    packed, _, _ = lax.linalg.lu(_random_orthogonal(key, n, dtype))
+    diag = jnp.diagonal(packed)
+    # U D with D = diag(sign(diag U)) (scales U's columns): a positive diagonal
+    # exp(log_s), and P L U D stays orthogonal.
+    upper = jnp.triu(packed, 1) * jnp.sign(diag)
+    return jnp.tril(packed, -1) + upper + jnp.diag(jnp.log(jnp.abs(diag)))
+
+
+@functools.lru_cache(maxsize=None)
+def _row_order(n: int, seed: int) -> np.ndarray:
+    """The fixed permutation ``P`` as row indices, ``P @ A == A[perm]``: a NumPy
+    constant recomputed from the layer's ``seed``, never a parameter. int32:
+    int64 indices trip JAX's index normalisation when x64 is switched on and off."""
+    perm = np.random.default_rng(seed).permutation(n).astype(np.int32)
+    perm.flags.writeable = False
+    return perm
+
+
 @functools.lru_cache(maxsize=None)
 def _permutation(n: int, seed: int) -> np.ndarray:
-    """The fixed permutation ``P`` as row indices (``P @ A == A[perm]``): a
-    NumPy constant recomputed from the layer's ``seed``, never a parameter."""
-    return np.random.default_rng(seed).permutation(n)
+    """``P`` as a matrix, for the data side of the inverse: a product by a
+    constant, which jaxinv solves (it never inverts a gather). On the parameter
+    side ``W = A[perm]`` is a gather on purpose: a gather is not invertible, so
+    jaxinv's planner treats ``W`` as a parameter to recompute (with ``P @ A``
+    it solved its way back into the parameters and kept the last ``W``)."""
+    p = np.eye(n)[_row_order(n, seed)]
+    p.flags.writeable = False
+    return p
 
 
 def _check_channels(name: str, expected: int | None, x: jax.Array) -> int:
@@ -119,13 +146,9 @@ class _LU(Layer):
         dtype = jnp.result_type(x)
         if not jnp.issubdtype(dtype, jnp.floating):
             dtype = jnp.result_type(float)
-        # Q[perm_q] = L U (partial pivoting: |L| <= 1), packed by LAPACK as we pack it.
-        packed, _, _ = lax.linalg.lu(_random_orthogonal(key, n, dtype))
-        diag = jnp.diagonal(packed)
-        # U D with D = diag(sign(diag U)) (scales U's columns): a positive diagonal
-        # exp(log_s), and W_0 = P L U D stays orthogonal.
-        upper = jnp.triu(packed, 1) * jnp.sign(diag)
-        return {"lu": jnp.tril(packed, -1) + upper + jnp.diag(jnp.log(jnp.abs(diag)))}
+        # QR / LU run in at least float32 (none for bfloat16), the result in x's dtype
+        work = np.dtype(jnp.promote_types(dtype, jnp.float32))
+        return {"lu": _orthogonal_lu(key, n, work).astype(dtype)}
 
     @staticmethod
     def factors(params: Params) -> tuple[jax.Array, jax.Array, jax.Array]:
@@ -139,7 +162,7 @@ class _LU(Layer):
     def weight(self, params: Params, dtype=None) -> jax.Array:
         """``W = P @ L @ (U + diag(exp(log_s)))``, in ``dtype`` (default: the params')."""
         lower, upper, _ = self.factors(params)
-        w = (lower @ upper)[_permutation(lower.shape[-1], self.seed)]  # P @ A permutes A's rows
+        w = (lower @ upper)[_row_order(lower.shape[-1], self.seed)]  # P @ A
         return w if dtype is None else w.astype(dtype)
 
     def _log_det(self, params: Params, x: jax.Array) -> jax.Array:
@@ -148,15 +171,16 @@ class _LU(Layer):
     def _solve(self, params: Params, y: jax.Array) -> jax.Array:
         """``x = y @ W^-1``: ``x P L U' = y`` by two triangular solves and a permutation."""
         lower, upper, _ = self.factors(params)
-        perm = _permutation(lower.shape[-1], self.seed)
         shape, dtype = y.shape, jnp.result_type(y)
-        z = y.reshape(-1, shape[-1]).astype(upper.dtype)
+        work = jnp.promote_types(dtype, upper.dtype)
+        lower, upper = lower.astype(work), upper.astype(work)
+        z = y.reshape(-1, shape[-1]).astype(work)
         z = lax.linalg.triangular_solve(upper, z, left_side=False, lower=False)  # w U' = y
         z = lax.linalg.triangular_solve(lower, z, left_side=False, lower=True, unit_diagonal=True)  # v L = w
-        # x = v P^T. A product with the constant permutation matrix, not a gather
-        # (v[:, perm]): jaxinv inverts a dot by a known matrix, never a gather, so
-        # the inverse direction is reversible too (sampling a flow).
-        z = z @ jnp.asarray(np.eye(len(perm))[perm].T, z.dtype)
+        # x = v P^T (a product by a constant, so jaxinv inverts this direction
+        # too: sampling a flow is reversible as well)
+        perm = jnp.asarray(_permutation(shape[-1], self.seed).T, z.dtype)
+        z = jnp.matmul(z, perm, precision=lax.Precision.HIGHEST)
         return z.astype(dtype).reshape(shape)
 
     def inverse_and_log_det(self, params: Params, y: jax.Array) -> tuple[jax.Array, jax.Array]:
