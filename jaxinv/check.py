@@ -7,9 +7,9 @@ reach the gradient. This module measures that drift on a concrete input:
 * for every **block boundary** (see below), the relative error of the value the
   backward pass rebuilds against the true forward value;
 * the **angle** between the cotangent jaxinv's backward pass carries there and
-  a float64 ``jax.grad`` reference (the RevNet authors' criterion for the
-  gradient: under 1 degree), next to the angle of plain ``jax.grad`` in the
-  working dtype (rounding that would be there without any reconstruction);
+  plain reverse-mode AD in float64 (the RevNet authors' criterion for the
+  gradient: under 1 degree), next to the angle of plain AD in the working
+  dtype (rounding that would be there without any reconstruction);
 * the same angle for the gradient of every input, and in total.
 
 **Blocks** are the values you name with ``jax.ad_checkpoint.checkpoint_name(x,
@@ -19,7 +19,9 @@ functions is a block (its outputs; library helpers such as ``jnp.clip`` are
 not). Every ``jaxinv.anchor`` is a row too: there the value arriving from the
 later blocks is replaced by the stored one, so drift restarts at zero. A name
 used several times is numbered in program order: ``block#0``, ``block#1``, ...
-Values inside a ``lax.scan`` body are not visible (only the scan's inputs).
+Values inside a ``lax.scan`` body are not visible (only the scan's inputs);
+inside a ``jaxinv.invertible`` function, jit calls are already inlined: name
+the blocks there.
 
 Example::
 
@@ -71,7 +73,7 @@ class BlockCheck:
     value arriving from the later blocks, before the stored one replaces it).
     ``angle_deg``: angle between jaxinv's cotangent at this value (for an
     input: its gradient) and the float64 reference; ``baseline_angle_deg``:
-    the same for plain ``jax.grad`` in the working dtype. None where no
+    the same for plain AD in the working dtype. None where no
     cotangent reaches the value.
     """
     name: str
@@ -90,7 +92,7 @@ class ReconstructionReport:
     pass, where drift is largest), then the blocks. ``grad_angle_deg`` and
     ``grad_rel_error`` compare jaxinv's gradient for all floating-point inputs
     together with the reference; ``baseline_grad_angle_deg`` is plain
-    ``jax.grad`` in the working dtype against the same reference. ``grads`` is
+    AD in the working dtype against the same reference. ``grads`` is
     jaxinv's gradient (a tuple, one entry per argument), ``reference_grads``
     the reference's (in ``reference_dtype``).
     """
@@ -460,7 +462,9 @@ def check_reconstruction(f: Callable, *args, loss: Callable | None = None, refer
 
     # plain AD in the working dtype, and in reference_dtype
     base_in, base_w = _backprop(plan.closed, truth, out_cts, watch_eqns)
-    ref_args, ref_w = _reference(marked, args, reference_dtype, groups, jit_blocks, loss)
+    jit_named = jit_blocks and any(e.primitive is P.name_p and str(e.params["name"]).startswith(_JIT_PREFIX)
+                                   for e in jaxpr.eqns)
+    ref_args, ref_w = _reference(marked if jit_named else f, args, reference_dtype, groups, jit_blocks, loss)
     float_args = [j for j, x in enumerate(flat_args) if jnp.issubdtype(jnp.result_type(x), jnp.inexact)]
     or_zero = lambda c, j: c if c is not None else _zero_like(flat_args[j])
     mine_g = {j: or_zero(arg_cts[j], j) for j in float_args}

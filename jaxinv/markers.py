@@ -5,6 +5,10 @@ nonzero (literals without zeros, outputs of ``exp`` or ``logistic``): dividing
 by a zero would turn a finite gradient into NaN. ``nonzero(s)`` is the identity
 function that records the promise; for a square matrix used in ``dot_general``
 it promises the matrix is nonsingular.
+
+``jaxinv.anchor``: a value the reversible backward pass stores instead of
+rebuilding, so reconstruction drift restarts from an exact value there
+(docs/numerics.md).
 """
 
 from __future__ import annotations
