@@ -31,6 +31,7 @@ from jax.extend.core import ClosedJaxpr, DropVar, Literal, Var
 from jax.extend.core import primitives as P
 
 from jaxinv import registry
+from jaxinv.markers import anchor_p
 from jaxinv.registry import NotInvertibleError
 
 # How far back (in equations) a chain computed only from inputs may reach for
@@ -157,11 +158,11 @@ def probe(eqn, known: Sequence[bool], facts: Sequence[frozenset], table,
     prim = eqn.primitive
     rule = table.get(prim)
     if rule is None:
+        if prim in registry.not_invertible_reasons:
+            return f"`{prim.name}` is not invertible: {registry.not_invertible_reasons[prim]}"
         if prim in registry.principal_inverse_rules:
             return (f"`{prim.name}` is not injective (its principal-branch inverse "
                     "serves jaxinv.inverse only, never gradients)")
-        if prim in registry.not_invertible_reasons:
-            return f"`{prim.name}` is not invertible: {registry.not_invertible_reasons[prim]}"
         return f"no inverse rule is registered for `{prim.name}`"
     in_avals = [v.aval for v in eqn.invars]
     out_avals = [v.aval for v in eqn.outvars]
@@ -264,6 +265,7 @@ class _Planner:
         self.free = {v for v, k in zip(self.jaxpr.invars, self.known_inputs) if k}
         self.freed: list[Var] = []
         self.saved: list[Var] = []
+        self.anchored: set[Var] = set()  # inputs of jaxinv.anchor: kept, never pruned
         self.queue: deque = deque()
         self.touched: set[int] = set()  # live equations with something known
 
@@ -465,6 +467,15 @@ class _Planner:
         done = {i for i in self.touched if all(map(self.known, (*self.eqns[i].invars, *self.eqns[i].outvars)))}
         self.touched -= done
         pending = sorted(self.touched)
+        # 0. jaxinv.anchor: store its input (rebuilding restarts from an exact value)
+        for i in pending:
+            e = self.eqns[i]
+            if e.primitive is anchor_p and self.outputs_ready(e) and not all(map(self.known, e.invars)):
+                for v in e.invars:
+                    if isinstance(v, Var) and not self.known(v):
+                        self.save(v, "stored by jaxinv.anchor (the backward pass restarts from it)")
+                        self.anchored.add(v)
+                return True
         # 1. unread outputs whose knowledge would let an equation be inverted
         for i in pending:
             e = self.eqns[i]
@@ -559,7 +570,7 @@ class _Planner:
     def prune(self) -> None:
         """Drop saved intermediates that the rest of the plan can rebuild."""
         for v in list(self.saved):
-            if v in self.invars or self.producer.get(v) is None:
+            if v in self.invars or self.producer.get(v) is None or v in self.anchored:
                 continue
             trial = _Planner.__new__(_Planner)
             trial.__dict__.update(self.__dict__)

@@ -247,8 +247,6 @@ def test_the_plan_stores_exactly_the_anchored_values():
     assert rebuilt
 
 
-@pytest.mark.xfail(strict=True, reason="plan.choose_saves must save an anchor's input when the known region "
-                                       "reaches it, before looking for parameters (reported to the lead)")
 def test_anchors_are_stored_when_the_parameters_are_one_stacked_array():
     def net(w, x):
         x1, x2 = x

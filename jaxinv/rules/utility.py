@@ -31,7 +31,7 @@ from jaxinv._jax_internals import optimization_barrier_p, random_unwrap_p, rando
 from jaxinv.custom_ivjp import custom_ivjp, custom_ivjp_call_p, ildj_rule, inverse_rule, ivjp_rule
 from jaxinv._version import __version__
 from jaxinv.domains import Example, integers, reals
-from jaxinv.markers import nonzero, nonzero_p
+from jaxinv.markers import anchor, anchor_p, nonzero, nonzero_p
 from jaxinv.packs import RulePack
 from jaxinv.registry import NotInvertibleError, input_avals
 
@@ -185,3 +185,10 @@ pack.register_not_invertible(P.random_fold_in_p, "a folded-in key is " + _HASH)
 for _prim in (optimization_barrier_p, random_wrap_p, random_unwrap_p, P.threefry2x32_p):
     pack.register_ildj(_prim)
 pack.register_ildj(custom_ivjp_call_p, ildj_rule)
+
+# jaxinv.anchor: no inverse for gradients (the planner stores its input, so
+# rebuilding restarts from an exact value); jaxinv.inverse sees the identity.
+pack.defunary(anchor_p, lambda y: y, principal_branch=True, examples=Example(anchor, reals()),
+              notes="identity; for gradients its input is stored instead")
+pack.register_ildj(anchor_p)
+pack.register_not_invertible(anchor_p, "an anchor stores its input (the backward pass restarts from it)")
