@@ -1,5 +1,30 @@
-"""``jaxinv.nn``: invertible layers (see :mod:`jaxinv.nn.base` for the contract)."""
+"""``jaxinv.nn``: invertible layers, functional and framework-agnostic.
+
+Every layer keeps the contract of :class:`jaxinv.nn.Layer` (``init``,
+``apply``, ``inverse``, ``forward_and_log_det``, ``inverse_and_log_det``) and
+is built so that jaxinv rebuilds its input from its output: ``jaxinv.grad``
+through a deep stack keeps activation memory flat in depth. Flax NNX and
+Equinox wrappers live in :mod:`jaxinv.nn.flax` and :mod:`jaxinv.nn.equinox`
+(imported on demand).
+
+Example::
+
+    from jaxinv import nn
+    flow = nn.Sequential((nn.ActNorm(), nn.InvertibleDense(), nn.AffineCoupling()))
+    params = flow.init(key, x)
+    z, log_det = flow.forward_and_log_det(params, x)
+"""
 
 from jaxinv.nn.base import Layer
+from jaxinv.nn.coupling import MLP, AdditiveCoupling, AffineCoupling
+from jaxinv.nn.elementwise import ActNorm, LeakyReLU
+from jaxinv.nn.linear import Householder, InvertibleConv1x1, InvertibleDense
+from jaxinv.nn.reshape import HaarDownsampling, Squeeze
+from jaxinv.nn.sequential import RevSequential, Sequential, rev_sequential
+from jaxinv.nn.transformer import ReversibleTransformerBlock
 
-__all__ = ["Layer"]
+__all__ = [
+    "MLP", "ActNorm", "AdditiveCoupling", "AffineCoupling", "HaarDownsampling", "Householder", "InvertibleConv1x1",
+    "InvertibleDense", "Layer", "LeakyReLU", "ReversibleTransformerBlock", "RevSequential", "Sequential", "Squeeze",
+    "rev_sequential",
+]
