@@ -437,10 +437,19 @@ class _Planner:
     def cheapest_unlocking_subset(self, e, limit: int = 6):
         unknown = [j for j, v in enumerate(e.invars) if not self.known(v)]
         roots = {j: self.parameter_roots(e.invars[j]) for j in unknown}
-        if len(unknown) < 2 or len(unknown) > limit or any(r is None for r in roots.values()):
+        if len(unknown) < 2 or any(r is None for r in roots.values()):
             return None
         cost = {j: sum(nbytes(v.aval) for v in roots[j] if v not in self.free) for j in unknown}
-        subsets = [c for n in range(1, len(unknown)) for c in itertools.combinations(unknown, n)]
+        # Closure values cost nothing: always given. Among the rest, every subset
+        # when there are few; else only "all but one" (a scan fed by x and many
+        # parameter arrays: n probes, not 2^n).
+        free = tuple(j for j in unknown if cost[j] == 0)
+        rest = [j for j in unknown if cost[j] > 0]
+        if len(rest) <= limit:
+            subsets = [c for n in range(len(rest)) for c in itertools.combinations(rest, n)]
+        else:
+            subsets = [tuple(k for k in rest if k != j) for j in rest]
+        subsets = [free + c for c in subsets if free + c]
         for subset in sorted(subsets, key=lambda c: sum(cost[j] for j in c)):
             known = tuple(self.known(v) or j in subset for j, v in enumerate(e.invars))
             dead = self.unlocks(e, known)

@@ -279,7 +279,6 @@ STACKS = {
 # The planner gives up on a scan with more than 6 unknown inputs at the function's border
 # (jaxinv.plan: cheapest_unlocking_subset's limit): the default MLP's 8 and the transformer's
 # 12 parameter leaves make it save the stack's input and use JAX's scan VJP instead.
-PLANNER_LIMIT = pytest.mark.xfail(strict=True, reason="planner: scan with > 6 unknown inputs is not inverted")
 STACKS_OVER_LIMIT = {
     "rev_sequential(additive)": (lambda d: rev_sequential(AdditiveCoupling(hidden=(8,)), d), FLAT),
     "rev_sequential(transformer)": (lambda d: rev_sequential(ReversibleTransformerBlock(4, 2, 8), d), SEQ),
@@ -311,7 +310,7 @@ def test_stack_grad_matches_jax(name):
                        jax.jit(jax.grad(loss, argnums=(0, 1)))(params, x), rtol=1e-4, atol=1e-4, relative_atol=True)
 
 
-@pytest.mark.parametrize("name", [*STACKS, *(pytest.param(n, marks=PLANNER_LIMIT) for n in STACKS_OVER_LIMIT)])
+@pytest.mark.parametrize("name", [*STACKS, *STACKS_OVER_LIMIT])  # a scan with > 6 unknown inputs too
 def test_stack_saves_nothing_that_grows_with_depth(name):
     """explain: with the params closed over, nothing is saved at depth 4 or 16; passed as
     arguments, exactly the params are (referenced, not copied), never activations."""
