@@ -19,9 +19,7 @@ import numpy as np
 import pytest
 
 import jaxinv
-from jaxinv.nn.base import Layer
-from jaxinv.nn.elementwise import ActNorm
-from jaxinv.nn.linear import InvertibleDense
+from jaxinv.nn import ActNorm, AdditiveCoupling, InvertibleDense, Layer, Sequential
 
 from helpers import assert_trees_close, tree_bytes
 
@@ -33,32 +31,13 @@ from jaxinv.nn.equinox import Invertible as EqxInvertible  # noqa: E402
 from jaxinv.nn.flax import Invertible as NnxInvertible  # noqa: E402
 
 
-# ---- tiny layers of the jaxinv.nn contract, so these tests depend only on base.Layer
+WIDTH, BATCH = 8, 32
+DEPTH = 4                     # 4 couplings + 4 dense layers + ActNorm: a stack of 9 layers
+X = jax.random.normal(jax.random.key(0), (BATCH, 6))
+LABELS = jax.random.randint(jax.random.key(1), (BATCH,), 0, 3)
 
 
-@dataclasses.dataclass(frozen=True)
-class Coupling(Layer):
-    """A RevNet block on the two halves of the features: y1 = x1 + F(x2), y2 = x2 + G(y1)."""
-
-    def init(self, key, x):
-        d = x.shape[-1] // 2
-        k1, k2 = jax.random.split(key)
-        return {"f": (0.3 * jax.random.normal(k1, (d, d)), jnp.zeros(d)),
-                "g": (0.3 * jax.random.normal(k2, (d, d)), jnp.zeros(d))}
-
-    def forward_and_log_det(self, p, x):
-        (wf, bf), (wg, bg) = p["f"], p["g"]
-        x1, x2 = jnp.split(x, 2, axis=-1)
-        y1 = x1 + jnp.tanh(x2 @ wf + bf)
-        y2 = x2 + jnp.tanh(y1 @ wg + bg)
-        return jnp.concatenate([y1, y2], axis=-1), jnp.zeros(x.shape[0], x.dtype)
-
-    def inverse_and_log_det(self, p, y):
-        (wf, bf), (wg, bg) = p["f"], p["g"]
-        y1, y2 = jnp.split(y, 2, axis=-1)
-        x2 = y2 - jnp.tanh(y1 @ wg + bg)
-        x1 = y1 - jnp.tanh(x2 @ wf + bf)
-        return jnp.concatenate([x1, x2], axis=-1), jnp.zeros(y.shape[0], y.dtype)
+# ---- the stack under test: jaxinv.nn layers, with ActNorm's init counted
 
 
 INIT_CALLS = []
@@ -74,41 +53,12 @@ class CountingActNorm(ActNorm):
         return super().init(key, x)
 
 
-@dataclasses.dataclass(frozen=True)
-class Stack(Layer):
-    layers: tuple
-
-    def init(self, key, x):
-        params = []
-        for layer, k in zip(self.layers, jax.random.split(key, len(self.layers))):
-            params.append(layer.init(k, x))
-            x = layer.apply(params[-1], x)
-        return tuple(params)
-
-    def forward_and_log_det(self, params, x):
-        log_det = jnp.zeros(x.shape[0], x.dtype)
-        for layer, p in zip(self.layers, params):
-            x, ld = layer.forward_and_log_det(p, x)
-            log_det = log_det + ld
-        return x, log_det
-
-    def inverse_and_log_det(self, params, y):
-        log_det = jnp.zeros(y.shape[0], y.dtype)
-        for layer, p in reversed(list(zip(self.layers, params))):
-            y, ld = layer.inverse_and_log_det(p, y)
-            log_det = log_det + ld
-        return y, log_det
-
-
 def stack(depth):
     """ActNorm, then ``depth`` RevNet couplings, each followed by an LU-parametrised dense layer."""
-    return Stack((CountingActNorm(),) + sum(((Coupling(), InvertibleDense(WIDTH, seed=i)) for i in range(depth)), ()))
-
-
-WIDTH, BATCH = 8, 32
-DEPTH = 4                     # 4 couplings + 4 dense layers + ActNorm: a stack of 9 layers
-X = jax.random.normal(jax.random.key(0), (BATCH, 6))
-LABELS = jax.random.randint(jax.random.key(1), (BATCH,), 0, 3)
+    layers = [CountingActNorm()]
+    for i in range(depth):
+        layers += [AdditiveCoupling(hidden=(WIDTH,)), InvertibleDense(WIDTH, seed=i)]
+    return Sequential(tuple(layers))
 
 
 def output_loss(y):
@@ -242,7 +192,7 @@ def test_nnx_data_dependent_params_are_set_once():
     x_first = 3.0 + 2.0 * jax.random.normal(jax.random.key(5), (BATCH, WIDTH))
     x_other = -1.0 + 0.5 * jax.random.normal(jax.random.key(6), (BATCH, WIDTH))
     INIT_CALLS.clear()
-    m = NnxInvertible(Stack((CountingActNorm(), Coupling())), x_first, rngs=nnx.Rngs(0))
+    m = NnxInvertible(Sequential((CountingActNorm(), AdditiveCoupling(hidden=(WIDTH,)))), x_first, rngs=nnx.Rngs(0))
     assert len(INIT_CALLS) == 1
     normalized = CountingActNorm().apply(m.param_values()[0], x_first)
     np.testing.assert_allclose(jnp.mean(normalized, axis=0), 0.0, atol=1e-5)
@@ -372,7 +322,7 @@ def test_eqx_data_dependent_params_are_set_once():
     x_first = 3.0 + 2.0 * jax.random.normal(jax.random.key(5), (BATCH, WIDTH))
     x_other = -1.0 + 0.5 * jax.random.normal(jax.random.key(6), (BATCH, WIDTH))
     INIT_CALLS.clear()
-    m = EqxInvertible(Stack((CountingActNorm(), Coupling())), x_first, key=jax.random.key(0))
+    m = EqxInvertible(Sequential((CountingActNorm(), AdditiveCoupling(hidden=(WIDTH,)))), x_first, key=jax.random.key(0))
     before = m.params
     grads = eqx.filter_jit(eqx.filter_grad(lambda m, x: output_loss(m(x))))(m, x_other)
     assert len(INIT_CALLS) == 1
