@@ -21,6 +21,8 @@ from typing import Any
 
 import jax
 
+import jaxinv
+
 Params = Any
 
 
@@ -53,3 +55,33 @@ class Layer:
         """``(f^-1(y), log|det df^-1/dy|)``, the log-det per example."""
         raise NotImplementedError
 
+
+class RunsLayer:
+    """Mixin for framework wrappers (``jaxinv.nn.flax``, ``jaxinv.nn.equinox``)
+    that hold a ``layer`` and its params: the four calls, each through
+    ``jaxinv.invertible`` unless ``reversible`` is false. Subclasses define
+    ``layer``, ``reversible`` and ``param_values()``."""
+
+    def _run(self, method: str, x: jax.Array):
+        fn, params = getattr(self.layer, method), self.param_values()
+        if not self.reversible:
+            return fn(params, x)
+        # The params are closed over, not passed: jaxinv then treats them as known in
+        # the backward pass (gradients still reach them) and plans to rebuild only x.
+        return jaxinv.invertible(lambda x: fn(params, x))(x)
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        """``y = f(x)``."""
+        return self._run("apply", x)
+
+    def inverse(self, y: jax.Array) -> jax.Array:
+        """``x = f^-1(y)``."""
+        return self._run("inverse", y)
+
+    def forward_and_log_det(self, x: jax.Array) -> tuple[jax.Array, jax.Array]:
+        """``(f(x), log|det df/dx|)``, the log-det per example."""
+        return self._run("forward_and_log_det", x)
+
+    def inverse_and_log_det(self, y: jax.Array) -> tuple[jax.Array, jax.Array]:
+        """``(f^-1(y), log|det df^-1/dy|)``, the log-det per example."""
+        return self._run("inverse_and_log_det", y)

@@ -50,13 +50,12 @@ from typing import Any
 import equinox as eqx
 import jax
 
-import jaxinv
-from jaxinv.nn.base import Layer
+from jaxinv.nn.base import Layer, RunsLayer
 
 __all__ = ["Invertible"]
 
 
-class Invertible(eqx.Module):
+class Invertible(RunsLayer, eqx.Module):
     """An ``eqx.Module`` running a :class:`jaxinv.nn.Layer` with reversible gradients.
 
     Args:
@@ -85,26 +84,6 @@ class Invertible(eqx.Module):
         self.params = params
         self.reversible = reversible
 
-    def _run(self, method: str, x: jax.Array):
-        fn, params = getattr(self.layer, method), self.params
-        if not self.reversible:
-            return fn(params, x)
-        # The params are closed over, not passed: jaxinv then treats them as known in
-        # the backward pass (gradients still reach them) and plans to rebuild only x.
-        return jaxinv.invertible(lambda x: fn(params, x))(x)
-
-    def __call__(self, x: jax.Array) -> jax.Array:
-        """``y = f(x)``."""
-        return self._run("apply", x)
-
-    def inverse(self, y: jax.Array) -> jax.Array:
-        """``x = f^-1(y)``."""
-        return self._run("inverse", y)
-
-    def forward_and_log_det(self, x: jax.Array) -> tuple[jax.Array, jax.Array]:
-        """``(f(x), log|det df/dx|)``, the log-det per example."""
-        return self._run("forward_and_log_det", x)
-
-    def inverse_and_log_det(self, y: jax.Array) -> tuple[jax.Array, jax.Array]:
-        """``(f^-1(y), log|det df^-1/dy|)``, the log-det per example."""
-        return self._run("inverse_and_log_det", y)
+    def param_values(self) -> Any:
+        """The layer's params (what ``layer.apply`` takes)."""
+        return self.params

@@ -47,8 +47,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-import jaxinv
-from jaxinv.nn.base import Layer
+from jaxinv.nn.base import Layer, RunsLayer
 
 __all__ = ["Invertible"]
 
@@ -65,7 +64,7 @@ def _is_variable(v) -> bool:
     return isinstance(v, nnx.Variable)
 
 
-class Invertible(nnx.Module):
+class Invertible(RunsLayer, nnx.Module):
     """An ``nnx.Module`` running a :class:`jaxinv.nn.Layer` with reversible gradients.
 
     Args:
@@ -95,27 +94,3 @@ class Invertible(nnx.Module):
     def param_values(self) -> Any:
         """The layer's params as a plain pytree of arrays (what ``layer.apply`` takes)."""
         return jax.tree.map(lambda v: v.get_value(), self.params, is_leaf=_is_variable)
-
-    def _run(self, method: str, x: jax.Array):
-        fn, params = getattr(self.layer, method), self.param_values()
-        if not self.reversible:
-            return fn(params, x)
-        # The params are closed over, not passed: jaxinv then treats them as known in
-        # the backward pass (gradients still reach them) and plans to rebuild only x.
-        return jaxinv.invertible(lambda x: fn(params, x))(x)
-
-    def __call__(self, x: jax.Array) -> jax.Array:
-        """``y = f(x)``."""
-        return self._run("apply", x)
-
-    def inverse(self, y: jax.Array) -> jax.Array:
-        """``x = f^-1(y)``."""
-        return self._run("inverse", y)
-
-    def forward_and_log_det(self, x: jax.Array) -> tuple[jax.Array, jax.Array]:
-        """``(f(x), log|det df/dx|)``, the log-det per example."""
-        return self._run("forward_and_log_det", x)
-
-    def inverse_and_log_det(self, y: jax.Array) -> tuple[jax.Array, jax.Array]:
-        """``(f^-1(y), log|det df^-1/dy|)``, the log-det per example."""
-        return self._run("inverse_and_log_det", y)
