@@ -17,7 +17,19 @@ import jax
 from jax.extend.core import Primitive
 from jax.interpreters import ad, batching, mlir
 
-nonzero_p = Primitive("jaxinv_nonzero")
+def _identity_marker(name: str) -> Primitive:
+    """An identity primitive that JAX's transformations see through (impl,
+    shape, JVP, batching, lowering); jaxinv's rules give it its meaning."""
+    p = Primitive(name)
+    p.def_impl(lambda x: x)
+    p.def_abstract_eval(lambda aval: aval)
+    ad.primitive_jvps[p] = lambda primals, tangents: (p.bind(*primals), tangents[0])
+    batching.primitive_batchers[p] = lambda args, dims: (p.bind(*args), dims[0])
+    mlir.register_lowering(p, mlir.lower_fun(lambda x: x, multiple_results=False))
+    return p
+
+
+nonzero_p = _identity_marker("jaxinv_nonzero")
 
 
 def nonzero(x):
@@ -31,16 +43,10 @@ def nonzero(x):
     return jax.tree_util.tree_map(nonzero_p.bind, x)
 
 
-nonzero_p.def_impl(lambda x: x)
-nonzero_p.def_abstract_eval(lambda aval: aval)
-ad.primitive_jvps[nonzero_p] = lambda primals, tangents: (nonzero_p.bind(*primals), tangents[0])
-batching.primitive_batchers[nonzero_p] = lambda args, dims: (nonzero_p.bind(*args), dims[0])
-mlir.register_lowering(nonzero_p, mlir.lower_fun(lambda x: x, multiple_results=False))
-
 
 # ---------------------------------------------------------------- anchors
 
-anchor_p = Primitive("jaxinv_anchor")
+anchor_p = _identity_marker("jaxinv_anchor")
 
 
 def anchor(x):
@@ -60,10 +66,3 @@ def anchor(x):
                 x = jaxinv.anchor(x)     # store every 10th activation
     """
     return jax.tree_util.tree_map(anchor_p.bind, x)
-
-
-anchor_p.def_impl(lambda x: x)
-anchor_p.def_abstract_eval(lambda aval: aval)
-ad.primitive_jvps[anchor_p] = lambda primals, tangents: (anchor_p.bind(*primals), tangents[0])
-batching.primitive_batchers[anchor_p] = lambda args, dims: (anchor_p.bind(*args), dims[0])
-mlir.register_lowering(anchor_p, mlir.lower_fun(lambda x: x, multiple_results=False))
