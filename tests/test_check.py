@@ -28,16 +28,21 @@ def named_revnet(params, x):
     return x1, x2
 
 
-def anchored_revnet(every):
-    """The RevNet with an anchor every ``every`` blocks (none after the last)."""
+def anchored(block, every):
+    """A stack of ``block`` with an anchor every ``every`` blocks (none after the last)."""
     def net(params, x):
         x1, x2 = x
         for i, p in enumerate(params):
-            x1, x2 = coupling(p, x1, x2)
+            x1, x2 = block(p, x1, x2)
             if every and (i + 1) % every == 0 and i + 1 < len(params):
                 x1, x2 = anchor((x1, x2))
         return x1, x2
     return net
+
+
+def anchored_revnet(every):
+    """The RevNet with an anchor every ``every`` blocks."""
+    return anchored(coupling, every)
 
 
 def inputs(depth, width=8, batch=4, scale=0.3, dtype=jnp.float32):
@@ -163,14 +168,7 @@ def affine_coupling(p, x1, x2):
 
 
 def affine_net(every):
-    def net(params, x):
-        x1, x2 = x
-        for i, p in enumerate(params):
-            x1, x2 = affine_coupling(p, x1, x2)
-            if every and (i + 1) % every == 0 and i + 1 < len(params):
-                x1, x2 = anchor((x1, x2))
-        return x1, x2
-    return net
+    return anchored(affine_coupling, every)
 
 
 @pytest.fixture(scope="module")
