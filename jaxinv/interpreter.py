@@ -155,8 +155,9 @@ class _Sweep:
         here = [self.plan.sources[u] for u in e.invars
                 if isinstance(u, Var) and u not in self.env and self.plan.sources.get(u, _HELD).kind == "invert"
                 and self.plan.sources[u].eqn == i]
-        if here and e.primitive in registry.ivjp_rules:
-            _, in_cts = self.solve(i, here[0].known, registry.ivjp_rules, out_ct)
+        known = here[0].known if here else self.plan.fused.get(i)
+        if known is not None and e.primitive in registry.ivjp_rules:
+            _, in_cts = self.solve(i, known, registry.ivjp_rules, out_ct)
             return [ct if a else None for ct, a in zip(in_cts, active_in)]
         invals = [self.value(u) for u in e.invars]
         return primitive_vjp(e, invals, out_ct, active_in)

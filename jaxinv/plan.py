@@ -27,7 +27,7 @@ from typing import Any, Sequence
 import jax
 import numpy as np
 from jax.extend import source_info_util
-from jax.extend.core import ClosedJaxpr, DropVar, Literal, Var
+from jax.extend.core import ClosedJaxpr, DropVar, Literal, Var, jaxprs_in_params
 from jax.extend.core import primitives as P
 
 from jaxinv import registry
@@ -37,6 +37,9 @@ from jaxinv.registry import NotInvertibleError
 # How far back (in equations) a chain computed only from inputs may reach for
 # its inputs to be saved in its place (a dropout mask: ~12 equations from its key).
 PARAMETER_CHAIN_LIMIT = 32
+
+# Primitives whose JAX VJP stores one value per iteration.
+_LOOPS = (P.scan_p, P.while_p)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -63,6 +66,11 @@ class Plan:
     table: dict                   # the inverse rules the plan relies on
     active: set[Var]              # variables that carry a cotangent
     live: list[int]               # equations that matter, in program order
+    # Equations with a body (a scan, a while loop) whose VJP should come from
+    # their fused ivjp rule although the plan knows their inputs some other way
+    # (a given x): equation -> the inputs treated as known. JAX's own VJP of a
+    # loop would store every iteration's carry.
+    fused: dict[int, tuple[bool, ...]] = dataclasses.field(default_factory=dict)
 
     @property
     def jaxpr(self):
@@ -440,17 +448,20 @@ class _Planner:
         if len(unknown) < 2 or any(r is None for r in roots.values()):
             return None
         cost = {j: sum(nbytes(v.aval) for v in roots[j] if v not in self.free) for j in unknown}
-        # Closure values cost nothing: always given. Among the rest, every subset
-        # when there are few; else only "all but one" (a scan fed by x and many
-        # parameter arrays: n probes, not 2^n).
+        # Closure values cost nothing: tried given first. Among the rest, every
+        # subset when there are few; else only "all but one" and "all" (a scan
+        # fed by x and many parameter arrays: n probes, not 2^n). All the rest
+        # without the closure values: a loop whose carry is a given x and whose
+        # stacked weights are differentiated is inverted for its carry.
         free = tuple(j for j in unknown if cost[j] == 0)
         rest = [j for j in unknown if cost[j] > 0]
         if len(rest) <= limit:
-            subsets = [c for n in range(len(rest)) for c in itertools.combinations(rest, n)]
+            subsets = [c for n in range(len(rest) + 1) for c in itertools.combinations(rest, n)]
         else:
-            subsets = [tuple(k for k in rest if k != j) for j in rest]
-        subsets = [free + c for c in subsets if free + c]
-        for subset in sorted(subsets, key=lambda c: sum(cost[j] for j in c)):
+            subsets = [tuple(k for k in rest if k != j) for j in rest] + [tuple(rest)]
+        subsets = [s for c in subsets for s in (free + c, c) if s and len(s) < len(unknown)]
+        subsets = list(dict.fromkeys(subsets))
+        for subset in sorted(subsets, key=lambda c: (sum(cost[j] for j in c), -len(c))):
             known = tuple(self.known(v) or j in subset for j, v in enumerate(e.invars))
             dead = self.unlocks(e, known)
             if dead is not None:
@@ -603,6 +614,8 @@ class _Planner:
         if src.kind == "invert":
             return True
         e = self.eqns[src.eqn]
+        if any(True for _ in jaxprs_in_params(e.params)):
+            return False  # re-running a loop or call: a whole network's forward
         return all(isinstance(w, Literal) or sources[w].kind != "recompute" for w in e.invars)
 
     def run(self) -> Plan:
@@ -618,8 +631,33 @@ class _Planner:
         for v in self.free:  # a known input rebuilt by inversion: use the given one
             if v in self.sources and self.sources[v].kind == "invert":
                 self.sources[v] = Source("input")
+        active = self._active()
         return Plan(self.closed, self.known_inputs, self.sources, self.saved,
-                    {v: self.reasons[v] for v in self.saved}, self.table, self._active(), self.live)
+                    {v: self.reasons[v] for v in self.saved}, self.table, active, self.live,
+                    self._fused_loops(active))
+
+    def _fused_loops(self, active: set[Var]) -> dict[int, tuple[bool, ...]]:
+        """Loops whose gradient must not come from JAX's own VJP.
+
+        A loop with differentiated inputs (its stacked weights) but a carry
+        the plan knows otherwise (a given x, a value recomputed from one) is
+        still rebuilt from its outputs, iteration by iteration, by its fused
+        ivjp rule: JAX's VJP of the loop would store every carry."""
+        fused = {}
+        for i in self.live:
+            e = self.eqns[i]
+            if e.primitive not in _LOOPS or e.primitive not in registry.ivjp_rules:
+                continue
+            if not any(isinstance(v, Var) and v in active for v in e.invars):
+                continue
+            rebuild = [isinstance(v, Var) and is_float(v.aval) and v not in self.constant
+                       and self.sources[v].kind in ("input", "recompute") for v in e.invars]
+            if not any(rebuild):
+                continue
+            known = tuple(not r for r in rebuild)
+            if self.probe_now(e, known) is None:
+                fused[i] = known
+        return fused
 
     def _active(self) -> set[Var]:
         active = {v for v, k in zip(self.jaxpr.invars, self.known_inputs) if is_float(v.aval)}

@@ -40,7 +40,7 @@ class MLP:
     """A small multilayer perceptron on the last axis, the couplings' default
     residual function / conditioner.
 
-    ``hidden`` are the hidden widths; ``out`` the output width (``None``: the
+    ``hidden`` are the hidden widths (one int for one hidden layer); ``out`` the output width (``None``: the
     input's). Weights are initialised ``normal / sqrt(fan_in)``, biases zero;
     ``last_scale`` multiplies the last layer's weights: ``0.0`` makes the MLP
     output zero at initialisation (a coupling then starts as the identity, as
@@ -57,6 +57,10 @@ class MLP:
     out: int | None = None
     activation: Callable[[jax.Array], jax.Array] = jax.nn.relu
     last_scale: float = 1.0
+
+    def __post_init__(self):
+        if isinstance(self.hidden, int):
+            object.__setattr__(self, "hidden", (self.hidden,))
 
     def init(self, key: jax.Array, x: jax.Array) -> Params:
         dtype = jnp.result_type(x)
