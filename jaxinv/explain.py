@@ -7,7 +7,7 @@ from typing import Callable
 
 from jax.extend.core import Var
 
-from jaxinv.plan import eqn_name, nbytes, source_line
+from jaxinv.plan import eqn_name, loop_differentiated_by_jax, nbytes, source_line
 from jaxinv.tracing import trace
 
 
@@ -33,6 +33,10 @@ class Explanation:
     saved_bytes: int
     output_bytes: int
     closure_bytes: int
+    # Loops whose gradient comes from JAX's own VJP (their body is not
+    # invertible): it stores one value per iteration while the backward pass
+    # runs, temporary memory that ``saved_bytes`` does not count.
+    loops_differentiated_by_jax: int = 0
 
     def __str__(self) -> str:
         head = ("#", "primitive", "source line", "values in the backward pass", "saved bytes")
@@ -45,6 +49,9 @@ class Explanation:
         out += [line(b) for b in body]
         out.append(f"saved: {self.saved_bytes} bytes; outputs: {self.output_bytes} bytes; "
                    f"closure values: {self.closure_bytes} bytes")
+        if self.loops_differentiated_by_jax:
+            out.append(f"{self.loops_differentiated_by_jax} loop(s) differentiated by JAX's own VJP: "
+                       "the backward pass stores their per-iteration values while it runs")
         return "\n".join(out)
 
     __repr__ = __str__
@@ -81,14 +88,19 @@ def explain(f: Callable, *args) -> Explanation:
     for v in plan.jaxpr.invars[t.num_consts:]:
         fate, detail = _fate(plan, v)
         rows.append(Row(None, "input", "", fate, nbytes(v.aval) if v in saved else 0, detail))
+    by_jax = 0
     for i in plan.live:
         e = plan.jaxpr.eqns[i]
         fates = [_fate(plan, v) for v in e.outvars]
         fate = ", ".join(sorted({f for f, _ in fates}))
         detail = "; ".join(d for _, d in fates if d)
+        if loop_differentiated_by_jax(plan, i):
+            by_jax += 1
+            detail = "; ".join(filter(None, [detail, "gradient by JAX's own VJP of the loop (stores every "
+                                                      "iteration's values during the backward pass)"]))
         rows.append(Row(i, eqn_name(e), source_line(e), fate,
                         sum(nbytes(v.aval) for v in e.outvars if v in saved), detail))
     outs = {v for v in plan.jaxpr.outvars if isinstance(v, Var)}
     return Explanation(rows, sum(nbytes(v.aval) for v in plan.saved),
                        sum(nbytes(v.aval) for v in outs),
-                       sum(nbytes(v.aval) for v in plan.jaxpr.invars[:t.num_consts]))
+                       sum(nbytes(v.aval) for v in plan.jaxpr.invars[:t.num_consts]), by_jax)

@@ -20,6 +20,7 @@ The plan is static: it is made once per jaxpr, at trace time.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import itertools
 from collections import defaultdict, deque
 from typing import Any, Sequence
@@ -423,8 +424,10 @@ class _Planner:
     def parameter_roots(self, v: Var) -> set[Var] | None:
         """The unknown function inputs ``v`` is computed from, if it is a
         *parameter*: computed (within PARAMETER_CHAIN_LIMIT equations, plus known
-        values) from one input alone, or from given inputs only. ``W / |W|``
-        and ``2b + b`` are parameters; ``x @ W`` joins two inputs: data."""
+        values and given integer arrays, see ``_index_roots``) from one input
+        alone, or from given inputs only.
+        ``W / |W|``, ``2b + b`` and ``P @ L @ U`` with a constant permutation
+        ``P`` are parameters; ``x @ W`` joins two inputs: data."""
         roots, seen, stack, steps = set(), set(), [v], 0
         while stack:
             u = stack.pop()
@@ -433,7 +436,7 @@ class _Planner:
             seen.add(u)
             if u in self.invars:
                 roots.add(u)
-                if len(roots) > 1 and not roots <= self.free:
+                if len(roots - self._index_roots) > 1 and not roots <= self.free:
                     return None
                 continue
             steps += 1
@@ -441,6 +444,16 @@ class _Planner:
                 return None
             stack.extend(w for w in self.eqns[self.producer[u]].invars if isinstance(w, Var) and not self.known(w))
         return roots
+
+    @functools.cached_property
+    def _index_roots(self) -> set[Var]:
+        """Given integer and boolean inputs (a closure's permutation or mask:
+        ``W = L @ U`` permuted by a constant is still a parameter). Only where
+        saving is allowed: in a loop body ``x * w + i`` joins the data ``x``
+        with the counter ``i``, and calling ``x`` a parameter would save it."""
+        if not self.allow_saving:
+            return set()
+        return {v for v in self.free if not is_float(v.aval)}
 
     def cheapest_unlocking_subset(self, e, limit: int = 6):
         unknown = [j for j, v in enumerate(e.invars) if not self.known(v)]
@@ -666,6 +679,19 @@ class _Planner:
             if any(isinstance(v, Var) and v in active for v in e.invars):
                 active.update(v for v in e.outvars if is_float(v.aval))
         return active
+
+
+def loop_differentiated_by_jax(plan: Plan, i: int) -> bool:
+    """Whether the backward pass differentiates loop equation ``i`` with JAX's
+    own VJP (storing its per-iteration values) instead of its fused ivjp rule."""
+    e = plan.jaxpr.eqns[i]
+    if e.primitive not in _LOOPS or not any(isinstance(v, Var) and v in plan.active for v in e.invars):
+        return False
+    if e.primitive in registry.ivjp_rules and (i in plan.fused or any(
+            plan.sources.get(v, Source("")).kind == "invert" and plan.sources[v].eqn == i
+            for v in e.invars if isinstance(v, Var))):
+        return False
+    return True
 
 
 def _without_dropvars(closed: ClosedJaxpr) -> ClosedJaxpr:

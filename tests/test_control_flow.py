@@ -237,6 +237,10 @@ def test_scan_with_non_invertible_body_falls_back_to_saving(body):
     report = jaxinv.explain(loss, x, w)
     assert report.saved_bytes > 0
     assert any("`scan`" in r.detail and "cannot be inverted" in r.detail for r in report.rows), report
+    # its per-iteration values are temporary memory of the backward pass: explain says so
+    assert report.loops_differentiated_by_jax == 1 and "JAX's own VJP" in str(report)
+    invertible = jaxinv.explain(lambda x, w: jnp.sum(lax.scan(lambda c, wi: (c + wi, None), x, w)[0] ** 2), x, w)
+    assert invertible.loops_differentiated_by_jax == 0
 
 
 @pytest.mark.parametrize("make_vjp", [jaxinv.vjp, lambda f, *a: jax.vjp(jaxinv.invertible(f), *a)],

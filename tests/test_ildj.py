@@ -38,6 +38,9 @@ FLOWS = {
     "softplus then log": lambda x: jnp.log(jax.nn.softplus(x)),
     "cumsum and cumprod": lambda x: jnp.cumprod(jnp.exp(jnp.cumsum(x, axis=-1)), axis=-1),
     "scan of couplings": lambda x: lax.scan(lambda c, _: (jnp.flip(coupling(c), -1), None), x, None, length=4)[0],
+    "fori_loop": lambda x: lax.fori_loop(0, 3, lambda i, c: jnp.flip(coupling(c), -1) + i, x),
+    "while_loop (traced bound)": lambda x: lax.fori_loop(0, jnp.int32(x.size // 4), lambda i, c: coupling(c) * 1.5, x),
+    "switch": lambda x: lax.switch(jnp.int32(x.shape[0] - 1), [jnp.tanh, coupling, lambda c: -jnp.exp(c)], x),
 }
 
 

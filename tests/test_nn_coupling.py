@@ -8,6 +8,7 @@ depth (``jaxinv.explain(...).saved_bytes``).
 """
 
 import dataclasses
+import math
 import functools
 import types
 
@@ -374,6 +375,18 @@ def test_rev_sequential_init_runs_the_layers():
     # layer 0 shifts the batch mean to 1; the next layers find it there and shift by 0
     assert_trees_close(params["shift"], jnp.stack([1.0 - jnp.mean(FLAT, axis=0), jnp.zeros(6), jnp.zeros(6)]),
                        atol=1e-6)
+
+
+def test_rev_sequential_of_a_layer_without_params():
+    """A parameter-free layer (nothing to scan over) still runs ``depth`` times."""
+    from jaxinv.nn.elementwise import LeakyReLU
+    net = rev_sequential(LeakyReLU(0.5), 3)
+    params = net.init(KEY, FLAT)
+    y, log_det = net.forward_and_log_det(params, FLAT)
+    want = jnp.where(FLAT > 0, FLAT, FLAT * 0.125)
+    assert_trees_close(y, want)
+    assert_trees_close(log_det, jnp.sum(jnp.where(FLAT > 0, 0.0, 3 * math.log(0.5)), axis=-1), atol=1e-5)
+    assert_trees_close(net.inverse(params, y), FLAT, atol=1e-6)
 
 
 def test_rev_sequential_is_sequential_with_stacked_params():

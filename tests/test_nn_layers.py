@@ -309,3 +309,24 @@ def test_saved_memory_is_flat_in_depth():
     assert saved_beyond_params[4] == saved_beyond_params[16] == saved[4], saved_beyond_params
     # the loss (sum of squares) cannot be inverted, so about one activation is kept, whatever the depth
     assert saved[16] <= 2 * x.nbytes
+
+
+def test_dense_stack_with_params_as_arguments_saves_no_activation():
+    """Each dense layer's weight is its LU params permuted by a constant: with the params
+    passed as arguments it is still a parameter (saved as the params themselves) and
+    every activation is rebuilt; only the loss's input is kept (the square is not
+    injective)."""
+    layers = [InvertibleDense(8, seed=s) for s in range(3)]
+    x = normal((32, 8), 0)
+    params = build(layers, jax.random.PRNGKey(1), x)
+
+    def loss(params, x):
+        for layer, p in zip(layers, params):
+            x = layer.apply(p, x)
+        return jnp.sum(x ** 2)
+
+    param_bytes = sum(a.nbytes for a in jax.tree_util.tree_leaves(params))
+    report = jaxinv.explain(loss, params, x)
+    assert report.saved_bytes == param_bytes + x.nbytes, report
+    assert_trees_close(jaxinv.grad(loss, argnums=(0, 1))(params, x), jax.grad(loss, argnums=(0, 1))(params, x),
+                       rtol=1e-4, atol=1e-4, relative_atol=True)

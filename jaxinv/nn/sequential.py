@@ -147,13 +147,14 @@ class RevSequential(Layer):
 
     def apply(self, params: Params, x: jax.Array) -> jax.Array:
         self._check(params)
-        y, _ = lax.scan(lambda x, p: (self.layer.apply(p, x), None), x, params, unroll=self.unroll)
+        y, _ = lax.scan(lambda x, p: (self.layer.apply(p, x), None), x, params,
+                        length=self.depth, unroll=self.unroll)
         return y
 
     def inverse(self, params: Params, y: jax.Array) -> jax.Array:
         self._check(params)
         x, _ = lax.scan(lambda y, p: (self.layer.inverse(p, y), None), y, params,
-                        reverse=True, unroll=self.unroll)
+                        reverse=True, length=self.depth, unroll=self.unroll)
         return x
 
     def forward_and_log_det(self, params: Params, x: jax.Array) -> tuple[jax.Array, jax.Array]:
@@ -164,7 +165,8 @@ class RevSequential(Layer):
             y, ld = self.layer.forward_and_log_det(p, x)
             return (y, total + ld), None
 
-        (y, total), _ = lax.scan(step, (x, _zero_log_det(x)), params, unroll=self.unroll)
+        (y, total), _ = lax.scan(step, (x, _zero_log_det(x)), params,
+                                 length=self.depth, unroll=self.unroll)
         return y, total
 
     def inverse_and_log_det(self, params: Params, y: jax.Array) -> tuple[jax.Array, jax.Array]:
@@ -175,7 +177,8 @@ class RevSequential(Layer):
             x, ld = self.layer.inverse_and_log_det(p, y)
             return (x, total + ld), None
 
-        (x, total), _ = lax.scan(step, (y, _zero_log_det(y)), params, reverse=True, unroll=self.unroll)
+        (x, total), _ = lax.scan(step, (y, _zero_log_det(y)), params, reverse=True,
+                                 length=self.depth, unroll=self.unroll)
         return x, total
 
 

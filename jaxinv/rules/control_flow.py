@@ -96,6 +96,24 @@ def _scan_inverse(invals, outvals, *, jaxpr, num_consts, num_carry, length, reve
     return _scan_backwards(invals, outvals, jaxpr, num_consts, num_carry, length, reverse)[0]
 
 
+def _counted_carries(jaxpr, num_consts, init, carry_out, length) -> list:
+    """Fill in an unread final carry that is a counter (``lax.fori_loop``'s
+    ``i``: the body adds a literal step to it) from its known start: start +
+    step * length."""
+    body = _closed(jaxpr).jaxpr
+    filled = list(carry_out)
+    for j, c in enumerate(carry_out):
+        if c is not None or init[j] is None:
+            continue
+        v_in, v_out = body.invars[num_consts + j], body.outvars[j]
+        steps = [e for e in body.eqns if v_out in e.outvars]
+        if (len(steps) == 1 and steps[0].primitive is P.add_p and steps[0].invars[0] is v_in
+                and isinstance(steps[0].invars[1], Literal)):
+            dtype = jnp.result_type(init[j])
+            filled[j] = (init[j] + np.asarray(steps[0].invars[1].val, dtype) * length).astype(dtype)
+    return filled
+
+
 def _scan_ildj(invals, outvals, *, jaxpr, num_consts, num_carry, length, reverse, **_):
     # The scan is a composition of its iterations: the log-dets add up.
     return _scan_backwards(invals, outvals, jaxpr, num_consts, num_carry, length, reverse, with_ildj=True)[1]
@@ -104,7 +122,7 @@ def _scan_ildj(invals, outvals, *, jaxpr, num_consts, num_carry, length, reverse
 def _scan_backwards(invals, outvals, jaxpr, num_consts, num_carry, length, reverse, with_ildj=False):
     """The reverse scan of the inverted body: (inputs, summed log-det or None)."""
     consts, init, xs, xs_known, plan = _scan_setup(invals, num_consts, num_carry, jaxpr)
-    carry_out, ys = outvals[:num_carry], outvals[num_carry:]
+    carry_out, ys = _counted_carries(jaxpr, num_consts, init, outvals[:num_carry], length), outvals[num_carry:]
     if any(c is None for c in carry_out):
         raise NotInvertibleError("a scan's final carry is needed to run it backwards")
     known_xs = [x for x in xs if x is not None]
@@ -122,9 +140,8 @@ def _scan_backwards(invals, outvals, jaxpr, num_consts, num_carry, length, rever
         _, c_in, x_in = _scan_parts(vals, num_consts, num_carry)
         return (c_in, log_det), [x for x, k in zip(x_in, xs_known) if not k]
 
-    floats = [jnp.result_type(c) for c in carry_out if _is_float(c)]
-    zero = jnp.zeros((), jnp.result_type(*floats) if floats else jnp.result_type(float))
-    (c0, log_det), xs_rec = lax.scan(step, (list(carry_out), zero), (known_xs, list(ys)), length=length,
+    (c0, log_det), xs_rec = lax.scan(step, (list(carry_out), _log_det_zero(carry_out)), (known_xs, list(ys)),
+                                     length=length,
                                      reverse=not reverse)
     rec = iter(xs_rec)
     solved = consts + [i if i is not None else c for i, c in zip(init, c0)] + \
@@ -134,7 +151,7 @@ def _scan_backwards(invals, outvals, jaxpr, num_consts, num_carry, length, rever
 
 def _scan_ivjp(invals, outvals, out_cts, *, jaxpr, num_consts, num_carry, length, reverse, **_):
     consts, init, xs, xs_known, plan = _scan_setup(invals, num_consts, num_carry, jaxpr)
-    carry_out, ys = outvals[:num_carry], outvals[num_carry:]
+    carry_out, ys = _counted_carries(jaxpr, num_consts, init, outvals[:num_carry], length), outvals[num_carry:]
     if any(c is None for c in carry_out):
         raise NotInvertibleError("a scan's final carry is needed to run it backwards")
     ct_carry, ct_ys = out_cts[:num_carry], out_cts[num_carry:]
@@ -219,17 +236,41 @@ def _while_setup(invals, cond_jaxpr, body_jaxpr, cond_nconsts, body_nconsts):
 
 
 def _while_inverse(invals, outvals, *, cond_jaxpr, body_jaxpr, cond_nconsts, body_nconsts, **_):
+    return _while_backwards(invals, outvals, cond_jaxpr, body_jaxpr, cond_nconsts, body_nconsts)[0]
+
+
+def _while_ildj(invals, outvals, *, cond_jaxpr, body_jaxpr, cond_nconsts, body_nconsts, **_):
+    # A fixed-count loop is a composition of its iterations: the log-dets add up.
+    return _while_backwards(invals, outvals, cond_jaxpr, body_jaxpr, cond_nconsts, body_nconsts, with_ildj=True)[1]
+
+
+def _while_backwards(invals, outvals, cond_jaxpr, body_jaxpr, cond_nconsts, body_nconsts, with_ildj=False):
+    """The loop run backwards with the inverted body: (inputs, summed log-det or None)."""
     consts, i0, upper, state, plan = _while_setup(invals, cond_jaxpr, body_jaxpr, cond_nconsts, body_nconsts)
     nb = body_nconsts
     n = jnp.maximum(upper - i0, 0)
+    s_final = list(outvals[2:])
 
-    def step(k, s):
+    def step(k, carry):
+        s, log_det = carry
         i = i0 + n - 1 - k
-        vals = interpreter.reconstruct(plan, consts + [i, upper] + [None] * len(s), [], [i + 1, upper, *s])
-        return vals[nb + 2:]
+        args = (plan, consts + [i, upper] + [None] * len(s), [], [i + 1, upper, *s])
+        if with_ildj:
+            vals, term = interpreter.reconstruct_and_ildj(*args)
+            log_det = log_det + term.astype(log_det.dtype)
+        else:
+            vals = interpreter.reconstruct(*args)
+        return vals[nb + 2:], log_det
 
-    s0 = lax.fori_loop(0, n, step, list(outvals[2:]))
-    return consts + [i0, upper] + list(s0)
+    s0, log_det = lax.fori_loop(0, n, step, (s_final, _log_det_zero(s_final)))
+    return consts + [i0, upper] + list(s0), (log_det if with_ildj else None)
+
+
+def _log_det_zero(values):
+    """A scalar zero in the widest float dtype of ``values`` (the log-det accumulator)."""
+    floats = [jnp.result_type(v) for v in values if v is not None and _is_float(v)]
+    dtype = jnp.result_type(*floats) if floats else jnp.result_type(float)
+    return jnp.zeros((), jnp.finfo(dtype).dtype if jnp.issubdtype(dtype, jnp.complexfloating) else dtype)
 
 
 def _while_ivjp(invals, outvals, out_cts, *, cond_jaxpr, body_jaxpr, cond_nconsts, body_nconsts, **_):
@@ -293,19 +334,33 @@ def _cond_setup(invals, outvals, branches):
 
 
 def _cond_inverse(invals, outvals, *, branches, **_):
+    return _cond_backwards(invals, outvals, branches)[0]
+
+
+def _cond_ildj(invals, outvals, *, branches, **_):
+    return _cond_backwards(invals, outvals, branches, with_ildj=True)[1]
+
+
+def _cond_backwards(invals, outvals, branches, with_ildj=False):
     # cond(i, ops) = branches[i](ops): the operands are branch i's inverse applied
-    # to the outputs, so run lax.switch(i, inverted branches).
+    # to the outputs, so run lax.switch(i, inverted branches); the log-det is the
+    # chosen branch's.
     index, ops, plans = _cond_setup(invals, outvals, branches)
     unknown = [j for j, x in enumerate(ops) if x is None]
+    zero = _log_det_zero([*ops, *outvals])
 
     def inverted(plan):
         def run(outs):
-            vals = interpreter.reconstruct(plan, ops, [], list(outs))
-            return [vals[j] for j in unknown]
+            if with_ildj:
+                vals, log_det = interpreter.reconstruct_and_ildj(plan, ops, [], list(outs))
+            else:
+                vals, log_det = interpreter.reconstruct(plan, ops, [], list(outs)), zero
+            return [vals[j] for j in unknown], log_det.astype(zero.dtype)
         return run
 
-    solved = iter(lax.switch(index, [inverted(p) for p in plans], list(outvals)))
-    return [index] + [x if x is not None else next(solved) for x in ops]
+    solved, log_det = lax.switch(index, [inverted(p) for p in plans], list(outvals))
+    solved = iter(solved)
+    return [index] + [x if x is not None else next(solved) for x in ops], (log_det if with_ildj else None)
 
 
 def _cond_ivjp(invals, outvals, out_cts, *, branches, **_):
@@ -401,3 +456,5 @@ pack.register_inverse(P.custom_vjp_call_p, _custom_call_inverse,
 pack.register_ildj(P.custom_jvp_call_p, _custom_call_ildj)
 pack.register_ildj(P.custom_vjp_call_p, _custom_call_ildj)
 pack.register_ildj(P.scan_p, _scan_ildj)
+pack.register_ildj(P.while_p, _while_ildj)
+pack.register_ildj(P.cond_p, _cond_ildj)
