@@ -1,0 +1,229 @@
+"""The benchmarked networks: stacks of ``depth`` identical invertible blocks.
+
+Each network is a :class:`Network`: a block ``block(p, carry) -> carry`` run
+``depth`` times, unrolled (a Python loop over a tuple of block params) or with
+``lax.scan`` (params stacked along a leading ``depth`` axis); a scalar loss of the stack's output; and the block
+run backwards by hand, ``reverse(p, carry_out, ct_out) -> (carry_in, dp,
+ct_in)``, for the hand-fused baseline (see ``methods.py``). The forward code
+is plain JAX: jaxinv sees nothing but what ``jax.grad`` sees.
+
+Example::
+
+    net = revnet_mlp(depth=16, scan=False)
+    params, x = net.init(jax.random.PRNGKey(0))
+    loss = net.loss(params, x)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+from jaxinv.nn import MLP, ActNorm, AffineCoupling, InvertibleDense
+from jaxinv.nn.transformer import layer_norm, multi_head_attention
+
+Params = Any
+
+
+@dataclasses.dataclass(frozen=True)
+class Network:
+    """A stack of ``depth`` blocks (see the module docstring)."""
+    name: str
+    depth: int
+    scan: bool
+    init_block: Callable[[jax.Array], Params]        # key -> one block's params
+    block: Callable[[Params, Any], Any]               # (p, carry) -> carry
+    reverse: Callable[[Params, Any, Any], tuple]      # (p, carry_out, ct_out) -> (carry_in, dp, ct_in)
+    input_shape: tuple[int, ...]
+    to_carry: Callable[[jax.Array], Any]              # input -> first carry
+    objective: Callable[[Any], jax.Array]             # last carry -> scalar loss
+
+    @property
+    def label(self) -> str:
+        return f"{self.name} ({'scan' if self.scan else 'unrolled'})"
+
+    def init(self, key: jax.Array) -> tuple[Params, jax.Array]:
+        """The params and an input batch. Scanned: one pytree stacked along a
+        leading ``depth`` axis; unrolled: a tuple of ``depth`` block params."""
+        k_params, k_x = jax.random.split(key)
+        params = jax.vmap(self.init_block)(jax.random.split(k_params, self.depth))
+        if not self.scan:
+            params = tuple(jax.tree_util.tree_map(lambda a: a[i], params) for i in range(self.depth))
+        return params, jax.random.normal(k_x, self.input_shape, jnp.float32)
+
+    def run(self, params: Params, carry, block=None):
+        """The stack forward, from a carry to a carry (``block`` overrides the block,
+        e.g. with ``jax.checkpoint(net.block)``)."""
+        block = block or self.block
+        if self.scan:
+            carry, _ = lax.scan(lambda c, p: (block(p, c), None), carry, params)
+            return carry
+        for p in params:
+            carry = block(p, carry)
+        return carry
+
+    def loss(self, params: Params, x: jax.Array, block=None) -> jax.Array:
+        return self.objective(self.run(params, self.to_carry(x), block))
+
+
+# ------------------------------------------------------------------ additive couplings
+
+
+def _dense_init(key, n_in, n_out, scale=1.0):
+    return (jax.random.normal(key, (n_in, n_out), jnp.float32) * (scale / math.sqrt(n_in)),
+            jnp.zeros((n_out,), jnp.float32))
+
+
+def _coupling_block(F: Callable, G: Callable) -> Callable:
+    """RevNet's block (Gomez et al. 2017): ``y1 = x1 + F(x2)``, ``y2 = x2 + G(y1)``."""
+    def block(p, carry):
+        x1, x2 = carry
+        y1 = x1 + F(p["F"], x2)
+        return y1, x2 + G(p["G"], y1)
+    return block
+
+
+def _coupling_reverse(F: Callable, G: Callable) -> Callable:
+    """The block backwards, fused by hand: each residual function is evaluated
+    once, and that evaluation both rebuilds the input and gives its VJP."""
+    def reverse(p, carry, ct):
+        y1, y2 = carry
+        dy1, dy2 = ct
+        g, g_vjp = jax.vjp(G, p["G"], y1)
+        x2 = y2 - g
+        dG, dy1_from_g = g_vjp(dy2)
+        dz1 = dy1 + dy1_from_g
+        f, f_vjp = jax.vjp(F, p["F"], x2)
+        x1 = y1 - f
+        dF, dx2_from_f = f_vjp(dz1)
+        return (x1, x2), {"F": dF, "G": dG}, (dz1, dy2 + dx2_from_f)
+    return reverse
+
+
+def _split(x):
+    return tuple(jnp.split(x, 2, axis=-1))
+
+
+def _mean_square(carry) -> jax.Array:
+    return sum(jnp.mean(jnp.square(c)) for c in carry)
+
+
+def revnet_mlp(depth: int, scan: bool, batch: int = 128, width: int = 128, hidden: int = 128) -> Network:
+    """A RevNet of additive couplings whose residual functions are one-hidden-layer
+    MLPs (``width/2 -> hidden -> width/2``, tanh), on ``(batch, width)`` inputs."""
+    half = width // 2
+
+    def mlp(p, h):
+        (w1, b1), (w2, b2) = p
+        return jnp.tanh(h @ w1 + b1) @ w2 + b2
+
+    def init_block(key):
+        k = jax.random.split(key, 4)
+        # the last layer is scaled down so that a deep stack stays well conditioned
+        return {"F": (_dense_init(k[0], half, hidden), _dense_init(k[1], hidden, half, 0.1)),
+                "G": (_dense_init(k[2], half, hidden), _dense_init(k[3], hidden, half, 0.1))}
+
+    return Network("RevNet MLP", depth, scan, init_block, _coupling_block(mlp, mlp),
+                   _coupling_reverse(mlp, mlp), (batch, width), _split, _mean_square)
+
+
+def reversible_transformer(depth: int, scan: bool = True, batch: int = 8, seq: int = 64, d_model: int = 64,
+                           n_heads: int = 4, d_ff: int = 128) -> Network:
+    """Reformer / Rev-ViT blocks: ``F`` = attention of a LayerNorm, ``G`` = an MLP
+    of a LayerNorm, on ``(batch, seq, 2 * d_model)`` inputs."""
+
+    def attention(p, h):
+        return multi_head_attention(p["attn"], layer_norm(p["ln"], h), n_heads)
+
+    def mlp(p, h):
+        (w1, b1), (w2, b2) = p["mlp"]
+        return jax.nn.gelu(layer_norm(p["ln"], h) @ w1 + b1) @ w2 + b2
+
+    def init_block(key):
+        k = jax.random.split(key, 6)
+        ln = (jnp.ones((d_model,), jnp.float32), jnp.zeros((d_model,), jnp.float32))
+        attn = {n: jax.random.normal(kk, (d_model, d_model), jnp.float32) / math.sqrt(d_model)
+                for n, kk in zip(("wq", "wk", "wv"), k[:3])}
+        attn["wo"] = jax.random.normal(k[3], (d_model, d_model), jnp.float32) * (0.1 / math.sqrt(d_model))
+        return {"F": {"ln": ln, "attn": attn},
+                "G": {"ln": ln, "mlp": (_dense_init(k[4], d_model, d_ff), _dense_init(k[5], d_ff, d_model, 0.1))}}
+
+    return Network("Reversible transformer", depth, scan, init_block, _coupling_block(attention, mlp),
+                   _coupling_reverse(attention, mlp), (batch, seq, 2 * d_model), _split, _mean_square)
+
+
+# ------------------------------------------------------------------ Glow-style flow
+
+
+def glow_flow(depth: int, scan: bool = True, batch: int = 256, width: int = 64, hidden: int = 128) -> Network:
+    """Glow steps (Kingma & Dhariwal 2018) from :mod:`jaxinv.nn`: ActNorm, an
+    invertible dense layer (LU), an affine coupling (sigmoid scale); the loss is
+    the negative log-likelihood under a standard normal base. The carry is
+    ``(h, log_det)``."""
+    half = width // 2
+    conditioner = MLP((hidden,), 2 * (width - half), last_scale=0.1)
+    layers = (ActNorm(), InvertibleDense(width), AffineCoupling(conditioner))
+
+    def init_block(key):
+        x = jnp.zeros((2, width), jnp.float32)
+        params = [layer.init(k, x) for layer, k in zip(layers, jax.random.split(key, 3))]
+        # ActNorm's data-dependent init needs data: start it at the identity here
+        params[0] = jax.tree_util.tree_map(jnp.zeros_like, params[0])
+        return tuple(params)
+
+    def block(p, carry):
+        h, total = carry
+        for layer, q in zip(layers, p):
+            h, ld = layer.forward_and_log_det(q, h)
+            total = total + ld
+        return h, total
+
+    def coupling_reverse(p, y, dy, dtotal):
+        # one conditioner evaluation, on y1 = x1, rebuilds x2 and gives the VJP
+        y1, y2 = y[..., :half], y[..., half:]
+        h, conditioner_vjp = jax.vjp(conditioner.apply, p["conditioner"], y1)
+        shift, raw = jnp.split(h, 2, axis=-1)
+
+        def affine(x2, shift, raw):
+            return x2 * jax.nn.sigmoid(raw + 2.0) + shift, jnp.sum(jax.nn.log_sigmoid(raw + 2.0), axis=-1)
+
+        x2 = (y2 - shift) / jax.nn.sigmoid(raw + 2.0)
+        (_, log_det), affine_vjp = jax.vjp(affine, x2, shift, raw)
+        dx2, dshift, draw = affine_vjp((dy[..., half:], dtotal))
+        dp, dy1 = conditioner_vjp(jnp.concatenate([dshift, draw], axis=-1))
+        x = jnp.concatenate([y1, x2], axis=-1)
+        return x, log_det, jnp.concatenate([dy[..., :half] + dy1, dx2], axis=-1), {"conditioner": dp}
+
+    def reverse(p, carry, ct):
+        # ActNorm and the dense layer: invert, then take the VJP at the rebuilt
+        # input (under jit, XLA drops the VJP's unused forward output).
+        h, total = carry
+        dh, dtotal = ct
+        grads = [None] * 3
+        h, log_det, dh, grads[2] = coupling_reverse(p[2], h, dh, dtotal)
+        total = total - log_det
+        for j in (1, 0):
+            h, ld = layers[j].inverse_and_log_det(p[j], h)
+            total = total + ld
+            _, vjp = jax.vjp(layers[j].forward_and_log_det, p[j], h)
+            grads[j], dh = vjp((dh, dtotal))
+        return (h, total), tuple(grads), (dh, dtotal)
+
+    def objective(carry):
+        z, log_det = carry
+        return jnp.mean(0.5 * jnp.sum(jnp.square(z), axis=-1) - log_det)
+
+    return Network("Glow flow", depth, scan, init_block, block, reverse, (batch, width),
+                   lambda x: (x, jnp.zeros(x.shape[:1], x.dtype)), objective)
+
+
+NETWORKS = {
+    "revnet_mlp": revnet_mlp,
+    "transformer": reversible_transformer,
+    "glow": glow_flow,
+}

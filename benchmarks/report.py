@@ -1,0 +1,152 @@
+"""The benchmark's outputs: a markdown table, the targets checked, PNG plots.
+
+Example::
+
+    text = markdown(records, targets(records))
+    plot(records, out_dir)        # memory.png, time_ratio.png (needs matplotlib)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import pathlib
+import platform
+from typing import Any
+
+import jax
+
+JAXINV_METHODS = ("jaxinv.grad", "jaxinv.invertible")
+TARGET_NETWORK = "RevNet MLP"
+
+
+@dataclasses.dataclass(frozen=True)
+class Target:
+    name: str
+    value: float | None     # the measured ratio (None: not measured in this run)
+    limit: float
+
+    @property
+    def holds(self) -> bool | None:
+        return None if self.value is None else self.value <= self.limit
+
+
+def _get(records, network, mode, depth, method, field):
+    for r in records:
+        if (r["network"], r["mode"], r["depth"], r["method"]) == (network, mode, depth, method):
+            return r[field]
+    return None
+
+
+def _ratio(a, b):
+    return None if a is None or b is None or b == 0 else a / b
+
+
+def targets(records: list[dict[str, Any]]) -> list[Target]:
+    """The issue's targets, on the RevNet MLP, for each jaxinv method."""
+    g = lambda mode, depth, method, field: _get(records, TARGET_NETWORK, mode, depth, method, field)
+    out = []
+    for m in JAXINV_METHODS:
+        out.append(Target(f"{m}: temp memory at depth 64 / jax.grad's",
+                          _ratio(g("unrolled", 64, m, "temp_bytes"), g("unrolled", 64, "jax.grad", "temp_bytes")),
+                          0.06))
+        growth = lambda method: (None if g("unrolled", 64, method, "temp_bytes") is None
+                                 or g("unrolled", 16, method, "temp_bytes") is None else
+                                 g("unrolled", 64, method, "temp_bytes") - g("unrolled", 16, method, "temp_bytes"))
+        out.append(Target(f"{m}: temp memory growth depth 16 -> 64 / jax.grad's", _ratio(growth(m), growth("jax.grad")),
+                          0.02))
+        out.append(Target(f"{m}: wall time at depth 64 / hand-fused",
+                          _ratio(g("unrolled", 64, m, "time_s"), g("unrolled", 64, "hand-fused", "time_s")), 1.10))
+        out.append(Target(f"{m}: wall time at depth 64 / jax.grad",
+                          _ratio(g("unrolled", 64, m, "time_s"), g("unrolled", 64, "jax.grad", "time_s")), 1.45))
+        build = lambda mode, depth, method: (None if g(mode, depth, method, "trace_s") is None else
+                                             g(mode, depth, method, "trace_s") + g(mode, depth, method, "compile_s"))
+        out.append(Target(f"{m}: scan, trace + compile at depth 512 / depth 8",
+                          _ratio(build("scan", 512, m), build("scan", 8, m)), 1.3))
+        out.append(Target(f"{m}: unrolled depth 64, trace + compile / jax.grad's",
+                          _ratio(build("unrolled", 64, m), build("unrolled", 64, "jax.grad")), 2.0))
+    return out
+
+
+def _kib(n):
+    return f"{n / 1024:,.1f}" if n < 10 * 1024 else f"{n / 1024:,.0f}"
+
+
+def machine() -> str:
+    dev = jax.devices()[0]
+    return (f"{platform.processor() or platform.machine()}, {jax.default_backend()} ({dev.device_kind}), "
+            f"JAX {jax.__version__}, Python {platform.python_version()}")
+
+
+def markdown(records: list[dict[str, Any]], checked: list[Target], command: str = "python -m benchmarks") -> str:
+    lines = [f"# jaxinv benchmark", "", f"`{command}` on {machine()}.", "",
+             "Gradient of a scalar loss with respect to the params, `jax.jit`-compiled. "
+             "**temp**: XLA's temporary buffers (`compile().memory_analysis()`); **residuals**: "
+             "bytes the `vjp` function keeps between the passes, besides the params and input; "
+             "**time**: median of alternated runs; **build**: trace + compile; **error**: "
+             "relative to `jax.grad` in float64.", ""]
+    if checked:
+        lines += ["## Targets (RevNet MLP)", "", "| target | measured | limit | holds |", "|---|---:|---:|:---:|"]
+        for t in checked:
+            value = "—" if t.value is None else f"{t.value:.3f}"
+            holds = "—" if t.holds is None else ("yes" if t.holds else "**no**")
+            lines.append(f"| {t.name} | {value} | {t.limit} | {holds} |")
+        lines.append("")
+    groups: dict = {}
+    for r in records:
+        groups.setdefault((r["network"], r["mode"]), []).append(r)
+    for (network, mode), rows in groups.items():
+        lines += [f"## {network} ({mode})", "",
+                  "| depth | method | temp KiB | residuals KiB | time ms | × jax.grad | × hand-fused | "
+                  "build s | error |",
+                  "|---:|---|---:|---:|---:|---:|---:|---:|---:|"]
+        for r in rows:
+            base = _get(records, network, mode, r["depth"], "jax.grad", "time_s")
+            hand = _get(records, network, mode, r["depth"], "hand-fused", "time_s")
+            lines.append(f"| {r['depth']} | {r['method']} | {_kib(r['temp_bytes'])} | {_kib(r['residual_bytes'])} | "
+                         f"{r['time_s'] * 1e3:.1f} | {_ratio(r['time_s'], base):.2f} | "
+                         f"{_ratio(r['time_s'], hand):.2f} | {r['trace_s'] + r['compile_s']:.2f} | "
+                         f"{r['grad_error']:.1e} |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def plot(records: list[dict[str, Any]], out_dir: pathlib.Path) -> list[pathlib.Path]:
+    """memory.png (temp memory vs depth) and time_ratio.png (time / jax.grad vs
+    depth), one panel per network. Needs matplotlib (``pip install jaxinv[bench]``)."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    groups: dict = {}
+    for r in records:
+        groups.setdefault((r["network"], r["mode"]), []).append(r)
+    methods = list(dict.fromkeys(r["method"] for r in records))
+    paths = []
+    for name, field, ylabel, log in [("memory.png", "temp_bytes", "XLA temp memory (MiB)", True),
+                                      ("time_ratio.png", "time_ratio", "wall time / jax.grad", False)]:
+        fig, axes = plt.subplots(1, len(groups), figsize=(4.2 * len(groups), 3.6), squeeze=False)
+        for ax, ((network, mode), rows) in zip(axes[0], groups.items()):
+            for method in methods:
+                pts = sorted((r["depth"], r) for r in rows if r["method"] == method)
+                if not pts:
+                    continue
+                xs = [d for d, _ in pts]
+                if field == "time_ratio":
+                    ys = [r["time_s"] / _get(records, network, mode, d, "jax.grad", "time_s") for d, r in pts]
+                else:
+                    ys = [r[field] / 2 ** 20 for _, r in pts]
+                ax.plot(xs, ys, marker="o", label=method)
+            ax.set_xscale("log", base=2)
+            if log:
+                ax.set_yscale("log")
+            ax.set_title(f"{network} ({mode})", fontsize=10)
+            ax.set_xlabel("depth (blocks)")
+            ax.set_ylabel(ylabel)
+            ax.grid(alpha=0.3)
+        axes[0][0].legend(fontsize=8)
+        fig.tight_layout()
+        path = out_dir / name
+        fig.savefig(path, dpi=110)
+        plt.close(fig)
+        paths.append(path)
+    return paths

@@ -1,0 +1,67 @@
+"""The benchmark (``python -m benchmarks``): a seconds-long smoke run that it runs and
+writes its table, and that every method it times computes the same gradient. The
+targets themselves are checked by running the benchmark, never here."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+
+import jax
+import jax.numpy as jnp
+import pytest
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from benchmarks.__main__ import main  # noqa: E402
+from benchmarks.methods import METHODS  # noqa: E402
+from benchmarks.networks import NETWORKS  # noqa: E402
+from benchmarks.report import targets  # noqa: E402
+
+from helpers import assert_trees_close  # noqa: E402
+
+
+def test_smoke_run_writes_its_table(tmp_path, capsys):
+    assert main(["--smoke", "--out", str(tmp_path)]) == 0
+    table = (tmp_path / "results.md").read_text()
+    for method in METHODS:
+        assert f"| {method} |" in table
+    records = json.loads((tmp_path / "results.json").read_text())
+    assert {(r["mode"], r["depth"]) for r in records} == {("unrolled", 2), ("unrolled", 3), ("scan", 2)}
+    for r in records:
+        assert r["temp_bytes"] >= 0 and r["time_s"] > 0 and r["grad_error"] < 1e-5, r
+    assert (tmp_path / "memory.png").stat().st_size > 0 and (tmp_path / "time_ratio.png").stat().st_size > 0
+    assert "[" in capsys.readouterr().err   # the progress bar
+
+
+SMALL = {"revnet_mlp": dict(batch=4, width=8, hidden=8), "transformer": dict(batch=2, seq=4, d_model=8, d_ff=8),
+         "glow": dict(batch=4, width=6, hidden=8)}
+
+
+@pytest.mark.parametrize("scan", [False, True], ids=["unrolled", "scan"])
+@pytest.mark.parametrize("network", list(NETWORKS))
+def test_every_method_computes_jax_grads_gradient(network, scan):
+    """The hand-fused backward and jaxinv's agree with jax.grad on every benchmarked network."""
+    net = NETWORKS[network](depth=3, scan=scan, **SMALL[network])
+    params, x = net.init(jax.random.PRNGKey(0))
+    want = jax.jit(METHODS["jax.grad"].grad(net))(params, x)
+    for method in METHODS.values():
+        assert_trees_close(jax.jit(method.grad(net))(params, x), want, rtol=1e-4, atol=1e-5, relative_atol=True)
+
+
+def test_targets_are_ratios_of_the_measured_figures():
+    def rec(mode, depth, method, temp, time, build):
+        return {"network": "RevNet MLP", "mode": mode, "depth": depth, "method": method, "temp_bytes": temp,
+                "time_s": time, "trace_s": build / 2, "compile_s": build / 2}
+    records = [rec("unrolled", 16, "jax.grad", 1600, 1.0, 1.0), rec("unrolled", 64, "jax.grad", 6400, 1.0, 2.0),
+               rec("unrolled", 16, "jaxinv.grad", 100, 1.2, 1.0), rec("unrolled", 64, "jaxinv.grad", 148, 1.3, 5.0),
+               rec("unrolled", 64, "hand-fused", 100, 1.25, 1.0),
+               rec("scan", 8, "jaxinv.grad", 0, 0, 1.0), rec("scan", 512, "jaxinv.grad", 0, 0, 1.2)]
+    got = {t.name: (t.value, t.holds) for t in targets(records) if t.name.startswith("jaxinv.grad")}
+    assert got["jaxinv.grad: temp memory at depth 64 / jax.grad's"] == (148 / 6400, True)
+    assert got["jaxinv.grad: temp memory growth depth 16 -> 64 / jax.grad's"] == (48 / 4800, True)
+    assert got["jaxinv.grad: wall time at depth 64 / hand-fused"] == (1.3 / 1.25, True)
+    assert got["jaxinv.grad: scan, trace + compile at depth 512 / depth 8"] == (1.2, True)
+    assert got["jaxinv.grad: unrolled depth 64, trace + compile / jax.grad's"] == (2.5, False)
+    assert all(t.value is None for t in targets(records) if t.name.startswith("jaxinv.invertible"))
