@@ -4,8 +4,8 @@ hand-fused reversible backward pass, over a depth sweep.
 Writes ``results.md`` (table and targets), ``results.json`` and, with
 matplotlib installed, ``memory.png`` and ``time_ratio.png`` to ``--out``
 (default ``benchmarks/results/<backend>``). ``--smoke`` is a seconds-long run
-on tiny networks (the test suite runs it). Exits 1 if a target is missed in a
-full run.
+on tiny networks (the test suite runs it); ``--update-readme`` puts a full
+run's summary in README.md. Exits 1 if a target is missed in a full run.
 
 Example::
 
@@ -22,7 +22,7 @@ import sys
 
 import jax
 
-from benchmarks.report import markdown, plot, targets
+from benchmarks.report import markdown, plot, summary, targets, update_readme
 from benchmarks.sweep import SWEEPS, ProgressBar, run_sweep, total_steps
 
 
@@ -32,7 +32,11 @@ def main(argv=None) -> int:
     parser.add_argument("--out", type=pathlib.Path, default=None, help="output directory")
     parser.add_argument("--repeats", type=int, default=None, help="timed runs per method (median)")
     parser.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
+    parser.add_argument("--update-readme", action="store_true",
+                        help="put this run's summary in README.md (full runs only)")
     args = parser.parse_args(argv)
+    if args.update_readme and args.smoke:
+        parser.error("--update-readme needs a full run")
 
     sweep = "smoke" if args.smoke else "full"
     configs = SWEEPS[sweep]
@@ -53,6 +57,10 @@ def main(argv=None) -> int:
             written += plot(records, out)
         except ImportError:
             print("matplotlib is not installed: no plots (pip install 'jaxinv[bench]')", file=sys.stderr)
+    if args.update_readme:
+        readme = pathlib.Path(__file__).resolve().parents[1] / "README.md"
+        update_readme(readme, summary(records, checked))
+        written.append(readme)
     for t in checked:
         print(f"{'ok  ' if t.holds else 'MISS' if t.holds is False else '--  '} {t.name}: "
               f"{'—' if t.value is None else f'{t.value:.3f}'} (limit {t.limit})")

@@ -110,6 +110,46 @@ def markdown(records: list[dict[str, Any]], checked: list[Target], command: str 
     return "\n".join(lines)
 
 
+SUMMARY_START, SUMMARY_END = "<!-- benchmark summary: python -m benchmarks --update-readme -->", "<!-- end -->"
+
+
+def summary(records: list[dict[str, Any]], checked: list[Target]) -> str:
+    """The README's summary of a full run: RevNet MLP figures and the targets."""
+    methods = list(dict.fromkeys(r["method"] for r in records))
+    g = lambda mode, depth, method, field: _get(records, TARGET_NETWORK, mode, depth, method, field)
+    build = lambda mode, depth, m: g(mode, depth, m, "trace_s") + g(mode, depth, m, "compile_s")
+    rows = [
+        ("XLA temp memory, depth 16 / 64 / 256 (KiB)",
+         lambda m: " / ".join(_kib(g("unrolled", d, m, "temp_bytes")) for d in (16, 64, 256))),
+        ("wall time at depth 64 (ms)", lambda m: f"{g('unrolled', 64, m, 'time_s') * 1e3:.1f}"),
+        ("trace + compile at depth 64 (s)", lambda m: f"{build('unrolled', 64, m):.2f}"),
+        ("scanned: temp memory at depth 8 / 1024 (KiB)",
+         lambda m: " / ".join(_kib(g("scan", d, m, "temp_bytes")) for d in (8, 1024))),
+        ("scanned: trace + compile at depth 8 / 512 (s)",
+         lambda m: " / ".join(f"{build('scan', d, m):.2f}" for d in (8, 512))),
+    ]
+    lines = ["| RevNet MLP, gradient w.r.t. params | " + " | ".join(methods) + " |",
+             "|---|" + "---:|" * len(methods)]
+    lines += [f"| {label} | " + " | ".join(cell(m) for m in methods) + " |" for label, cell in rows]
+    lines += ["", "| target (RevNet MLP) | jaxinv.grad | jaxinv.invertible | limit |", "|---|---:|---:|---:|"]
+    by_name = {t.name: t for t in checked}
+    for t in checked:
+        if t.name.startswith("jaxinv.grad: "):
+            name = t.name.removeprefix("jaxinv.grad: ")
+            other = by_name.get("jaxinv.invertible: " + name)
+            cells = [f"{x.value:.3f}" + ("" if x.holds else " (missed)") if x and x.value is not None else "—"
+                     for x in (t, other)]
+            lines.append(f"| {name} | {cells[0]} | {cells[1]} | {t.limit} |")
+    return "\n".join(lines)
+
+
+def update_readme(readme: pathlib.Path, text: str) -> None:
+    """Replace the README's benchmark summary (between the markers) with ``text``."""
+    content = readme.read_text()
+    start, end = content.index(SUMMARY_START) + len(SUMMARY_START), content.index(SUMMARY_END)
+    readme.write_text(content[:start] + "\n" + text + "\n" + content[end:])
+
+
 def plot(records: list[dict[str, Any]], out_dir: pathlib.Path) -> list[pathlib.Path]:
     """memory.png (temp memory vs depth) and time_ratio.png (time / jax.grad vs
     depth), one panel per network. Needs matplotlib (``pip install jaxinv[bench]``)."""

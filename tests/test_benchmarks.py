@@ -65,3 +65,18 @@ def test_targets_are_ratios_of_the_measured_figures():
     assert got["jaxinv.grad: scan, trace + compile at depth 512 / depth 8"] == (1.2, True)
     assert got["jaxinv.grad: unrolled depth 64, trace + compile / jax.grad's"] == (2.5, False)
     assert all(t.value is None for t in targets(records) if t.name.startswith("jaxinv.invertible"))
+
+
+def test_readme_summary_is_the_committed_run():
+    """The README's benchmark summary is generated from the committed full run
+    (``python -m benchmarks --update-readme``), where every target holds."""
+    import pathlib
+    from benchmarks.report import SUMMARY_END, SUMMARY_START, summary
+
+    root = pathlib.Path(__file__).resolve().parents[1]
+    records = json.loads((root / "benchmarks" / "results" / "cpu" / "results.json").read_text())
+    readme = (root / "README.md").read_text()
+    block = readme[readme.index(SUMMARY_START) + len(SUMMARY_START):readme.index(SUMMARY_END)].strip()
+    checked = targets(records)
+    assert block == summary(records, checked), "stale: run python -m benchmarks --update-readme"
+    assert checked and all(t.holds for t in checked), [t for t in checked if not t.holds]
