@@ -75,8 +75,9 @@ class Booleans:
 
 @dataclasses.dataclass(frozen=True)
 class Nonsingular:
-    """Well-conditioned ``n x n`` matrices (``n * I`` plus entries in
-    ``[-1, 1]``: diagonally dominant), with leading ``batch`` dims."""
+    """Well-conditioned ``n x n`` matrices (``(n + 1) * I`` plus entries in
+    ``[-1, 1]``: strictly diagonally dominant, since ``n * I`` plus ``-1``
+    everywhere is singular), with leading ``batch`` dims."""
 
     n: int = 4
     batch: Shape = ()

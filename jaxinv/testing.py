@@ -627,7 +627,7 @@ def _draw(data, domain, dtype):
         if domain.symmetric_positive:
             a = a @ np.swapaxes(a, -1, -2) + n * np.eye(n)
         else:
-            a = a + n * np.eye(n)
+            a = a + (n + 1) * np.eye(n)  # strictly dominant: |a_ii| >= n > sum of the others
         if domain.lower is True:
             a = np.tril(a)
         elif domain.lower is False:
