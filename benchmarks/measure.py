@@ -31,11 +31,6 @@ from benchmarks.methods import METHODS, Method
 from benchmarks.networks import Network
 
 
-def tree_bytes(tree) -> int:
-    return sum(np.asarray(leaf).nbytes for leaf in jax.tree_util.tree_leaves(tree)
-               if hasattr(leaf, "nbytes") or np.ndim(leaf) > 0)
-
-
 def residual_bytes(method: Method, net: Network, params, x) -> int:
     """Bytes the vjp function keeps between the passes besides the params and the
     input (which it references, not copies): what the forward pass stores for

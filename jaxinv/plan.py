@@ -263,6 +263,7 @@ class _Planner:
         self.live = self._live_eqns()
         self.live_set = set(self.live)
         self.needed = self._needed_vars()
+        self.missing = set(self.needed)  # needed and not yet known (kept by learn)
         self.facts = self._facts(input_values)
         self.constant = self._constant_vars()
         self.sources: dict[Var, Source] = {}
@@ -348,6 +349,7 @@ class _Planner:
         if isinstance(v, Literal) or v in self.sources:
             return
         self.sources[v] = source
+        self.missing.discard(v)
         self.queue.append(v)
         self.touched.update(i for i in self.users.get(v, ()) if i in self.live_set)
         if v in self.producer and self.producer[v] in self.live_set:
@@ -608,6 +610,7 @@ class _Planner:
             trial = _Planner.__new__(_Planner)
             trial.__dict__.update(self.__dict__)
             trial.sources, trial.queue, trial.touched = {}, deque(), set()
+            trial.missing = set(self.needed)
             trial.saved = [s for s in self.saved if s is not v]
             trial.start()
             for s in trial.saved:
@@ -634,7 +637,7 @@ class _Planner:
     def run(self) -> Plan:
         self.start()
         self.propagate()
-        while self.unknown():
+        while self.missing:  # (not self.unknown(): a scan per round made planning quadratic in depth)
             if not self.choose_saves():
                 for v in self.unknown():
                     self.save(v, "not reachable from any rule")
