@@ -41,25 +41,34 @@ def _ratio(a, b):
     return None if a is None or b is None or b == 0 else a / b
 
 
+def _build_s(records, mode, depth, method):
+    """Trace + compile seconds of the RevNet MLP, or None when not measured."""
+    trace = _get(records, TARGET_NETWORK, mode, depth, method, "trace_s")
+    return None if trace is None else trace + _get(records, TARGET_NETWORK, mode, depth, method, "compile_s")
+
+
+def _growth(records, method, field="temp_bytes"):
+    """The RevNet MLP's ``field`` at depth 64 minus at depth 16 (unrolled), or None."""
+    hi, lo = (_get(records, TARGET_NETWORK, "unrolled", d, method, field) for d in (64, 16))
+    return None if hi is None or lo is None else hi - lo
+
+
 def targets(records: list[dict[str, Any]]) -> list[Target]:
     """The issue's targets, on the RevNet MLP, for each jaxinv method."""
     g = lambda mode, depth, method, field: _get(records, TARGET_NETWORK, mode, depth, method, field)
+    build = lambda mode, depth, method: _build_s(records, mode, depth, method)
+    growth = lambda method: _growth(records, method)
     out = []
     for m in JAXINV_METHODS:
         out.append(Target(f"{m}: temp memory at depth 64 / jax.grad's",
                           _ratio(g("unrolled", 64, m, "temp_bytes"), g("unrolled", 64, "jax.grad", "temp_bytes")),
                           0.06))
-        growth = lambda method: (None if g("unrolled", 64, method, "temp_bytes") is None
-                                 or g("unrolled", 16, method, "temp_bytes") is None else
-                                 g("unrolled", 64, method, "temp_bytes") - g("unrolled", 16, method, "temp_bytes"))
         out.append(Target(f"{m}: temp memory growth depth 16 -> 64 / jax.grad's", _ratio(growth(m), growth("jax.grad")),
                           0.02))
         out.append(Target(f"{m}: wall time at depth 64 / hand-fused",
                           _ratio(g("unrolled", 64, m, "time_s"), g("unrolled", 64, "hand-fused", "time_s")), 1.10))
         out.append(Target(f"{m}: wall time at depth 64 / jax.grad",
                           _ratio(g("unrolled", 64, m, "time_s"), g("unrolled", 64, "jax.grad", "time_s")), 1.45))
-        build = lambda mode, depth, method: (None if g(mode, depth, method, "trace_s") is None else
-                                             g(mode, depth, method, "trace_s") + g(mode, depth, method, "compile_s"))
         out.append(Target(f"{m}: scan, trace + compile at depth 512 / depth 8",
                           _ratio(build("scan", 512, m), build("scan", 8, m)), 1.3))
         out.append(Target(f"{m}: unrolled depth 64, trace + compile / jax.grad's",
@@ -117,7 +126,7 @@ def summary(records: list[dict[str, Any]], checked: list[Target]) -> str:
     """The README's summary of a full run: RevNet MLP figures and the targets."""
     methods = list(dict.fromkeys(r["method"] for r in records))
     g = lambda mode, depth, method, field: _get(records, TARGET_NETWORK, mode, depth, method, field)
-    build = lambda mode, depth, m: g(mode, depth, m, "trace_s") + g(mode, depth, m, "compile_s")
+    build = lambda mode, depth, m: _build_s(records, mode, depth, m)
     rows = [
         ("XLA temp memory, depth 16 / 64 / 256 (KiB)",
          lambda m: " / ".join(_kib(g("unrolled", d, m, "temp_bytes")) for d in (16, 64, 256))),

@@ -288,13 +288,18 @@ def reconstruct_and_ildj(plan: Plan, inputs, residuals, outvals) -> tuple[list, 
     """
     sweep = _Sweep(plan, inputs, residuals, outvals, track_ildj=True)
     values = [sweep.value(v) for v in plan.jaxpr.invars]
-    floats = [jnp.result_type(v) for v in [*values, *outvals] if v is not None and _inexact(v)]
-    dtype = jnp.result_type(*floats) if floats else jnp.result_type(float)
-    dtype = jnp.finfo(dtype).dtype if jnp.issubdtype(dtype, jnp.complexfloating) else dtype
-    total = jnp.zeros((), dtype)
+    total = log_det_zero([*values, *outvals])
     for term in sweep.ildj:
-        total = total + jnp.asarray(term).astype(dtype)
+        total = total + jnp.asarray(term).astype(total.dtype)
     return values, total
+
+
+def log_det_zero(values):
+    """A scalar zero in the widest real float dtype of ``values`` (None and
+    non-float values ignored): the accumulator of a log-det."""
+    floats = [jnp.result_type(v) for v in values if v is not None and _inexact(v)]
+    dtype = jnp.result_type(*floats) if floats else jnp.result_type(float)
+    return jnp.zeros((), jnp.finfo(dtype).dtype if jnp.issubdtype(dtype, jnp.complexfloating) else dtype)
 
 
 def _inexact(x) -> bool:

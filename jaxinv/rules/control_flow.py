@@ -96,6 +96,14 @@ def _scan_inverse(invals, outvals, *, jaxpr, num_consts, num_carry, length, reve
     return _scan_backwards(invals, outvals, jaxpr, num_consts, num_carry, length, reverse)[0]
 
 
+def _scan_outputs(jaxpr, num_consts, num_carry, init, outvals, length) -> tuple[list, list]:
+    """(final carry, ys) of a scan run backwards; an unread counter is filled in."""
+    carry_out = _counted_carries(jaxpr, num_consts, init, outvals[:num_carry], length)
+    if any(c is None for c in carry_out):
+        raise NotInvertibleError("a scan's final carry is needed to run it backwards")
+    return carry_out, list(outvals[num_carry:])
+
+
 def _counted_carries(jaxpr, num_consts, init, carry_out, length) -> list:
     """Fill in an unread final carry that is a counter (``lax.fori_loop``'s
     ``i``: the body adds a literal step to it) from its known start: start +
@@ -122,9 +130,7 @@ def _scan_ildj(invals, outvals, *, jaxpr, num_consts, num_carry, length, reverse
 def _scan_backwards(invals, outvals, jaxpr, num_consts, num_carry, length, reverse, with_ildj=False):
     """The reverse scan of the inverted body: (inputs, summed log-det or None)."""
     consts, init, xs, xs_known, plan = _scan_setup(invals, num_consts, num_carry, jaxpr)
-    carry_out, ys = _counted_carries(jaxpr, num_consts, init, outvals[:num_carry], length), outvals[num_carry:]
-    if any(c is None for c in carry_out):
-        raise NotInvertibleError("a scan's final carry is needed to run it backwards")
+    carry_out, ys = _scan_outputs(jaxpr, num_consts, num_carry, init, outvals, length)
     known_xs = [x for x in xs if x is not None]
 
     def step(state, sl):
@@ -140,7 +146,7 @@ def _scan_backwards(invals, outvals, jaxpr, num_consts, num_carry, length, rever
         _, c_in, x_in = _scan_parts(vals, num_consts, num_carry)
         return (c_in, log_det), [x for x, k in zip(x_in, xs_known) if not k]
 
-    (c0, log_det), xs_rec = lax.scan(step, (list(carry_out), _log_det_zero(carry_out)), (known_xs, list(ys)),
+    (c0, log_det), xs_rec = lax.scan(step, (list(carry_out), interpreter.log_det_zero(carry_out)), (known_xs, list(ys)),
                                      length=length,
                                      reverse=not reverse)
     rec = iter(xs_rec)
@@ -151,9 +157,7 @@ def _scan_backwards(invals, outvals, jaxpr, num_consts, num_carry, length, rever
 
 def _scan_ivjp(invals, outvals, out_cts, *, jaxpr, num_consts, num_carry, length, reverse, **_):
     consts, init, xs, xs_known, plan = _scan_setup(invals, num_consts, num_carry, jaxpr)
-    carry_out, ys = _counted_carries(jaxpr, num_consts, init, outvals[:num_carry], length), outvals[num_carry:]
-    if any(c is None for c in carry_out):
-        raise NotInvertibleError("a scan's final carry is needed to run it backwards")
+    carry_out, ys = _scan_outputs(jaxpr, num_consts, num_carry, init, outvals, length)
     ct_carry, ct_ys = out_cts[:num_carry], out_cts[num_carry:]
     fc = [j for j, c in enumerate(carry_out) if _is_float(c)]            # carries with cotangents
     fk = [j for j, c in enumerate(consts) if _is_float(c)]
@@ -262,15 +266,8 @@ def _while_backwards(invals, outvals, cond_jaxpr, body_jaxpr, cond_nconsts, body
             vals = interpreter.reconstruct(*args)
         return vals[nb + 2:], log_det
 
-    s0, log_det = lax.fori_loop(0, n, step, (s_final, _log_det_zero(s_final)))
+    s0, log_det = lax.fori_loop(0, n, step, (s_final, interpreter.log_det_zero(s_final)))
     return consts + [i0, upper] + list(s0), (log_det if with_ildj else None)
-
-
-def _log_det_zero(values):
-    """A scalar zero in the widest float dtype of ``values`` (the log-det accumulator)."""
-    floats = [jnp.result_type(v) for v in values if v is not None and _is_float(v)]
-    dtype = jnp.result_type(*floats) if floats else jnp.result_type(float)
-    return jnp.zeros((), jnp.finfo(dtype).dtype if jnp.issubdtype(dtype, jnp.complexfloating) else dtype)
 
 
 def _while_ivjp(invals, outvals, out_cts, *, cond_jaxpr, body_jaxpr, cond_nconsts, body_nconsts, **_):
@@ -347,7 +344,7 @@ def _cond_backwards(invals, outvals, branches, with_ildj=False):
     # chosen branch's.
     index, ops, plans = _cond_setup(invals, outvals, branches)
     unknown = [j for j, x in enumerate(ops) if x is None]
-    zero = _log_det_zero([*ops, *outvals])
+    zero = interpreter.log_det_zero([*ops, *outvals])
 
     def inverted(plan):
         def run(outs):
