@@ -16,6 +16,7 @@ import sys
 
 from jaxinv import packs
 from jaxinv._version import __version__
+from jaxinv.partial import SELECTION_PRIMITIVES
 from jaxinv.rules import BUILTIN_PACKS
 
 HERE = pathlib.Path(__file__).resolve().parent
@@ -47,7 +48,7 @@ def _domain(entry: packs.PackRule, principal: bool = False) -> str:
 
 
 def render() -> str:
-    rows, principal_rows, refusals = [], [], []
+    rows, principal_rows, refusals, saturating = [], [], [], []
     for pack in BUILTIN_PACKS:
         for prim in pack.primitives:
             e = pack.rules[prim]
@@ -59,6 +60,8 @@ def render() -> str:
                 principal_rows.append((prim.name, pack.name, _domain(e, principal=True), _cell(e.notes)))
             if e.not_invertible is not None:
                 refusals.append((prim.name, pack.name, _cell(e.not_invertible)))
+            if e.saturates is not None:
+                saturating.append((prim.name, pack.name, _cell(e.saturates)))
     covered = {r[0] for r in rows if r[2] == "yes"}
 
     out = [
@@ -95,6 +98,31 @@ def render() -> str:
         "|---|---|---|---|",
     ]
     out += [f"| `{n}` | {p} | {d} | {t} |" for n, p, d, t in sorted(principal_rows)]
+    out += [
+        "",
+        "## Partial knowledge: equations that move known elements",
+        "",
+        "The planner also tracks which *elements* of an array it knows (`jaxinv.partial`), so code that "
+        "splits and reassembles activations by indexing is rebuilt piece by piece, and an array whose pieces "
+        "are all known is known. Selections (each output element copies one input element, found by running "
+        "the equation on integer tags at plan time) move knowledge both ways: "
+        + ", ".join(f"`{p.name}`" + (" (by a constant 0/1 mask)" if p.name == "mul" else "")
+                    for p in sorted(SELECTION_PRIMITIVES, key=lambda p: p.name)) + " (indices, predicates and masks must be "
+        "constants). Elementwise equations move it forward (an output element from its inputs' elements) and, "
+        "with an inverse rule, backward (an input element from the output's and the other inputs').",
+    ]
+    out += [
+        "",
+        "## Saturating inverses (not used by a gradient outside loop bodies)",
+        "",
+        "These inverses are exact in real arithmetic but lose every digit where the output rounds to its "
+        "limit. A gradient saves such a map's input instead of inverting its output (no NaN where `jax.grad` "
+        "is finite); a loop body, where saving is impossible, and `jaxinv.inverse` still invert them.",
+        "",
+        "| primitive | pack | where it saturates |",
+        "|---|---|---|",
+    ]
+    out += [f"| `{n}` | {p} | {w} |" for n, p, w in sorted(saturating)]
     out += [
         "",
         "## Inlined, no rule needed",

@@ -44,6 +44,28 @@ from jaxinv.explain import explain  # noqa: E402
 from jaxinv.check import check_reconstruction  # noqa: E402
 from jaxinv import rules as _rules  # noqa: E402,F401  (installs the built-in rule packs)
 
+
+
+def __getattr__(name: str):
+    """``jaxinv.nn`` on first use (PEP 562): ``import jaxinv`` stays as cheap as
+    before, and neither imports Flax nor Equinox (their wrappers,
+    ``jaxinv.nn.flax`` / ``jaxinv.nn.equinox``, are imported on demand).
+
+    Example::
+
+        import jaxinv
+        layer = jaxinv.nn.AffineCoupling()     # imports jaxinv.nn here
+    """
+    if name == "nn":
+        import importlib
+        return importlib.import_module("jaxinv.nn")  # also binds jaxinv.nn, so this runs once
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted({*globals(), "nn"})
+
+
 __all__ = [
     "Example", "NotInvertibleError", "RuleError", "RulePack", "RulePackConflictWarning", "RulePackWarning",
     "anchor", "check_reconstruction", "custom_ivjp", "defbinary", "defpermutation", "defunary", "explain", "grad",

@@ -10,8 +10,8 @@ import numpy as np
 from jax.tree_util import register_pytree_node_class, tree_flatten, tree_leaves, tree_unflatten
 
 from jaxinv import interpreter
-from jaxinv.registry import NotInvertibleError
-from jaxinv.tracing import Traced, trace
+from jaxinv.registry import NotInvertibleError, RuleError
+from jaxinv.tracing import Traced, plan_traced, trace, trace_only
 
 
 def _zeros_like_input(x):
@@ -49,9 +49,7 @@ class VJPFunction:
         flat_ct, ct_tree = tree_flatten(ct)
         if ct_tree != t.out_tree:
             raise TypeError(f"the cotangent's structure {ct_tree} differs from the output's {t.out_tree}")
-        for c, y in zip(flat_ct, self.outs):
-            if jnp.shape(c) != jnp.shape(y):
-                raise ValueError(f"cotangent of shape {jnp.shape(c)} for an output of shape {jnp.shape(y)}")
+        flat_ct = [_cotangent_like(c, y, name) for c, y, name in zip(flat_ct, self.outs, _leaf_names(ct, "output"))]
         n_aux = len(self.outs) - t.num_out
         inputs = self.consts + [None] * len(self.arg_avals)
         cts = interpreter.backward(t.plan, inputs, self.residuals, self.outs, flat_ct + [None] * n_aux)
@@ -60,6 +58,23 @@ class VJPFunction:
         arg_cts = [c.astype(a.dtype) if c.dtype != a.dtype and jnp.issubdtype(a.dtype, jnp.inexact) else c
                    for c, a in zip(arg_cts, self.arg_avals)]
         return tree_unflatten(t.in_tree, arg_cts)
+
+
+def _cotangent_like(ct, y, name: str):
+    """``ct`` checked against the output ``y`` it is the cotangent of, as
+    ``jax.vjp``'s ``vjp_fn`` does: the same shape, and the same dtype (a Python
+    scalar is converted; an integer output takes any dtype, float0 included)."""
+    got, want = jax.typeof(ct), jax.typeof(y)
+    fix = "pass a cotangent of the output's shape and dtype (jnp.ones_like(output), say)"
+    if got.shape != want.shape:
+        raise ValueError(f"the cotangent for {name} has shape {got.shape}, but the output has shape "
+                         f"{want.shape}: {fix}")
+    if got.dtype == want.dtype or not jnp.issubdtype(want.dtype, jnp.inexact):
+        return ct
+    if got.weak_type and jnp.result_type(ct, want.dtype) == want.dtype:
+        return jnp.asarray(ct, want.dtype)
+    raise ValueError(f"the cotangent for {name} has dtype {got.dtype}, but the output has dtype "
+                     f"{want.dtype}: {fix}")
 
 
 def vjp(f: Callable, *primals, has_aux: bool = False):
@@ -93,8 +108,22 @@ def _check_argnums(argnums, n):
     return nums
 
 
-def value_and_grad(f: Callable, argnums: int | Sequence[int] = 0, has_aux: bool = False):
-    """Like ``jax.value_and_grad``, with the reversible backward pass.
+def _check_differentiable(args, nums, allow_int: bool) -> None:
+    """As ``jax.grad``: refuse integer and boolean inputs unless ``allow_int``."""
+    names = _leaf_names(tuple(args[i] for i in nums), "argument", [i % len(args) for i in nums])
+    for x, name in zip(tree_leaves([args[i] for i in nums]), names):
+        dtype = jnp.result_type(x)
+        if not jnp.issubdtype(dtype, jnp.inexact) and not allow_int:
+            raise TypeError(f"grad requires real- or complex-valued inputs (input dtype that is a sub-dtype "
+                            f"of np.inexact), but got {dtype.name} for {name}. If you want to use Boolean- "
+                            "or integer-valued inputs, use vjp or set allow_int to True.")
+
+
+def value_and_grad(f: Callable, argnums: int | Sequence[int] = 0, has_aux: bool = False,
+                   allow_int: bool = False):
+    """Like ``jax.value_and_grad``, with the reversible backward pass. As there,
+    integer or boolean inputs raise TypeError unless ``allow_int=True`` (their
+    gradient is then float0 zeros).
 
     Example::
 
@@ -103,6 +132,7 @@ def value_and_grad(f: Callable, argnums: int | Sequence[int] = 0, has_aux: bool 
 
     def wrapped(*args, **kwargs):
         nums = _check_argnums(argnums, len(args))
+        _check_differentiable(args, nums, allow_int)
 
         def g(*diff):
             full = list(args)
@@ -125,14 +155,15 @@ def value_and_grad(f: Callable, argnums: int | Sequence[int] = 0, has_aux: bool 
     return wrapped
 
 
-def grad(f: Callable, argnums: int | Sequence[int] = 0, has_aux: bool = False):
-    """Like ``jax.grad``, with the reversible backward pass.
+def grad(f: Callable, argnums: int | Sequence[int] = 0, has_aux: bool = False, allow_int: bool = False):
+    """Like ``jax.grad``, with the reversible backward pass (and, as there,
+    ``allow_int`` to differentiate with respect to integer inputs: float0 zeros).
 
     Example::
 
         g = jaxinv.grad(lambda x: jnp.sum(jnp.tanh(x) * 3.0))(x)
     """
-    vg = value_and_grad(f, argnums, has_aux)
+    vg = value_and_grad(f, argnums, has_aux, allow_int)
 
     def wrapped(*args, **kwargs):
         (out, g) = vg(*args, **kwargs)
@@ -157,12 +188,26 @@ def _leaf_paths(args) -> list[str]:
     return [f"args{jax.tree_util.keystr(p)}" for p, _ in paths]
 
 
+def _leaf_names(tree, what: str, positions: Sequence[int] | None = None) -> list[str]:
+    """``output 0``, ``argument 1['w']``, ...: one name per flat leaf of the
+    sequence ``tree`` (a tuple of outputs or arguments), numbered by
+    ``positions`` (default 0, 1, ...); a non-sequence is ``the output``."""
+    if type(tree) not in (tuple, list):
+        paths = [p for p, _ in jax.tree_util.tree_flatten_with_path(tree)[0]]
+        return [f"the {what}{jax.tree_util.keystr(p)}" for p in paths]
+    positions = list(positions) if positions is not None else list(range(len(tree)))
+    paths = [p for p, _ in jax.tree_util.tree_flatten_with_path(tuple(tree))[0]]
+    return [f"{what} {positions[p[0].idx]}{jax.tree_util.keystr(p[1:])}" for p in paths]
+
+
 def inverse(f: Callable, *example_args):
     """The inverse of ``f``, with Oryx's calling convention.
 
     ``inverse(f, *example_args)(*outputs)`` returns ``f``'s inputs (one value
-    when ``f`` takes one argument, else a tuple). Without example arguments,
-    ``f`` is traced at the outputs' shapes (fine for shape-preserving ``f``).
+    when ``f`` takes one argument, else a tuple); the outputs must have the
+    structure, shapes and dtypes ``f`` returns (a Python scalar converts).
+    Without example arguments, ``f`` is traced at the outputs' shapes, which
+    only a shape-preserving ``f`` allows: give example arguments otherwise.
     Non-injective primitives are inverted on their principal branch (``sin``
     -> ``asin``); anything else that cannot be inverted raises
     :class:`NotInvertibleError` naming the primitive and the source line.
@@ -219,12 +264,7 @@ def ildj(f: Callable, *example_args):
 
 
 def _invert(f, example_args, outputs, *, with_ildj: bool):
-    out = outputs[0] if len(outputs) == 1 else tuple(outputs)
-    t = trace(f, example_args if example_args else outputs, for_inverse=True)
-    flat_out, out_tree = tree_flatten(out)
-    flat_out = [jnp.asarray(y) for y in flat_out]
-    if out_tree != t.out_tree:
-        raise TypeError(f"inverse expected outputs shaped like {t.out_tree}, got {out_tree}")
+    t, flat_out = _trace_for_inverse(f, example_args, outputs)
     _check_all_recovered(t, example_args if example_args else outputs)
     n_args = len(t.plan.jaxpr.invars) - t.num_consts
     inputs = [*t.consts, *[None] * n_args]
@@ -235,3 +275,56 @@ def _invert(f, example_args, outputs, *, with_ildj: bool):
     args = tree_unflatten(t.in_tree, flat_in[t.num_consts:])
     args = args[0] if len(args) == 1 else tuple(args)
     return (args, log_det) if with_ildj else args
+
+
+_PASS_EXAMPLES = "pass example arguments shaped like f's inputs: jaxinv.inverse(f, x)"
+
+
+def _trace_for_inverse(f, example_args, outputs) -> tuple[Traced, list]:
+    """``f`` traced at ``example_args`` (without them, at the outputs' shapes)
+    and planned for inversion; and the flat outputs, checked to be of the
+    structure, shapes and dtypes ``f`` returns there (a Python scalar is
+    converted to the dtype)."""
+    if example_args:
+        t = trace_only(f, example_args)
+    else:
+        try:
+            t = trace_only(f, outputs)
+        except (NotInvertibleError, RuleError):
+            raise
+        except Exception as e:
+            first_line = (str(e).strip().splitlines() or [""])[0].rstrip(".")
+            shapes = ", ".join(_type_name(jax.typeof(y)) for y in tree_leaves(outputs))
+            raise TypeError(f"without example arguments, jaxinv.inverse calls f at the outputs' shapes "
+                            f"({shapes}), and that failed with "
+                            f"{type(e).__name__}: {first_line}. If f changes shapes, {_PASS_EXAMPLES}") from e
+    out = outputs[0] if len(outputs) == 1 else tuple(outputs)
+    flat_out, out_tree = tree_flatten(out)
+    flat_out = [jnp.asarray(y) for y in flat_out]
+    if out_tree != t.out_tree:
+        problem = f"the outputs are structured as {out_tree}, but f returns {t.out_tree}"
+    else:
+        problem = next((f"{name} is {_type_name(jax.typeof(y))}, but f returns {_type_name(want)}"
+                        for y, want, name in zip(flat_out, t.out_avals, _leaf_names(outputs, "output"))
+                        if not _fits(y, want)), None)
+    if problem and example_args:
+        raise ValueError(f"the outputs given to the inverse do not match f's outputs at the example "
+                         f"arguments: {problem}")
+    if problem:
+        raise ValueError(f"without example arguments, jaxinv.inverse traces f at the outputs' shapes, but f "
+                         f"changes shapes: {problem}. To invert it, {_PASS_EXAMPLES}")
+    flat_out = [y if y.dtype == want.dtype else y.astype(want.dtype) for y, want in zip(flat_out, t.out_avals)]
+    return plan_traced(t, for_inverse=True), flat_out
+
+
+def _fits(y, want) -> bool:
+    """Can ``y`` stand for a value of type ``want``: the same shape and dtype,
+    or a Python scalar that converts to the dtype."""
+    got = jax.typeof(y)
+    return got.shape == want.shape and (got.dtype == want.dtype or (
+        got.weak_type and jnp.result_type(y, want.dtype) == want.dtype))
+
+
+def _type_name(aval) -> str:
+    """``float32[2,3]``, as JAX writes types."""
+    return f"{aval.dtype}[{','.join(map(str, aval.shape))}]"

@@ -56,6 +56,13 @@ class custom_ivjp:
     else a tuple) gives the inverse alone. Both return the rule, so the
     decorated name stays bound.
 
+    What a rule returns is checked as ``jax.custom_vjp`` checks its ``bwd``:
+    every input and cotangent has its argument's structure, shape and dtype (a
+    cotangent may be ``None`` for zero, or ``float0`` for an integer argument).
+    A mistake raises :class:`jaxinv.RuleError` naming the rule and its
+    ``file:line``. A rule that cannot rebuild an input from what it was given
+    raises :class:`jaxinv.NotInvertibleError` (jaxinv then saves the input).
+
     Example::
 
         @jaxinv.custom_ivjp
@@ -74,9 +81,21 @@ class custom_ivjp:
         self.inverse: Callable | None = None
         self.ildj: Callable | None = None
 
-    def defivjp(self, ivjp: Callable) -> Callable:
-        """Set ``ivjp(xs, ys, cts) -> (xs, cts_xs)``; returns ``ivjp``."""
+    def defivjp(self, ivjp: Callable | None = None, *, ildj: Callable | None = None) -> Callable:
+        """Set ``ivjp(xs, ys, cts) -> (xs, cts_xs)``; returns ``ivjp``.
+        ``ildj(*ys) -> scalar``, optional, is the log-det for ``jaxinv.ildj``
+        as in :meth:`definverse`. Usable as a decorator, with or without ``ildj``.
+
+        Example::
+
+            @rotate.defivjp(ildj=lambda y: jnp.zeros((), y.dtype))   # orthogonal
+            def rotate_ivjp(xs, ys, cts): ...
+        """
+        if ivjp is None:
+            return lambda rule: self.defivjp(rule, ildj=ildj)
         self.ivjp = ivjp
+        if ildj is not None:
+            self.ildj = ildj
         return ivjp
 
     def definverse(self, inverse: Callable | None = None, *, ildj: Callable | None = None) -> Callable:
@@ -114,7 +133,7 @@ class custom_ivjp:
         closed = jax.make_jaxpr(flat_fun)(*flat_args)
         consts = list(closed.consts)
         body = _closure_converted(closed)
-        rule = _Rule(self, in_tree, store["tree"], len(flat_args),
+        rule = _Rule(self, in_tree, store["tree"], closed.in_avals,
                      tuple(isinstance(c, jax.core.Tracer) for c in consts))
         outs = custom_ivjp_call_p.bind(*consts, *flat_args, body=body, num_consts=len(consts), rule=rule)
         return tree_unflatten(store["tree"], outs)
@@ -138,17 +157,37 @@ def _stale_tracers_are_rule_errors(what: str):
                         "argument instead, as with jax.custom_vjp") from e
 
 
-class _Rule:
-    """The user's rules with the trees to call them; hashed by identity."""
+def _describe(fun: Callable) -> str:
+    """A user's rule as "`name` (file:line)", for error messages."""
+    target = fun.func if isinstance(fun, functools.partial) else inspect.unwrap(fun)
+    name = getattr(fun, "__name__", None) or getattr(target, "__name__", type(fun).__name__)
+    code = getattr(target, "__code__", None)
+    return f"`{name}` ({code.co_filename}:{code.co_firstlineno})" if code else f"`{name}`"
 
-    def __init__(self, f: custom_ivjp, in_tree, out_tree, num_args, traced_consts, in_axes=None):
+
+class _Rule:
+    """The user's rules with the trees to call them; hashed by identity.
+
+    ``in_avals`` are the flat arguments' types (per example, for a vmapped
+    call): what the rules' results are checked against, as ``jax.custom_vjp``
+    checks its ``bwd``.
+    """
+
+    def __init__(self, f: custom_ivjp, in_tree, out_tree, in_avals, traced_consts, in_axes=None):
         self.f, self.in_tree, self.out_tree = f, in_tree, out_tree
-        self.num_args, self.traced_consts = num_args, traced_consts
+        self.in_avals, self.traced_consts = tuple(in_avals), traced_consts
         self.in_axes = in_axes  # set on a batched copy: the args' batch axes
+
+    @property
+    def num_args(self) -> int:
+        return len(self.in_avals)
 
     @property
     def has_rule(self) -> bool:
         return self.f.ivjp is not None or self.f.inverse is not None
+
+    def _unbatched(self) -> "_Rule":
+        return _Rule(self.f, self.in_tree, self.out_tree, self.in_avals, self.traced_consts)
 
     def _ys(self, outvals):
         return tree_unflatten(self.out_tree, list(outvals))
@@ -163,23 +202,21 @@ class _Rule:
         ys = self._ys(outvals)
         with _stale_tracers_are_rule_errors(f"inverse of `{self.f.__name__}`"):
             got = self.f.inverse(*ys) if isinstance(ys, tuple) else self.f.inverse(ys)
-        xs = (got,) if len(self.in_tree.children()) == 1 else tuple(got)
-        flat, tree = tree_flatten(xs)
-        if tree != self.in_tree:
-            raise RuleError(f"the inverse of {self.f.__name__} returned structure {tree}, expected {self.in_tree}")
-        return [a if a is not None else x for a, x in zip(args, flat)]
+        xs = (got,) if len(self.in_tree.children()) == 1 else got
+        check = _Check(self, f"the inverse {_describe(self.f.inverse)} of `{self.f.__name__}`")
+        return check.inputs(check.per_argument(xs, "its inputs (one value per argument)"), args)
 
     def ivjp(self, args, outvals, cts) -> tuple[list, list]:
         if self.in_axes is not None:
             raise NotInvertibleError("a vmapped custom_ivjp with a fused ivjp is evaluated through its inverse")
         xs = tree_unflatten(self.in_tree, list(args))
         with _stale_tracers_are_rule_errors(f"ivjp of `{self.f.__name__}`"):
-            got_xs, got_cts = self.f.ivjp(xs, self._ys(outvals), tree_unflatten(self.out_tree, list(cts)))
-        flat_xs, tree = tree_flatten(tuple(got_xs))
-        flat_cts, ct_tree = tree_flatten(tuple(got_cts), is_leaf=lambda c: c is None)
-        if tree != self.in_tree or len(flat_cts) != self.num_args:
-            raise RuleError(f"the ivjp of {self.f.__name__} must return (xs, cts_xs) shaped like the "
-                            f"arguments {self.in_tree}; got {tree} and {ct_tree}")
+            got = self.f.ivjp(xs, self._ys(outvals), tree_unflatten(self.out_tree, list(cts)))
+        check = _Check(self, f"the ivjp {_describe(self.f.ivjp)} of `{self.f.__name__}`")
+        if not (isinstance(got, (tuple, list)) and len(got) == 2):
+            raise RuleError(f"{check.rule} must return a pair (xs, cts), got {type(got).__name__}")
+        flat_xs = check.inputs(check.per_argument(got[0], "xs"), args)
+        flat_cts = check.cotangents(check.per_argument(got[1], "cts"))
         return flat_xs, flat_cts
 
     def ildj(self, outvals):
@@ -187,18 +224,98 @@ class _Rule:
         if self.f.ildj is None:
             return None
         if self.in_axes is not None:
-            unbatched = _Rule(self.f, self.in_tree, self.out_tree, self.num_args, self.traced_consts)
-            return jnp.sum(jax.vmap(unbatched.ildj)(list(outvals)))
+            return jnp.sum(jax.vmap(self._unbatched().ildj)(list(outvals)))
         ys = self._ys(outvals)
         with _stale_tracers_are_rule_errors(f"ildj of `{self.f.__name__}`"):
-            return self.f.ildj(*ys) if isinstance(ys, tuple) else self.f.ildj(ys)
+            got = self.f.ildj(*ys) if isinstance(ys, tuple) else self.f.ildj(ys)
+        if jnp.shape(got) != ():
+            raise RuleError(f"the ildj {_describe(self.f.ildj)} of `{self.f.__name__}` returned shape "
+                            f"{jnp.shape(got)}; it must return a scalar (the log-det summed over all elements)")
+        return got
 
     def _batched_inverse(self, args, outvals):
         """The inverse of a vmapped call: the user's inverse under vmap."""
         axes = [ax if a is not None else None for a, ax in zip(args, self.in_axes)]
-        unbatched = _Rule(self.f, self.in_tree, self.out_tree, self.num_args, self.traced_consts)
-        xs = jax.vmap(unbatched.inverse, in_axes=(axes, 0))(list(args), list(outvals))
+        xs = jax.vmap(self._unbatched().inverse, in_axes=(axes, 0))(list(args), list(outvals))
         return [x if ax == 0 else x[0] for x, ax in zip(xs, self.in_axes)]
+
+
+class _Check:
+    """Checks what a user's rule returned against the function's arguments."""
+
+    def __init__(self, rule: _Rule, name: str):
+        self.r, self.rule = rule, name
+
+    def arg(self, i: int) -> str:
+        """``input 1 (`x2`)``, ``input 0['w'] (`params`)``: flat argument ``i``, for messages."""
+        dummy = tree_unflatten(self.r.in_tree, [0] * self.r.num_args)
+        path = jax.tree_util.tree_flatten_with_path(dummy)[0][i][0]
+        try:
+            params = [p.name for p in inspect.signature(self.r.f.fun).parameters.values()
+                      if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+        except (TypeError, ValueError):
+            params = []
+        pos = path[0].idx
+        return f"input {pos}{jax.tree_util.keystr(path[1:])}" + (f" (`{params[pos]}`)" if pos < len(params) else "")
+
+    def per_argument(self, got, what: str) -> list:
+        """``got``, a tuple with one entry per argument (None standing for a whole
+        argument), as one value or None per flat argument."""
+        leaves: list = [None] * self.r.num_args
+        dummy = tree_unflatten(self.r.in_tree, list(range(self.r.num_args)))
+
+        def put(x, i):
+            if x is not None:
+                if not isinstance(i, int):
+                    raise ValueError
+                leaves[i] = x
+
+        try:
+            if not isinstance(got, (tuple, list)):
+                raise ValueError
+            jax.tree_util.tree_map(put, tuple(got), dummy, is_leaf=lambda x: x is None)
+        except ValueError:
+            raise RuleError(f"{self.rule} returned {what} structured as "
+                            f"{jax.tree_util.tree_structure(got, is_leaf=lambda x: x is None)}; they must be "
+                            f"structured like the arguments {self.r.in_tree}") from None
+        return leaves
+
+    def inputs(self, xs: list, given: list) -> list:
+        """The rebuilt inputs, each checked; the given inputs where given."""
+        for i, (x, a) in enumerate(zip(xs, given)):
+            if x is None and a is None:
+                raise RuleError(f"{self.rule} returned None for {self.arg(i)}, which jaxinv asked it to "
+                                "rebuild: return it, or raise jaxinv.NotInvertibleError when it cannot be "
+                                "rebuilt from the inputs given (jaxinv then saves it)")
+            if x is not None:
+                xs[i] = self.typed(x, i, "an input")
+        return [x if a is None else a for x, a in zip(xs, given)]
+
+    def cotangents(self, cts: list) -> list:
+        """The input cotangents, each checked (None: zero; float0 for integers)."""
+        return [ct if ct is None else self.typed(ct, i, "a cotangent") for i, ct in enumerate(cts)]
+
+    def typed(self, x, i: int, kind: str):
+        """``x`` as argument ``i``'s type, or RuleError: the same shape; the same
+        dtype, or a Python scalar that converts to it, or (a cotangent of an
+        integer argument) float0."""
+        want = self.r.in_avals[i]
+        try:
+            got = jax.typeof(x)
+        except TypeError:
+            raise RuleError(f"{self.rule} returned {kind} of type {type(x).__name__} for {self.arg(i)}") from None
+        if tuple(got.shape) != tuple(want.shape):
+            raise RuleError(f"{self.rule} returned {kind} of shape {tuple(got.shape)} for {self.arg(i)} "
+                            f"of shape {tuple(want.shape)}")
+        if got.dtype == want.dtype or (kind == "a cotangent" and got.dtype == jax.dtypes.float0
+                                       and not jnp.issubdtype(want.dtype, jnp.inexact)):
+            return x
+        if got.weak_type and jnp.result_type(x, want.dtype) == want.dtype:
+            return jnp.asarray(x, want.dtype)
+        hint = " (an integer input's cotangent is None or float0)" if (
+            kind == "a cotangent" and not jnp.issubdtype(want.dtype, jnp.inexact)) else ""
+        raise RuleError(f"{self.rule} returned {kind} of dtype {got.dtype} for {self.arg(i)} "
+                        f"of dtype {want.dtype}{hint}")
 
 
 # ---- the primitive outside jaxinv: the plain function
@@ -227,7 +344,9 @@ def _batch(args, dims, *, body, num_consts, rule):
     in_axes = [None if d is None else 0 for d in dims]
     specs = [jax.ShapeDtypeStruct(a.shape, a.dtype) for a in args]
     bbody = jax.make_jaxpr(jax.vmap(lambda *a: _eval_body(body, *a), in_axes=in_axes))(*specs)
-    brule = _Rule(rule.f, rule.in_tree, rule.out_tree, rule.num_args, rule.traced_consts,
+    per_example = [jax.ShapeDtypeStruct(a.shape[1:] if d is not None else a.shape, a.dtype)
+                   for a, d in zip(args[num_consts:], dims[num_consts:])]
+    brule = _Rule(rule.f, rule.in_tree, rule.out_tree, per_example, rule.traced_consts,
                   in_axes=tuple(in_axes[num_consts:]))
     outs = custom_ivjp_call_p.bind(*args, body=_closure_converted(bbody), num_consts=num_consts, rule=brule)
     return outs, [0] * len(outs)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
-from typing import Callable
+from typing import Callable, Sequence
 
 from jax.extend.core import Var
 
@@ -37,6 +37,15 @@ class Explanation:
     # invertible): it stores one value per iteration while the backward pass
     # runs, temporary memory that ``saved_bytes`` does not count.
     loops_differentiated_by_jax: int = 0
+    # The part of ``saved_bytes`` that is the function's own inputs (its
+    # parameters): referenced, not copied, so no new memory.
+    saved_input_bytes: int = 0
+
+    @property
+    def saved_activation_bytes(self) -> int:
+        """Bytes of intermediate values the forward pass keeps: what grows
+        with depth when a network is not rebuilt from its outputs."""
+        return self.saved_bytes - self.saved_input_bytes
 
     def __str__(self) -> str:
         head = ("#", "primitive", "source line", "values in the backward pass", "saved bytes")
@@ -66,21 +75,32 @@ def _fate(plan, v) -> tuple[str, str]:
         return "reconstructed", f"by inverting `{eqn_name(e)}` at {source_line(e)}"
     if src.kind == "recompute":
         return "recomputed", ""
+    if src.kind == "assemble":
+        steps = dict.fromkeys(plan.pieces[k].eqn for k in src.pieces)
+        names = ", ".join(f"`{eqn_name(plan.jaxpr.eqns[i])}` at {source_line(plan.jaxpr.eqns[i])}" for i in steps)
+        return "reconstructed", f"assembled from its pieces, known through {names}"
     if src.kind == "saved":
         return "saved", plan.reasons.get(v, "")
     return {"input": "closure value", "const": "constant"}.get(src.kind, src.kind), ""
 
 
-def explain(f: Callable, *args) -> Explanation:
+def explain(f: Callable, *args, argnums: int | Sequence[int] | None = None) -> Explanation:
     """Report, equation by equation with the user's source line, which values
     the backward pass reconstructs, recomputes or saves, and the bytes saved.
+
+    By default every argument is differentiated (the plan of
+    ``jaxinv.vjp(f, *args)``); ``argnums`` explains ``jaxinv.grad(f,
+    argnums)`` instead, where the other arguments are given values.
 
     Example::
 
         report = jaxinv.explain(revnet, params, x)
         print(report)            # a table
         report.saved_bytes       # e.g. 0 for a fully invertible network
+        jaxinv.explain(loss, params, x, argnums=0)   # what jaxinv.grad(loss) does
     """
+    if argnums is not None:
+        f, args = _differentiating(f, args, argnums)
     t = trace(f, args)
     plan = t.plan
     rows = []
@@ -103,4 +123,20 @@ def explain(f: Callable, *args) -> Explanation:
     outs = {v for v in plan.jaxpr.outvars if isinstance(v, Var)}
     return Explanation(rows, sum(nbytes(v.aval) for v in plan.saved),
                        sum(nbytes(v.aval) for v in outs),
-                       sum(nbytes(v.aval) for v in plan.jaxpr.invars[:t.num_consts]), by_jax)
+                       sum(nbytes(v.aval) for v in plan.jaxpr.invars[:t.num_consts]), by_jax,
+                       sum(r.saved_bytes for r in rows if r.index is None))
+
+
+def _differentiating(f: Callable, args: tuple, argnums) -> tuple[Callable, tuple]:
+    """``f`` as a function of ``args[argnums]`` alone, closing over the rest
+    (as ``jaxinv.grad`` does: the closed-over values are given)."""
+    nums = (argnums,) if isinstance(argnums, int) else tuple(argnums)
+    nums = tuple(a % len(args) for a in nums)
+
+    def g(*diff):
+        full = list(args)
+        for i, d in zip(nums, diff):
+            full[i] = d
+        return f(*full)
+
+    return g, tuple(args[i] for i in nums)

@@ -20,7 +20,6 @@ from jax.extend import source_info_util
 from jax.extend.core import ClosedJaxpr, Jaxpr, Literal, Primitive
 from jax.extend.core import primitives as P
 
-from jaxinv.plan import hashable_params
 
 # prim -> fn(params) -> ClosedJaxpr | None: the body to inline, or None to keep
 # the equation whole.
@@ -45,6 +44,16 @@ register_inline(P.jit_p, lambda p: _closed(p["jaxpr"]))
 register_inline(P.closed_call_p, lambda p: _closed(p["call_jaxpr"]))
 register_inline(P.remat_p, lambda p: _closed(p["jaxpr"]))
 register_inline(P.call_p, lambda p: _closed(p["call_jaxpr"]))
+
+
+def hashable_params(params: dict):
+    """Equation params as a hashable key, or None if some param is unhashable."""
+    try:
+        key = tuple(sorted(params.items()))
+        hash(key)
+        return key
+    except TypeError:
+        return None
 
 
 def eval_eqn(eqn, invals, traceback=None) -> list:

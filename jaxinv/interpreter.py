@@ -22,7 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.extend.core import Literal, Var
 
-from jaxinv import registry
+from jaxinv import partial, registry
 from jaxinv.flatten import eval_eqn
 from jaxinv.plan import Plan, Source, eqn_name, hashable_params, source_line
 from jaxinv.registry import NotInvertibleError
@@ -64,6 +64,7 @@ def _last_use(plan: Plan) -> dict[int, list[Var]]:
 
 
 _HELD = Source("held")
+_REBUILT = ("invert", "recompute", "assemble")
 
 
 class _Sweep:
@@ -72,6 +73,7 @@ class _Sweep:
     def __init__(self, plan: Plan, inputs, residuals, outvals, *, track_ildj: bool = False):
         self.plan = plan
         self.ildj = [] if track_ildj else None  # log-det terms of the inversions, for jaxinv.ildj
+        self.ildj_pieces: set[int] = set()      # partial pieces already counted in it
         jaxpr = plan.jaxpr
         self.eqns = jaxpr.eqns
         self.env: dict[Var, Any] = dict(zip(jaxpr.constvars, plan.closed.consts))
@@ -89,8 +91,11 @@ class _Sweep:
         if v in self.env:
             return self.env[v]
         src = self.plan.sources.get(v)
-        if src is None or src.kind not in ("invert", "recompute"):
+        if src is None or src.kind not in _REBUILT:
             raise AssertionError(f"jaxinv internal error: no way to recover {v} ({src})")
+        if src.kind == "assemble":
+            self.env[v] = self.assemble(src.pieces)[v]
+            return self.env[v]
         e = self.eqns[src.eqn]
         if src.kind == "recompute":
             self.env.update(zip(e.outvars, eval_eqn(e, [self.value(u) for u in e.invars])))
@@ -110,6 +115,31 @@ class _Sweep:
                 return None
             return self.value(u)
         return [get(u) for u in e.outvars]
+
+    def assemble(self, pieces: Sequence[int]) -> dict:
+        """Replay partial-knowledge pieces in order: the partial values they build."""
+        partial_env: dict[Var, Any] = {}
+        for k in pieces:
+            piece = self.plan.pieces[k]
+            e = self.eqns[piece.eqn]
+
+            def get(u, piece=piece):
+                if isinstance(u, Literal):
+                    return u.val
+                if u in piece.full:
+                    return self.value(u)
+                return partial_env.get(u) if u in piece.partial else None
+
+            rule = lambda invals, outvals, e=e: call_rule(self.plan.table, e, invals, outvals)
+            x = partial.evaluate(piece, e, get, rule)
+            if self.ildj is not None and k not in self.ildj_pieces:
+                self.ildj_pieces.add(k)
+                if piece.kind == partial.PieceKind.ELEMENTWISE_BACKWARD:
+                    invals = [None if j == piece.position else get(u) for j, u in enumerate(e.invars)]
+                    self.ildj.append(eqn_ildj(self.plan.table, e, invals, [get(u) for u in e.outvars],
+                                              mask=piece.new))
+            partial_env[piece.var] = partial.merge(partial_env.get(piece.var), x, piece.mask)
+        return partial_env
 
     def invert(self, i: int, known: tuple[bool, ...]):
         self.solve(i, known, self.plan.table)
@@ -144,7 +174,7 @@ class _Sweep:
                     if ct is not None:
                         _accumulate(cts, v, ct)
             for v in e.outvars:  # the sweep has passed their definition
-                if plan.sources.get(v, _HELD).kind in ("invert", "recompute"):
+                if plan.sources.get(v, _HELD).kind in _REBUILT:
                     self.env.pop(v, None)
         return [cts.get(v) if v in plan.active else None for v in jaxpr.invars]
 
@@ -306,12 +336,17 @@ def _inexact(x) -> bool:
     return jnp.issubdtype(jnp.result_type(x), jnp.inexact)
 
 
-def eqn_ildj(table, e, invals, outvals):
+def eqn_ildj(table, e, invals, outvals, mask=None):
     """One inverted equation's term of ``log|det d(inputs)/d(outputs)|``: its
     ildj rule, or for an elementwise primitive ``sum(log|dx/dy|)`` by forward
-    mode through its inverse rule."""
+    mode through its inverse rule (over the elements in ``mask`` only, for a
+    partial inversion)."""
     prim = e.primitive
     try:
+        if mask is not None:
+            with registry.solving([v.aval for v in e.invars]), registry.proving(None):
+                return _elementwise_ildj(table.get(prim), e.params, [v.aval for v in e.invars], invals, outvals,
+                                         mask)
         return ildj_term(prim, e.params, [v.aval for v in e.invars], table.get(prim),
                          registry.ildj_rules.get(prim), prim in registry.elementwise_primitives, invals, outvals)
     except NotInvertibleError as err:
@@ -330,7 +365,7 @@ def ildj_term(prim, params, in_avals, inverse_rule, ildj_rule, elementwise: bool
     raise NotInvertibleError(f"no log-det (ildj) rule is registered for `{prim.name}`")
 
 
-def _elementwise_ildj(rule, params, in_avals, invals, outvals):
+def _elementwise_ildj(rule, params, in_avals, invals, outvals, mask=None):
     unknown = [j for j, x in enumerate(invals) if x is None]
     if len(unknown) != 1 or len(outvals) != 1:
         raise NotInvertibleError("an elementwise log-det needs one unknown input and one output")
@@ -346,4 +381,6 @@ def _elementwise_ildj(rule, params, in_avals, invals, outvals):
         return rule(invals, [y], **params)[u]
 
     _, dx = jax.jvp(solve, (y,), (jnp.ones_like(y),))
+    if mask is not None:  # a partial inversion: only the elements it taught
+        return jnp.sum(jnp.where(partial.compress(mask), jnp.log(jnp.abs(dx)), 0))
     return jnp.sum(jnp.log(jnp.abs(dx)))

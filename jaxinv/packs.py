@@ -41,7 +41,8 @@ from jaxinv.domains import Example
 from jaxinv.registry import InverseRule, IvjpRule, NotInvertibleError, input_avals
 
 ENTRY_POINT_GROUP = "jaxinv.rule_packs"
-KINDS = ("inverse", "ivjp", "principal", "ildj", "elementwise", "nonzero", "nonsingular", "not_invertible")
+KINDS = ("inverse", "ivjp", "principal", "ildj", "elementwise", "nonzero", "nonsingular", "not_invertible",
+         "saturates")
 
 
 class RulePackWarning(UserWarning):
@@ -65,6 +66,7 @@ class PackRule:
     nonzero: Callable[..., bool] | None = None
     nonsingular: bool = False
     not_invertible: str | None = None
+    saturates: str | None = None      # where the inverse loses precision (see registry.saturating)
     examples: list[Example] = dataclasses.field(default_factory=list)  # for inverse and ivjp
     principal_examples: list[Example] = dataclasses.field(default_factory=list)  # on the principal branch
     notes: str = ""
@@ -251,6 +253,19 @@ class RulePack:
         """
         self._set(prim, "not_invertible", reason)
 
+    def register_saturating(self, prim: Primitive, where: str) -> None:
+        """Declare that ``prim``'s inverse is ill-conditioned where its output
+        saturates (``where`` says how): the gradient path saves its input
+        rather than invert it, except in a loop body, where inverting is the
+        only way to keep memory flat (the zero-divisor policy's sibling, see
+        docs/design.md).
+
+        Example::
+
+            pack.register_saturating(lax.tanh_p, "tanh(x) rounds to ±1 for |x| > 9 in float32")
+        """
+        self._set(prim, "saturates", where)
+
     def declare_examples(self, prim: Primitive, *examples: Example) -> None:
         """Add examples (where the rules for ``prim`` must work) after registering.
 
@@ -263,7 +278,7 @@ class RulePack:
     # ---- one-line helpers, in the spirit of ad.defjvp
     def defunary(self, prim: Primitive, inverse: Callable, ct: Callable | None = None, *,
                  principal_branch: bool = False, examples: Example | Sequence[Example] = (),
-                 notes: str = "") -> None:
+                 notes: str = "", saturates: str | None = None) -> None:
         """One-line rules for an injective unary elementwise primitive ``y = prim(x)``.
 
         ``inverse(y, **params) -> x``; the optional fused ``ct(x, y, ct_y,
@@ -271,6 +286,8 @@ class RulePack:
         only the params they name. Also declares "nonzero iff the input is",
         unless a nonzero rule is registered first, and the primitive
         elementwise (its log-det for ``jaxinv.ildj`` is derived from ``inverse``).
+        ``saturates`` declares the inverse ill-conditioned where the output
+        saturates (see :meth:`register_saturating`).
 
         Example::
 
@@ -285,6 +302,8 @@ class RulePack:
         self.register_inverse(prim, inverse_rule, principal_branch=principal_branch, examples=examples,
                               notes=notes)
         self._set(prim, "elementwise", True)
+        if saturates is not None:
+            self.register_saturating(prim, saturates)
         if principal_branch:
             return
         if not self._entry(prim).provides("nonzero"):
@@ -393,7 +412,8 @@ def _table_set(kind: str, prim: Primitive, value: Any) -> None:
         return
     table = {"inverse": registry.inverse_rules, "ivjp": registry.ivjp_rules,
              "principal": registry.principal_inverse_rules, "ildj": registry.ildj_rules,
-             "nonzero": registry.nonzero_rules, "not_invertible": registry.not_invertible_reasons}[kind]
+             "nonzero": registry.nonzero_rules, "not_invertible": registry.not_invertible_reasons,
+             "saturates": registry.saturating}[kind]
     if value is None:
         table.pop(prim, None)
     else:

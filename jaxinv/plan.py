@@ -31,13 +31,17 @@ from jax.extend import source_info_util
 from jax.extend.core import ClosedJaxpr, DropVar, Literal, Var, jaxprs_in_params
 from jax.extend.core import primitives as P
 
-from jaxinv import registry
+from jaxinv import partial, registry
+from jaxinv.flatten import eval_eqn, hashable_params
 from jaxinv.markers import anchor_p
 from jaxinv.registry import NotInvertibleError
 
 # How far back (in equations) a chain computed only from inputs may reach for
 # its inputs to be saved in its place (a dropout mask: ~12 equations from its key).
 PARAMETER_CHAIN_LIMIT = 32
+
+# Constants up to this size are evaluated at plan time (masks, index arrays).
+CONCRETE_BYTES = 1 << 24
 
 # Primitives whose JAX VJP stores one value per iteration.
 _LOOPS = (P.scan_p, P.while_p)
@@ -48,12 +52,15 @@ class Source:
     """How a variable is known in the backward pass.
 
     ``kind``: "input" (given by the caller), "const", "output", "saved",
-    "recompute" (evaluate equation ``eqn``) or "invert" (solve equation ``eqn``
-    with the inputs in ``known`` given).
+    "recompute" (evaluate equation ``eqn``), "invert" (solve equation ``eqn``
+    with the inputs in ``known`` given) or "assemble" (replay the partial
+    knowledge steps ``Plan.pieces[k]`` for ``k`` in ``pieces``, see
+    :mod:`jaxinv.partial`).
     """
     kind: str
     eqn: int | None = None
     known: tuple[bool, ...] | None = None
+    pieces: tuple[int, ...] | None = None
 
 
 @dataclasses.dataclass(eq=False)
@@ -72,6 +79,8 @@ class Plan:
     # (a given x): equation -> the inputs treated as known. JAX's own VJP of a
     # loop would store every iteration's carry.
     fused: dict[int, tuple[bool, ...]] = dataclasses.field(default_factory=dict)
+    # Steps that teach elements of a value (jaxinv.partial), replayed by "assemble" sources.
+    pieces: list = dataclasses.field(default_factory=list)
 
     @property
     def jaxpr(self):
@@ -137,16 +146,6 @@ def _concrete_facts(value) -> frozenset:
     return frozenset(facts)
 
 
-def hashable_params(params: dict):
-    """Equation params as a hashable key, or None if some param is unhashable."""
-    try:
-        key = tuple(sorted(params.items()))
-        hash(key)
-        return key
-    except TypeError:
-        return None
-
-
 def _literal_key(v):
     if not isinstance(v, Literal) or np.ndim(v.val) != 0:
         return None
@@ -167,6 +166,9 @@ def probe(eqn, known: Sequence[bool], facts: Sequence[frozenset], table,
     prim = eqn.primitive
     rule = table.get(prim)
     if rule is None:
+        if prim in registry.saturating and prim in registry.inverse_rules:
+            return (f"`{prim.name}` is not inverted on the gradient path: its inverse loses precision where "
+                    f"the output saturates ({registry.saturating[prim]}), so its input is saved")
         if prim in registry.not_invertible_reasons:
             return f"`{prim.name}` is not invertible: {registry.not_invertible_reasons[prim]}"
         if prim in registry.principal_inverse_rules:
@@ -265,19 +267,35 @@ class _Planner:
         self.needed = self._needed_vars()
         self.missing = set(self.needed)  # needed and not yet known (kept by learn)
         self.facts = self._facts(input_values)
-        self.constant = self._constant_vars()
-        self.sources: dict[Var, Source] = {}
-        self.reasons: dict[Var, str] = {}
+        self.input_values = input_values
         # Known inputs (closure values, loop constants) are not seeded as known:
         # recomputing forward from them could rebuild a whole network from its
         # input instead of inverting from the outputs. They are "saved" for free
-        # when the planner needs them, like parameters.
+        # when the planner needs them, like parameters. Concrete index arrays
+        # and boolean masks are the exception: they are never the data, and
+        # they steer partial knowledge (jaxinv.partial) from the start.
         self.free = {v for v, k in zip(self.jaxpr.invars, self.known_inputs) if k}
+        self.seeded = {v for v in self.free if v in self._concrete_inputs and not is_float(v.aval)}
+        self.constant = self._constant_vars()
+        self.sources: dict[Var, Source] = {}
+        self.reasons: dict[Var, str] = {}
         self.freed: list[Var] = []
         self.saved: list[Var] = []
         self.anchored: set[Var] = set()  # inputs of jaxinv.anchor: kept, never pruned
         self.queue: deque = deque()
         self.touched: set[int] = set()  # live equations with something known
+        self._reset_partial()
+        self._selections: dict[int, Any] = {}
+        self._concrete: dict[Var, Any] = {}
+        self._concrete_facts: dict[Var, frozenset | None] = {}
+
+    def _reset_partial(self) -> None:
+        self.partial: dict[Var, np.ndarray] = {}   # masks of values known in part
+        self.pieces: list[partial.Piece] = []
+        self.var_pieces: dict[Var, list[int]] = defaultdict(list)
+        # partial values with elements learned from the outputs (not only a
+        # mask's constant zeros): data being rebuilt, never parameters
+        self.rebuilding: set[Var] = set()
 
     # ---- static analyses
     def _live_eqns(self) -> list[int]:
@@ -303,7 +321,7 @@ class _Planner:
 
     def _constant_vars(self) -> set[Var]:
         """Values computed from literals and constants alone (a broadcast zero)."""
-        const = set(self.jaxpr.constvars)
+        const = set(self.jaxpr.constvars) | self.seeded
         for e in self.eqns:
             if all(isinstance(v, Literal) or v in const for v in e.invars):
                 const.update(e.outvars)
@@ -336,10 +354,18 @@ class _Planner:
         return facts
 
     def fact_of(self, v) -> frozenset:
-        proven = _concrete_facts(v.val) if isinstance(v, Literal) else self.facts[v]
-        if self.assume_nonzero:
-            return proven | {"nonzero", "nonsingular"}
-        return proven
+        if isinstance(v, Literal):
+            return _concrete_facts(v.val)
+        if v not in self._concrete_facts:
+            value = self.concrete(v) if v in self.producer else None
+            # A constant's facts are what its value shows (a 0/1 mask is not
+            # nonzero, even for jaxinv.inverse, which assumes the rest is).
+            self._concrete_facts[v] = None if value is None else self.facts[v] | _concrete_facts(value)
+        if self._concrete_facts[v] is not None:
+            return self._concrete_facts[v]
+        if self.assume_nonzero and v not in self._concrete_inputs:
+            return self.facts[v] | {"nonzero", "nonsingular"}
+        return self.facts[v]
 
     # ---- propagation
     def known(self, v) -> bool:
@@ -349,6 +375,7 @@ class _Planner:
         if isinstance(v, Literal) or v in self.sources:
             return
         self.sources[v] = source
+        self.partial.pop(v, None)
         self.missing.discard(v)
         self.queue.append(v)
         self.touched.update(i for i in self.users.get(v, ()) if i in self.live_set)
@@ -393,18 +420,167 @@ class _Planner:
             for i in self.users.get(v, ()):
                 self.try_recompute(i)
                 self.try_invert(i)
+                self.spread(i)
             if v in self.producer:
                 self.try_invert(self.producer[v])
+                self.spread(self.producer[v])
+
+    # ---- partial knowledge (jaxinv.partial)
+    def concrete(self, v):
+        """``v``'s value at plan time if it is a constant (a literal, a
+        concrete closure value, or computed from those alone), else None."""
+        if isinstance(v, Literal):
+            return v.val
+        if v in self._concrete:
+            return self._concrete[v]
+        self._concrete[v] = None  # (no cycles in a jaxpr; guards re-entry)
+        value = None
+        if v in self._concrete_inputs:
+            value = self._concrete_inputs[v]
+        elif v in self.producer:
+            e = self.eqns[self.producer[v]]
+            if (not e.effects and not any(True for _ in jaxprs_in_params(e.params))
+                    and sum(nbytes(u.aval) for u in e.outvars) <= CONCRETE_BYTES):
+                ins = [self.concrete(u) for u in e.invars]
+                if all(x is not None for x in ins):
+                    try:
+                        with jax.ensure_compile_time_eval():
+                            outs = eval_eqn(e, ins)
+                        for u, x in zip(e.outvars, outs):
+                            self._concrete[u] = np.asarray(x)
+                        return self._concrete[v]
+                    except Exception:
+                        value = None
+        self._concrete[v] = value
+        return value
+
+    @functools.cached_property
+    def _concrete_inputs(self) -> dict[Var, Any]:
+        values = dict(zip(self.jaxpr.constvars, self.closed.consts))
+        if self.input_values is not None:
+            values.update((v, c) for v, c, k in zip(self.jaxpr.invars, self.input_values, self.known_inputs)
+                          if k and c is not None)
+        out = {}
+        for v, c in values.items():
+            try:
+                out[v] = np.asarray(c)
+            except Exception:  # a tracer: not a constant
+                continue
+        return out
+
+    def mask_of(self, v):
+        """What is known of ``v``: ``np.True_`` (all), a mask, or None (nothing)."""
+        if self.known(v):
+            return np.True_
+        return self.partial.get(v)
+
+    def selection(self, i: int):
+        if i not in self._selections:
+            self._selections[i] = partial.selection(self.eqns[i], self.concrete)
+        return self._selections[i]
+
+    def spread(self, i: int) -> None:
+        """Move partial knowledge through equation ``i`` (see jaxinv.partial)."""
+        if i not in self.live_set:
+            return
+        e = self.eqns[i]
+        values = [v for v in (*e.invars, *e.outvars) if isinstance(v, Var)]
+        if all(map(self.known, values)):
+            return
+        if e.primitive in partial.SELECTION_PRIMITIVES:
+            sel = self.selection(i)
+            if sel is not None:
+                self._spread_selection(i, e, sel)
+                return
+        if (len(e.outvars) == 1 and partial.is_elementwise(e.primitive, registry.elementwise_primitives)
+                and any(v in self.partial for v in values)):
+            self._spread_elementwise(i, e)
+
+    def _spread_selection(self, i, e, sel) -> None:
+        if not all(map(self.known, e.outvars)):
+            outs = sel.forward_masks([self.mask_of(e.invars[j]) for j in sel.data])
+            for pos, (v, m) in enumerate(zip(e.outvars, outs)):
+                self.add_piece(v, i, partial.PieceKind.SELECT_FORWARD, m, position=pos, selection=sel)
+        out_masks = [self.mask_of(v) for v in e.outvars]
+        if any(m is not None for m in out_masks) and not all(self.known(e.invars[j]) for j in sel.data):
+            weights = tuple(sel.representatives(out_masks))
+            for j, m in zip(sel.data, sel.backward_masks(out_masks)):
+                self.add_piece(e.invars[j], i, partial.PieceKind.SELECT_BACKWARD, m, position=j,
+                               weights=weights, selection=sel)
+
+    def _spread_elementwise(self, i, e) -> None:
+        (y,) = e.outvars
+        shape = tuple(y.aval.shape)
+        full = lambda m: np.broadcast_to(m, shape)
+        in_masks = [np.True_ if isinstance(v, Literal) else self.mask_of(v) for v in e.invars]
+        if not self.known(y) and all(m is not None for m in in_masks):
+            self.add_piece(y, i, partial.PieceKind.ELEMENTWISE_FORWARD,
+                           np.logical_and.reduce([full(m) for m in in_masks]), position=0)
+        out_mask = self.mask_of(y)
+        if out_mask is None or e.primitive not in self.table or e.primitive not in registry.elementwise_primitives:
+            return
+        for j, u in enumerate(e.invars):
+            if isinstance(u, Literal) or self.known(u) or tuple(u.aval.shape) != shape:
+                continue
+            others = [m for k, m in enumerate(in_masks) if k != j]
+            if any(m is None for m in others):
+                continue
+            known = tuple(k != j for k in range(len(e.invars)))
+            if probe(e, known, [self.fact_of(v) for v in e.invars], self.table,
+                     out_facts=[self.fact_of(v) for v in e.outvars]) is not None:
+                continue
+            self.add_piece(u, i, partial.PieceKind.ELEMENTWISE_BACKWARD,
+                           np.logical_and.reduce([full(m) for m in (out_mask, *others)]), position=j)
+
+    def add_piece(self, v, i: int, kind: str, mask, **fields) -> None:
+        """Record that equation ``i`` teaches the elements ``mask`` of ``v``."""
+        if isinstance(v, Literal) or self.known(v) or not is_float(v.aval) or not mask.any():
+            return
+        old = self.partial.get(v)
+        new = mask if old is None else (mask & ~old)
+        if not new.any():
+            return
+        e = self.eqns[i]
+        others = {u for u in (*e.invars, *e.outvars) if isinstance(u, Var) and u is not v}
+        self.var_pieces[v].append(len(self.pieces))
+        self.pieces.append(partial.Piece(v, i, kind, np.asarray(mask), new,
+                                         frozenset(u for u in others if self.known(u)),
+                                         frozenset(u for u in others if u in self.partial), **fields))
+        if kind in (partial.PieceKind.SELECT_BACKWARD, partial.PieceKind.ELEMENTWISE_BACKWARD) or (
+                not self.rebuilding.isdisjoint(self.pieces[-1].partial)):
+            self.rebuilding.add(v)
+        union = mask if old is None else (old | mask)
+        if union.all():
+            self.learn(v, Source("assemble", pieces=self.pieces_needed(v)))
+        else:
+            self.partial[v] = union
+            self.queue.append(v)
+            self.touched.update(k for k in self.users.get(v, ()) if k in self.live_set)
+
+    def pieces_needed(self, v) -> tuple[int, ...]:
+        """The pieces to replay, in order, to build ``v``: its own, and those
+        of the partial values they read (each as it was when read)."""
+        need: set[int] = set()
+        stack = [(v, len(self.pieces))]
+        while stack:
+            w, before = stack.pop()
+            for k in self.var_pieces[w]:
+                if k < before and k not in need:
+                    need.add(k)
+                    stack.extend((u, k) for u in self.pieces[k].partial)
+        return tuple(sorted(need))
 
     def start(self) -> None:
         for v in self.jaxpr.constvars:
             self.learn(v, Source("const"))
-        for v in self.freed:
+        for v in (*self.seeded, *self.freed):
             self.learn(v, Source("input"))
         for v in self.jaxpr.outvars:
             self.learn(v, Source("output"))
         for i in self.live:
             self.try_recompute(i)
+            if self.eqns[i].primitive is P.mul_p:  # by a constant 0/1 mask: its zeros are known
+                self.spread(i)
 
     def unknown(self) -> list[Var]:
         return [v for v in self.needed if v not in self.sources]
@@ -423,22 +599,35 @@ class _Planner:
         self.reasons[v] = reason
         self.learn(v, Source("saved"))
 
-    def parameter_roots(self, v: Var) -> set[Var] | None:
+    def save_found(self, found: dict[Var, str]) -> None:
+        """Save the parameters found; closure values alone first when there
+        are any (they cost nothing, and knowing them may make the others
+        reachable: a weight freed lets the next block be inverted)."""
+        free = {v: why for v, why in found.items() if v in self.free}
+        for v, why in (free or found).items():
+            self.save(v, why)
+
+    def parameter_roots(self, v: Var, given_join: bool = False) -> set[Var] | None:
         """The unknown function inputs ``v`` is computed from, if it is a
         *parameter*: computed (within PARAMETER_CHAIN_LIMIT equations, plus known
         values and given integer arrays, see ``_index_roots``) from one input
         alone, or from given inputs only.
         ``W / |W|``, ``2b + b`` and ``P @ L @ U`` with a constant permutation
-        ``P`` are parameters; ``x @ W`` joins two inputs: data."""
+        ``P`` are parameters; ``x @ W`` joins two inputs: data. With
+        ``given_join`` (for a value already known to be a loop's weight), a
+        join of one input with given values (``W0 * scale``) is a parameter."""
         roots, seen, stack, steps = set(), set(), [v], 0
         while stack:
             u = stack.pop()
             if u in seen or self.known(u):
                 continue
+            if u in self.rebuilding:  # being rebuilt piece by piece from the outputs: data
+                return None
             seen.add(u)
             if u in self.invars:
                 roots.add(u)
-                if len(roots - self._index_roots) > 1 and not roots <= self.free:
+                ignored = self._index_roots | self.free if given_join else self._index_roots
+                if len(roots - ignored) > 1 and not roots <= self.free:
                     return None
                 continue
             steps += 1
@@ -522,10 +711,14 @@ class _Planner:
                     for v in dead:
                         self.save(v, "an unread output, needed to invert its equation")
                     return True
-        # 2a. parameters next to the known region (recompute unblocking)
+        # 2a. parameters next to the known region (recompute unblocking); a
+        # concatenate or a pad joining a known piece to an unknown one
+        # assembles data (its other pieces), it does not consume a parameter
         found = {}
         for i in pending:
             e = self.eqns[i]
+            if e.primitive is not P.mul_p and self.selection(i) is not None:
+                continue
             ins = [v for v in e.invars if isinstance(v, Var)]
             if not any(self.known(v) and self.sources[v].kind not in ("input", "const")
                        and v not in self.constant for v in ins) or all(map(self.known, e.outvars)):
@@ -536,8 +729,7 @@ class _Planner:
                     for v in r:
                         found.setdefault(v, f"a parameter of `{eqn_name(e)}` at {source_line(e)}")
         if found:
-            for v, why in found.items():
-                self.save(v, why)
+            self.save_found(found)
             return True
         # 2b. parameters whose knowledge lets an equation be inverted
         for i in pending:
@@ -573,9 +765,32 @@ class _Planner:
                     for v in dead:
                         found.setdefault(v, "an unread output, needed to invert its equation")
                     break
+        # 2d. a loop whose constants or scanned-over values (its weights,
+        # however computed) are unknown: knowing them rebuilds the carry, and
+        # costs no more than stage 3, which would save them with the carry.
+        if not found:
+            for i in pending:
+                e = self.eqns[i]
+                if e.primitive not in _LOOPS or not self.outputs_ready(e):
+                    continue
+                n_consts = _loop_consts(e)
+                n_carry = e.params["num_carry"] if e.primitive is P.scan_p else len(e.invars) - n_consts
+                weights = [j for j, v in enumerate(e.invars)
+                           if not (n_consts <= j < n_consts + n_carry) and not self.known(v)]
+                if not weights:
+                    continue
+                dead = self.unlocks(e, tuple(self.known(v) or j in weights for j, v in enumerate(e.invars)))
+                if dead is None:
+                    continue
+                why = f"a constant or scanned-over value of the loop `{eqn_name(e)}` at {source_line(e)}"
+                for j in weights:
+                    for v in (self.parameter_roots(e.invars[j], given_join=True) or [e.invars[j]]):
+                        found.setdefault(v, why)
+                for v in dead:
+                    found.setdefault(v, "an unread output, needed to invert its equation")
+                break
         if found:
-            for v, why in found.items():
-                self.save(v, why)
+            self.save_found(found)
             return True
         # 3. the last stuck equation's unknown inputs
         frontier = [i for i in pending if self.outputs_ready(self.eqns[i])]
@@ -610,6 +825,7 @@ class _Planner:
             trial = _Planner.__new__(_Planner)
             trial.__dict__.update(self.__dict__)
             trial.sources, trial.queue, trial.touched = {}, deque(), set()
+            trial._reset_partial()
             trial.missing = set(self.needed)
             trial.saved = [s for s in self.saved if s is not v]
             trial.start()
@@ -620,6 +836,8 @@ class _Planner:
             if not trial.unknown() and self._locally_rebuilt(trial.sources, v):
                 self.saved = trial.saved
                 self.sources = trial.sources
+                self.partial, self.pieces, self.var_pieces = trial.partial, trial.pieces, trial.var_pieces
+                self.rebuilding = trial.rebuilding
                 self.reasons.pop(v, None)
 
     def _locally_rebuilt(self, sources, v) -> bool:
@@ -627,7 +845,7 @@ class _Planner:
         # themselves recomputed: pruning must not turn a saved activation into
         # a recomputation of the whole network from its input.
         src = sources[v]
-        if src.kind == "invert":
+        if src.kind in ("invert", "assemble"):
             return True
         e = self.eqns[src.eqn]
         if any(True for _ in jaxprs_in_params(e.params)):
@@ -650,7 +868,7 @@ class _Planner:
         active = self._active()
         return Plan(self.closed, self.known_inputs, self.sources, self.saved,
                     {v: self.reasons[v] for v in self.saved}, self.table, active, self.live,
-                    self._fused_loops(active))
+                    self._fused_loops(active), self.pieces)
 
     def _fused_loops(self, active: set[Var]) -> dict[int, tuple[bool, ...]]:
         """Loops whose gradient must not come from JAX's own VJP.
@@ -666,13 +884,18 @@ class _Planner:
                 continue
             if not any(isinstance(v, Var) and v in active for v in e.invars):
                 continue
-            rebuild = [isinstance(v, Var) and is_float(v.aval) and v not in self.constant
-                       and self.sources[v].kind in ("input", "recompute") for v in e.invars]
-            if not any(rebuild):
-                continue
-            known = tuple(not r for r in rebuild)
-            if self.probe_now(e, known) is None:
-                fused[i] = known
+            # The loop's constants and scanned-over weights (however transformed
+            # before the loop: a cast, a normalisation) are given; its carry is
+            # rebuilt, and the scanned-over values too if they must be.
+            n_consts = _loop_consts(e)
+            n_carry = e.params["num_carry"] if e.primitive is P.scan_p else len(e.invars) - n_consts
+            given = [not (j >= n_consts and isinstance(v, Var) and is_float(v.aval) and v not in self.constant
+                          and self.sources[v].kind in ("input", "recompute")) for j, v in enumerate(e.invars)]
+            carry_only = tuple(g or j >= n_consts + n_carry for j, g in enumerate(given))
+            for known in dict.fromkeys((carry_only, tuple(given))):
+                if not all(known) and self.probe_now(e, known) is None:
+                    fused[i] = known
+                    break
         return fused
 
     def _active(self) -> set[Var]:
@@ -682,6 +905,13 @@ class _Planner:
             if any(isinstance(v, Var) and v in active for v in e.invars):
                 active.update(v for v in e.outvars if is_float(v.aval))
         return active
+
+
+def _loop_consts(e) -> int:
+    """How many leading inputs of a loop equation are its constants."""
+    if e.primitive is P.scan_p:
+        return e.params["num_consts"]
+    return e.params.get("cond_nconsts", 0) + e.params.get("body_nconsts", 0)
 
 
 def loop_differentiated_by_jax(plan: Plan, i: int) -> bool:
@@ -724,6 +954,60 @@ def make_plan(closed: ClosedJaxpr, known_inputs: Sequence[bool], *, input_values
         plan = make_plan(jax.make_jaxpr(f)(x), [False])
         plan.saved   # what the forward pass keeps
     """
-    table = registry.inverse_table(principal_branch)
+    # The gradient path outside loop bodies (where saving is allowed) never
+    # inverts a saturating map: a NaN gradient is worse than one saved value.
+    table = registry.inverse_table(principal_branch, well_conditioned=allow_saving)
+    closed = _fold_loop_constants(closed, known_inputs, input_values)
     return _Planner(closed, known_inputs, input_values, table, allow_saving,
                     assume_nonzero=principal_branch).run()
+
+
+def _fold_loop_constants(closed: ClosedJaxpr, known_inputs, input_values) -> ClosedJaxpr:
+    """Move a scan's constant operands that are concrete masks or index arrays
+    (a permutation or a 0/1 mask the body closes over) into the body as its
+    own constants, so that the body's plan sees their values (partial
+    knowledge needs them: ``x[:, perm]`` inverts only for a known ``perm``)."""
+    values: dict[Var, Any] = dict(zip(closed.jaxpr.constvars, closed.consts))
+    if input_values is not None:
+        values.update((v, c) for v, c, k in zip(closed.jaxpr.invars, input_values, known_inputs)
+                      if k and c is not None)
+
+    def steering(v):
+        if isinstance(v, Literal):
+            return None
+        try:
+            c = np.asarray(values[v])
+        except Exception:  # absent, or a tracer
+            return None
+        return c if (not is_float(v.aval) or partial.is_mask(c)) else None
+
+    eqns, changed = [], False
+    for e in closed.jaxpr.eqns:
+        if e.primitive is P.scan_p:
+            fold = {j: c for j in range(e.params["num_consts"]) if (c := steering(e.invars[j])) is not None}
+            if fold:
+                e = _scan_with_constants(e, fold)
+                changed = True
+        eqns.append(e)
+    return ClosedJaxpr(closed.jaxpr.replace(eqns=eqns), closed.consts) if changed else closed
+
+
+def _debug_info_keeping(jaxpr, keep):
+    info = jaxpr.debug_info
+    if info is None or getattr(info, "arg_names", None) is None or len(info.arg_names) != len(jaxpr.invars):
+        return info
+    return info._replace(arg_names=tuple(info.arg_names[j] for j in keep))
+
+
+def _scan_with_constants(e, fold: dict[int, Any]):
+    body = e.params["jaxpr"]
+    inner = body.jaxpr
+    keep = [j for j in range(len(inner.invars)) if j not in fold]
+    new_body = ClosedJaxpr(
+        inner.replace(constvars=[*inner.constvars, *(inner.invars[j] for j in fold)],
+                      invars=[inner.invars[j] for j in keep], debug_info=_debug_info_keeping(inner, keep)),
+        [*body.consts, *fold.values()])
+    params = dict(e.params, jaxpr=new_body, num_consts=e.params["num_consts"] - len(fold))
+    if "linear" in params:
+        params["linear"] = tuple(params["linear"][j] for j in keep)
+    return e.replace(invars=[e.invars[j] for j in keep], params=params)

@@ -57,6 +57,11 @@ nonzero_rules: dict[Primitive, Callable[..., bool]] = {}
 nonsingular_primitives: set[Primitive] = set()
 # Primitives documented as not invertible, with the reason (reduce_precision).
 not_invertible_reasons: dict[Primitive, str] = {}
+# Primitives whose inverse is ill-conditioned where the output saturates
+# (atanh(tanh(20.0)) = atanh(1.0) = inf in float32), with where that happens.
+# The gradient path saves their input instead of inverting them (the
+# conditioning policy, docs/design.md); loop bodies and jaxinv.inverse do invert.
+saturating: dict[Primitive, str] = {}
 
 
 class NotInvertibleError(ValueError):
@@ -212,7 +217,7 @@ def proving(facts: dict[int, frozenset]):
 
 # Planner's cache of probe results; cleared whenever a rule is (re)registered.
 _probe_cache: dict[Any, Any] = {}
-_merged_tables: dict[bool, dict] = {}
+_merged_tables: dict[Any, dict] = {}
 
 
 def tables_changed() -> None:
@@ -221,9 +226,14 @@ def tables_changed() -> None:
     _merged_tables.clear()
 
 
-def inverse_table(principal_branch: bool = False) -> dict:
+def inverse_table(principal_branch: bool = False, well_conditioned: bool = False) -> dict:
     """The inverse rules the planner may use: with ``principal_branch=True``
-    (``jaxinv.inverse`` only) the principal-branch rules are added."""
+    (``jaxinv.inverse`` only) the principal-branch rules are added; with
+    ``well_conditioned=True`` (the gradient path) the saturating ones are left out."""
+    if well_conditioned and not principal_branch:
+        if "conditioned" not in _merged_tables:
+            _merged_tables["conditioned"] = {p: r for p, r in inverse_rules.items() if p not in saturating}
+        return _merged_tables["conditioned"]
     if not principal_branch:
         return inverse_rules
     if True not in _merged_tables:

@@ -6,6 +6,7 @@ import dataclasses
 from typing import Any, Callable
 
 import jax
+from jax.extend.core import ClosedJaxpr
 from jax.tree_util import tree_flatten, tree_unflatten
 
 from jaxinv.flatten import flatten
@@ -18,17 +19,24 @@ class Traced:
 
     The plan's inputs are ``consts + flat_args``: ``consts`` are the values the
     function closes over (known in the backward pass, never reconstructed).
+    ``plan`` is None after :func:`trace_only`, until :func:`plan_traced`.
     """
-    plan: Plan
+    plan: Plan | None
     consts: list
     in_tree: Any
     out_tree: Any
     num_out: int          # flat outputs that are the function's result (the rest is aux)
     aux_tree: Any = None
+    closed: ClosedJaxpr | None = None   # the traced jaxpr, before flattening
 
     @property
     def num_consts(self) -> int:
         return len(self.consts)
+
+    @property
+    def out_avals(self) -> list:
+        """The types of the function's flat result (aux excluded)."""
+        return list(self.closed.out_avals[:self.num_out])
 
 
 def trace(f: Callable, args: tuple, *, has_aux: bool = False, for_inverse: bool = False) -> Traced:
@@ -38,6 +46,18 @@ def trace(f: Callable, args: tuple, *, has_aux: bool = False, for_inverse: bool 
 
         t = trace(lambda x: jnp.exp(x) * 2, (x,))
         t.plan.saved   # []
+    """
+    return plan_traced(trace_only(f, args, has_aux=has_aux), for_inverse=for_inverse)
+
+
+def trace_only(f: Callable, args: tuple, *, has_aux: bool = False) -> Traced:
+    """Trace ``f(*args)``, without planning (to check its outputs first).
+
+    Example::
+
+        t = trace_only(f, (x,))
+        t.out_avals        # [ShapedArray(float32[3])]
+        t = plan_traced(t, for_inverse=True)
     """
     flat_args, in_tree = tree_flatten(args)
     store = {}
@@ -56,9 +76,19 @@ def trace(f: Callable, args: tuple, *, has_aux: bool = False, for_inverse: bool 
         return [*flat_out, *flat_aux]
 
     closed = jax.make_jaxpr(flat_f)(*flat_args)
-    consts = list(closed.consts)
-    flat = flatten(closed)
-    known = [True] * len(consts) + [False] * len(flat_args)
-    plan = make_plan(flat, known, input_values=consts + [None] * len(flat_args),
+    return Traced(None, list(closed.consts), in_tree, store["out"], store["n"], store.get("aux"), closed)
+
+
+def plan_traced(t: Traced, *, for_inverse: bool = False) -> Traced:
+    """Plan a function traced by :func:`trace_only` (for ``jaxinv.inverse`` with
+    ``for_inverse``: nothing saved, principal branches allowed).
+
+    Example::
+
+        t = plan_traced(trace_only(f, (x,)), for_inverse=True)
+    """
+    n_args = len(t.closed.in_avals)
+    known = [True] * t.num_consts + [False] * n_args
+    plan = make_plan(flatten(t.closed), known, input_values=t.consts + [None] * n_args,
                      allow_saving=not for_inverse, principal_branch=for_inverse)
-    return Traced(plan, consts, in_tree, store["out"], store["n"], store.get("aux"))
+    return dataclasses.replace(t, plan=plan)

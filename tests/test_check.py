@@ -19,6 +19,18 @@ from jaxinv.markers import anchor, anchor_p
 from jaxinv.tracing import trace
 from helpers import assert_trees_close, coupling, revnet_input, revnet_params, tree_bytes
 
+EPS = float(jnp.finfo(jnp.float32).eps)
+WIDTH = 8   # of the test networks' activations
+
+
+def rounding(depth, width=WIDTH):
+    """A relative rounding bound for ``depth`` float32 blocks, each a few dot
+    products of length ``width`` (Higham's gamma_n = n * eps per dot product,
+    added up block by block): what a well-conditioned stack rebuilds its input
+    within, and (in radians) how far its gradient may turn. Derived from the
+    dtype, not fitted to one machine's measurement."""
+    return depth * width * EPS
+
 
 def named_revnet(params, x):
     """The helpers' RevNet with each block's output named "block"."""
@@ -45,7 +57,7 @@ def anchored_revnet(every):
     return anchored(coupling, every)
 
 
-def inputs(depth, width=8, batch=4, scale=0.3, dtype=jnp.float32):
+def inputs(depth, width=WIDTH, batch=4, scale=0.3, dtype=jnp.float32):
     cast = lambda t: jax.tree_util.tree_map(lambda a: a.astype(dtype), t)
     return (cast(revnet_params(jax.random.key(0), depth, width, scale)),
             cast(revnet_input(jax.random.key(1), batch, width)))
@@ -65,9 +77,9 @@ def test_report_has_a_row_per_argument_and_per_named_block():
     assert [r.kind for r in report.rows] == ["input"] * 2 + ["block"] * 5
     # the parameters are saved (exact); the input and the blocks are rebuilt; the last block is the output
     assert report.row("args[0]").how == "saved" and report.row("args[0]").rel_error == 0
-    assert report.row("args[1]").how == "rebuilt" and 0 < report.row("args[1]").rel_error < 1e-5
+    assert report.row("args[1]").how == "rebuilt" and 0 < report.row("args[1]").rel_error < rounding(5)
     assert report.row("block#4").how == "output" and report.row("block#4").rel_error == 0
-    assert all(r.angle_deg is not None and r.angle_deg < 1e-2 for r in report.rows)
+    assert all(r.angle_deg is not None and r.angle_deg < np.degrees(rounding(5)) for r in report.rows)
     assert report.max_rel_error == max(r.rel_error for r in report.rows)
     assert report.input_rel_error == report.row("args[1]").rel_error
     assert report.dtype == "float32" and report.reference_dtype == "float64"
@@ -139,8 +151,8 @@ def test_named_values_take_precedence_over_jitted_calls():
 def test_the_gradient_of_a_well_conditioned_net_is_within_a_tiny_angle():
     params, x = inputs(depth=16)
     report = check_reconstruction(anchored_revnet(None), params, x)
-    assert report.ok and report.grad_angle_deg < 1e-2
-    assert report.grad_rel_error < 1e-4
+    assert report.ok and report.grad_angle_deg < np.degrees(rounding(16))
+    assert report.grad_rel_error < rounding(16)
     # of the order of the rounding plain float32 AD commits anyway
     assert report.grad_angle_deg < 20 * report.baseline_grad_angle_deg
 
@@ -171,36 +183,78 @@ def affine_net(every):
     return anchored(affine_coupling, every)
 
 
+def affine_net_anchored_after(blocks):
+    """The affine stack with an anchor after each block whose 1-based index is in ``blocks``."""
+    def net(params, x):
+        x1, x2 = x
+        for i, p in enumerate(params):
+            x1, x2 = affine_coupling(p, x1, x2)
+            if i + 1 in blocks and i + 1 < len(params):
+                x1, x2 = anchor((x1, x2))
+        return x1, x2
+    return net
+
+
+DEPTH, EVERY = 32, 8
+SEGMENTS = DEPTH // EVERY
+
+
 @pytest.fixture(scope="module")
 def affine_reports():
-    """float32 affine couplings at depth 8 and 32, and 32 with an anchor every 8 blocks."""
-    width = 8
-    w = 0.3 / np.sqrt(width) * jax.random.normal(jax.random.key(0), (32, 4, width, width))
-    params = [((w[i, 0], w[i, 1]), (w[i, 2], w[i, 3])) for i in range(32)]
-    x = revnet_input(jax.random.key(1), 4, width)
-    return {(8, None): check_reconstruction(affine_net(None), params[:8], x),
-            (32, None): check_reconstruction(affine_net(None), params, x),
-            (32, 8): check_reconstruction(affine_net(8), params, x)}
+    """float32 affine couplings at depth 8 and 32, and 32 with an anchor every 8
+    blocks; and the references the anchored stack is held to, measured in the
+    same run (so on any CPU and JAX release): each 8-block segment checked
+    alone, from its true input and without anchors ("segment", s), and the
+    whole stack with only segment s rebuilt, an anchor after every block
+    outside it ("only", s)."""
+    w = 0.3 / np.sqrt(WIDTH) * jax.random.normal(jax.random.key(0), (DEPTH, 4, WIDTH, WIDTH))
+    params = [((w[i, 0], w[i, 1]), (w[i, 2], w[i, 3])) for i in range(DEPTH)]
+    x = revnet_input(jax.random.key(1), 4, WIDTH)
+    reports = {(8, None): check_reconstruction(affine_net(None), params[:8], x),
+               (DEPTH, None): check_reconstruction(affine_net(None), params, x),
+               (DEPTH, EVERY): check_reconstruction(affine_net(EVERY), params, x)}
+    start = x
+    for s in range(SEGMENTS):
+        segment = params[s * EVERY:(s + 1) * EVERY]
+        reports["segment", s] = check_reconstruction(affine_net(None), segment, start)
+        start = affine_net(None)(segment, start)        # eagerly, as the check runs its forward pass
+        inside = set(range(s * EVERY + 1, (s + 1) * EVERY))
+        reports["only", s] = check_reconstruction(affine_net_anchored_after(set(range(1, DEPTH)) - inside),
+                                                  params, x)
+    return reports
 
 
 def test_drift_grows_with_depth_without_anchors(affine_reports):
-    shallow, deep = affine_reports[8, None], affine_reports[32, None]
-    assert shallow.input_rel_error < 1e-5 and shallow.ok
-    assert deep.input_rel_error > 1e3                       # the rebuilt input is garbage
-    assert deep.grad_angle_deg > 10 and not deep.ok
-    assert deep.baseline_grad_angle_deg < 0.01              # plain float32 AD is fine: the drift is jaxinv's
+    shallow, deep = affine_reports[8, None], affine_reports[DEPTH, None]
+    assert shallow.input_rel_error < rounding(8) and shallow.ok   # 8 blocks: within rounding
+    assert deep.input_rel_error > 1                           # not one correct digit: the rebuilt input is garbage
+    assert not deep.ok                                        # the gradient is off by more than 1 degree
+    # plain AD in the same dtype passes the criterion jaxinv fails: the drift is jaxinv's
+    assert deep.baseline_grad_angle_deg < deep.angle_tol <= deep.grad_angle_deg
 
 
 def test_anchors_every_8_blocks_bound_the_drift(affine_reports):
-    anchored = affine_reports[32, 8]
+    anchored = affine_reports[DEPTH, EVERY]
     anchors = [r for r in anchored.rows if r.kind == "anchor"]
     assert [r.name for r in anchors] == ["anchor#0", "anchor#1", "anchor#2"]
     assert all(r.how == "stored (anchor)" for r in anchors)
-    # the input is rebuilt from the first anchor: 8 blocks of drift, as at depth 8
-    assert anchored.input_rel_error == pytest.approx(affine_reports[8, None].input_rel_error, rel=1e-3)
-    # no 8-block segment drifts far; the gradient is within the RevNet criterion
-    assert anchored.max_rel_error < 1e-2
-    assert anchored.ok and anchored.grad_angle_deg < 0.1
+    # Drift restarts at every anchor: what arrives at the start of segment s (the
+    # input for s = 0, else the anchor before it) is rebuilt exactly as far off as
+    # when that segment alone, without anchors, is inverted from its true output
+    # (the same float32 operations on the same values).
+    arriving = [anchored.row(name).rel_error for name in ["args[1]", "anchor#0", "anchor#1", "anchor#2"]]
+    alone = [affine_reports["segment", s].input_rel_error for s in range(SEGMENTS)]
+    assert arriving == pytest.approx(alone, rel=EPS, abs=0)
+    assert anchored.max_rel_error == pytest.approx(max(alone), rel=EPS, abs=0)
+    # The gradient: to first order its error is the sum of the errors of the
+    # segments, each rebuilt from its anchor, which is what the stack with only
+    # that segment rebuilt (everything else stored) commits; by the triangle
+    # inequality the angle is at most SEGMENTS times the largest of those
+    # (each of which includes plain float32 AD's own error, baseline_grad_angle_deg).
+    only = [affine_reports["only", s].grad_angle_deg for s in range(SEGMENTS)]
+    assert anchored.grad_angle_deg <= SEGMENTS * max(only)
+    # and within the RevNet criterion (1 degree)
+    assert anchored.ok
 
 
 def test_the_block_before_an_anchor_is_stored_exactly():

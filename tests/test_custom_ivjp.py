@@ -270,7 +270,7 @@ def test_wrongly_shaped_ivjp_is_a_rule_error():
 
     f.defivjp(lambda xs, ys, cts: ((ys[0], ys[1] - jnp.sin(ys[0])), (cts[0],)))
     x = jnp.arange(1.0, 4.0)
-    with pytest.raises(jaxinv.RuleError, match="shaped like the arguments"):
+    with pytest.raises(jaxinv.RuleError, match="structured like the arguments"):
         jaxinv.vjp(f, x, x)[1]((x, x))
 
 

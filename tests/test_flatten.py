@@ -36,19 +36,19 @@ def test_library_helpers_take_the_callers_line():
 def test_duplicate_computations_are_traced_once():
     """A network called twice on the same input is one network (CSE), so both
     of its outputs are used and it inverts."""
-    net = lambda x: jnp.split(jnp.exp(x) * 3.0, 2)
+    net = lambda x: jnp.split(jnp.sinh(x) * 3.0, 2)
     f = lambda x: jnp.concatenate([net(x)[0], net(x)[1] + 1.0])
     flat = flatten(jax.make_jaxpr(f)(X))
-    assert _prims(flat).count("exp") == 1
+    assert _prims(flat).count("sinh") == 1
     assert trace(f, (X,)).plan.saved == []
 
 
 def test_closure_values_become_known_inputs():
     """Values a function closes over become leading inputs, known in the backward pass."""
     w = jnp.arange(1.0, 5.0)
-    t = trace(lambda x: jnp.tanh(x * w), (X,))
+    t = trace(lambda x: jnp.sinh(x * w), (X,))
     assert t.num_consts == 1 and t.plan.known_inputs == (True, False)
-    assert t.plan.saved == []   # w is given and has no zero: x = atanh(y) / w
+    assert t.plan.saved == []   # w is given and has no zero: x = asinh(y) / w
 
 
 def test_nonzero_marker_is_the_identity_under_transformations():

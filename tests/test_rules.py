@@ -397,7 +397,7 @@ def test_a_singular_1x1_conv_kernel_is_never_divided_by():
     # 3x3 matrix over (O, I) is singular; the planner must save, not solve.
     import jaxinv
     x = jnp.linspace(-1, 1, 96).reshape(2, 3, 4, 4)
-    conv = lambda w: (lambda x: lax.conv_general_dilated(jnp.tanh(x), w, (1, 1), "SAME"))
+    conv = lambda w: (lambda x: lax.conv_general_dilated(jnp.sinh(x), w, (1, 1), "SAME"))
     singular, regular = jnp.ones((3, 3, 1, 1)), jnp.asarray(2 * np.eye(3)[:, :, None, None] + 0.1)
     for w, saved in [(singular, x.nbytes), (regular, 0)]:
         f = conv(w)

@@ -7,7 +7,8 @@
   ``jnp.where(x >= 0, x, a * x)`` its branch depends on the unknown ``x``, which
   no per-equation rule can invert. Its core is a :class:`jaxinv.custom_ivjp`
   whose rule reads the branch off the output (``y >= 0`` exactly when
-  ``x >= 0``): ``x = where(y >= 0, y, y / a)``, ``ct_x = where(y >= 0, ct, a * ct)``.
+  ``x >= 0``): ``x = where(y >= 0, y, y / a)``, ``ct_x = where(y >= 0, ct, a * ct)``,
+  and whose log-det (for ``jaxinv.ildj``) is ``-log(a)`` per negative output.
 
 Example::
 
@@ -108,7 +109,14 @@ def _leaky_relu(slope: float) -> jaxinv.custom_ivjp:
 
     f = jaxinv.custom_ivjp(leaky_relu)
 
-    @f.definverse
+    def leaky_relu_ildj(y):
+        # log|dx/dy| is -log(slope) where y < 0 (x = y / slope) and 0 elsewhere,
+        # summed over all elements: the count of negative outputs times -log(slope)
+        # (counted on y, as the layer's own log-det is).
+        dtype = jnp.result_type(y)
+        return jnp.sum(y < 0).astype(dtype) * jnp.asarray(-math.log(slope), dtype)
+
+    @f.definverse(ildj=leaky_relu_ildj)
     def leaky_relu_inverse(y):
         # slope > 0 keeps the sign: y >= 0 exactly where x >= 0, so each branch
         # inverts on its own half-line.
@@ -132,9 +140,10 @@ class LeakyReLU(Layer):
     ``log|det| = log(negative_slope) * #(x < 0)`` per example; no params
     (``init`` returns ``{}``). The inverse is ``x = y`` where ``y >= 0``, else
     ``y / negative_slope``. The core is a :class:`jaxinv.custom_ivjp` with that
-    inverse and a fused ivjp (``ct_x = where(y >= 0, ct, slope * ct)``), so
-    jaxinv's backward pass rebuilds ``x`` from ``y`` (a plain ``jnp.where`` on
-    ``x`` would force it to save ``x``: the branch taken depends on the unknown).
+    inverse, its log-det and a fused ivjp (``ct_x = where(y >= 0, ct, slope * ct)``),
+    so jaxinv's backward pass rebuilds ``x`` from ``y`` (a plain ``jnp.where`` on
+    ``x`` would force it to save ``x``: the branch taken depends on the unknown)
+    and ``jaxinv.inverse_and_ildj`` / ``jaxinv.ildj`` invert it too.
 
     Example::
 

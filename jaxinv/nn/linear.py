@@ -15,7 +15,8 @@ How jaxinv inverts them in a reversible backward pass:
   solve ``x = y W^-1`` instead of saving ``x``; ``W`` is recomputed from the
   parameters.
 * :class:`Householder` is a :class:`jaxinv.custom_ivjp` whose rule applies the
-  reflections in reverse order (each is its own inverse): no solve at all.
+  reflections in reverse order (each is its own inverse): no solve at all; its
+  log-det (for ``jaxinv.ildj``) is 0, the map being orthogonal.
 
 Example::
 
@@ -317,7 +318,9 @@ def _reflections(reverse: bool) -> jaxinv.custom_ivjp:
 
     f = jaxinv.custom_ivjp(reflect)
 
-    @f.defivjp
+    # The map is orthogonal: log|det dx/dy| = 0 whatever the vectors (jaxinv
+    # cannot derive it through the body: each reflection reads x twice).
+    @f.defivjp(ildj=_zero_ildj)
     def reflect_ivjp(xs, ys, cts):
         # W = H_1 ... H_k is orthogonal and each H_i symmetric and its own
         # inverse: x = y @ W^T = y @ H_k ... H_1, i.e. the reflections in reverse.
@@ -335,6 +338,11 @@ def _reflections(reverse: bool) -> jaxinv.custom_ivjp:
     return f
 
 
+def _zero_ildj(y: jax.Array) -> jax.Array:
+    """The log-det of an orthogonal map's inverse: 0, in ``y``'s dtype."""
+    return jnp.zeros((), jnp.result_type(y))
+
+
 _householder = _reflections(reverse=False)
 _householder_inverse = _reflections(reverse=True)
 
@@ -349,9 +357,10 @@ class Householder(Layer):
     normal at init; a zero vector is not a reflection). Applied one reflection
     at a time (``O(k n)`` per row, never forming ``W``). The inverse applies
     the reflections in reverse order, each being its own inverse; the core is
-    a :class:`jaxinv.custom_ivjp` with that rule, so jaxinv's backward pass
-    rebuilds ``x`` the same way (and ``ct_x = ct_y @ W^T`` likewise); so is
-    the inverse, so a flow runs backwards reversibly too.
+    a :class:`jaxinv.custom_ivjp` with that rule and a log-det of 0, so
+    jaxinv's backward pass rebuilds ``x`` the same way (and
+    ``ct_x = ct_y @ W^T`` likewise) and ``jaxinv.inverse_and_ildj`` inverts
+    it; so is the inverse, so a flow runs backwards reversibly too.
 
     Example::
 

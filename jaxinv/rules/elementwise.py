@@ -422,15 +422,20 @@ pack.register_nonzero(P.log_p, _never)  # log(1) == 0
 # Each undone by its inverse function; the fused cotangents are jax's own,
 # from the output (d exp = exp dx, d expm1 = (expm1 + 1) dx, d logistic =
 # y (1 - y) dx) or from the recovered input (d log = dx / x, d log1p = dx / (1 + x)).
-pack.defunary(P.exp_p, jnp.log, ct=lambda x, y, ct: ct * y, examples=Example(jnp.exp, reals(-10, 10)))
-pack.defunary(P.exp2_p, jnp.log2, ct=lambda x, y, ct: ct * y * math.log(2), examples=Example(jnp.exp2, reals(-10, 10)))
+pack.defunary(P.exp_p, jnp.log, ct=lambda x, y, ct: ct * y, examples=Example(jnp.exp, reals(-10, 10)),
+              saturates="exp(x) underflows to 0 below x = -87 in float32, and log(0) = -inf")
+pack.defunary(P.exp2_p, jnp.log2, ct=lambda x, y, ct: ct * y * math.log(2), examples=Example(jnp.exp2, reals(-10, 10)),
+              saturates="exp2(x) underflows to 0 below x = -126 in float32, and log2(0) = -inf")
 pack.defunary(P.log_p, jnp.exp, ct=lambda x, y, ct: ct / x, examples=Example(jnp.log, positive(1e-3, 1e3)))
-pack.defunary(P.log1p_p, jnp.expm1, ct=lambda x, y, ct: ct / (x + 1), examples=Example(jnp.log1p, reals(-0.9, 10)))
-pack.defunary(P.expm1_p, jnp.log1p, ct=lambda x, y, ct: ct * (y + 1), examples=Example(jnp.expm1, reals(-3, 3)))
+pack.defunary(P.log1p_p, jnp.expm1, ct=lambda x, y, ct: ct / (x + 1), examples=Example(jnp.log1p, reals(-0.9, 10)),
+              saturates="near x = -1, expm1 of the output rounds back to -1: x + 1 loses every digit")
+pack.defunary(P.expm1_p, jnp.log1p, ct=lambda x, y, ct: ct * (y + 1), examples=Example(jnp.expm1, reals(-3, 3)),
+              saturates="expm1(x) rounds to -1 below x = -17 in float32, and log1p(-1) = -inf")
 pack.defunary(P.logistic_p, _logit, ct=lambda x, y, ct: ct * (y * (1 - y)), examples=[
     Example(jax.nn.sigmoid, reals(-4, 4)),
     Example(jax.nn.sigmoid, reals(-10, 10), label="into the tails: sigmoid(10) = 0.99995"),
-], notes="x = log(y) - log1p(-y) for y < 1/4, else 2 atanh(2y - 1): a few ulp on all of (0, 1)")
+], notes="x = log(y) - log1p(-y) for y < 1/4, else 2 atanh(2y - 1): a few ulp on all of (0, 1)",
+   saturates="sigmoid(x) rounds to 1 above x = 17 in float32, and logit(1) = inf")
 
 # --------------------------------------------------------------------------
 # hyperbolic, trigonometric (on their injective domains), erf
@@ -440,21 +445,25 @@ pack.register_nonzero(P.acosh_p, _never)  # acosh(1) == 0
 
 # d tanh = (1 + y)(1 - y) dx, jax's form: 1 - y is exact for y near 1, where 1 - y*y loses digits.
 pack.defunary(P.tanh_p, jnp.arctanh, ct=lambda x, y, ct: (ct + ct * y) * (1 - y),
-              examples=Example(jnp.tanh, reals(-2.5, 2.5)))
+              examples=Example(jnp.tanh, reals(-2.5, 2.5)),
+              saturates="tanh(x) rounds to ±1 for |x| > 9 in float32, and atanh(1) = inf")
 pack.defunary(P.atanh_p, jnp.tanh, examples=Example(jnp.arctanh, reals(-0.95, 0.95)))
 pack.defunary(P.sinh_p, jnp.arcsinh, examples=Example(jnp.sinh, reals(-5, 5)))
 pack.defunary(P.asinh_p, jnp.sinh, examples=Example(lax.asinh, reals(-100, 100)))
 pack.defunary(P.acosh_p, jnp.cosh, examples=Example(lax.acosh, positive(1.01, 100)))
 pack.defunary(P.asin_p, jnp.sin, examples=Example(jnp.arcsin, reals(-0.99, 0.99)))
 pack.defunary(P.acos_p, jnp.cos, examples=Example(jnp.arccos, reals(-0.99, 0.99)))
-pack.defunary(P.atan_p, jnp.tan, examples=Example(jnp.arctan, reals(-10, 10)))
-pack.defunary(P.erf_p, lax.erf_inv, examples=Example(lax.erf, reals(-1.5, 1.5)))
+pack.defunary(P.atan_p, jnp.tan, examples=Example(jnp.arctan, reals(-10, 10)),
+              saturates="atan(x) rounds to ±pi/2 for |x| > 1e7 in float32, where tan is off by orders of magnitude")
+pack.defunary(P.erf_p, lax.erf_inv, examples=Example(lax.erf, reals(-1.5, 1.5)),
+              saturates="erf(x) rounds to ±1 for |x| > 4 in float32, and erf_inv(1) = inf")
 # d erf_inv(x) = sqrt(pi)/2 exp(erf_inv(x)^2) dx: from the output alone.
 pack.defunary(P.erf_inv_p, lax.erf, ct=lambda x, y, ct: (math.sqrt(math.pi) / 2) * (ct * jnp.exp(y * y)),
               examples=Example(lax.erf_inv, reals(-0.95, 0.95)))
 pack.register_nonzero(P.erfc_p, _never)  # erfc > 0, but underflows to 0 (x > 10 in float32)
 pack.defunary(P.erfc_p, _erfc_inverse, examples=Example(lax.erfc, reals(-2, 8)),
-              notes="x = -ndtri(y / 2) / sqrt(2): accurate in both tails; x << 0 is ill-conditioned")
+              notes="x = -ndtri(y / 2) / sqrt(2): accurate in both tails; x << 0 is ill-conditioned",
+              saturates="erfc(x) rounds to 2 below x = -4 and underflows to 0 above x = 10 in float32")
 
 # --------------------------------------------------------------------------
 # casts and copies

@@ -569,11 +569,15 @@ pack.register_not_invertible(P.approx_top_k_p, "it keeps only k elements, approx
 # --------------------------------------------------------------------------
 # documented refusals: these drop or combine elements
 
-pack.register_not_invertible(P.slice_p, "it drops elements; use jnp.split to keep every piece")
+# Alone, these lose elements; slices, windows or constant-index gathers that
+# together cover an array rebuild it through partial knowledge (jaxinv.partial).
+pack.register_not_invertible(P.slice_p, "it drops elements (slices that together cover an array do rebuild it)")
 pack.register_nonzero(P.slice_p, _first)
-pack.register_not_invertible(P.dynamic_slice_p, "it keeps only a window of its operand")
+pack.register_not_invertible(P.dynamic_slice_p, "it keeps only a window of its operand (constant-index windows "
+                             "that together cover it do rebuild it)")
 pack.register_nonzero(P.dynamic_slice_p, _first)
-pack.register_not_invertible(P.gather_p, "it may drop or repeat elements, depending on the index values")
+pack.register_not_invertible(P.gather_p, "it may drop or repeat elements, depending on the index values (a "
+                             "constant permutation, or constant-index gathers that cover the operand, do rebuild it)")
 for _prim in (P.reduce_sum_p, P.reduce_prod_p, P.reduce_max_p, P.reduce_min_p, P.reduce_and_p, P.reduce_or_p,
               P.reduce_xor_p, P.reduce_p):
     pack.register_not_invertible(_prim, "it reduces each axis it runs over to one value")

@@ -39,7 +39,7 @@ def test_reversible_gradient_through_the_new_primitive():
 
 
 def test_a_flow_through_the_new_primitive_saves_nothing():
-    flow = lambda x: jnp.tanh(leaky_relu(x * 2.0 + 1.0, 0.2) * 0.5)
+    flow = lambda x: jnp.sinh(leaky_relu(x * 2.0 + 1.0, 0.2) * 0.5)
     x = jnp.linspace(-2, 2, 12).reshape(3, 4)
     assert jaxinv.explain(flow, x).saved_bytes == 0  # x is rebuilt from the output
     jaxinv.uninstall_rule_pack(PACK)
