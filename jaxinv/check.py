@@ -55,7 +55,7 @@ from jax.tree_util import tree_flatten, tree_leaves, tree_unflatten
 from jaxinv import interpreter
 from jaxinv.flatten import eval_eqn, flatten, inline_rules
 from jaxinv.markers import anchor_p
-from jaxinv.plan import is_float
+from jaxinv.graph import is_float
 from jaxinv.tracing import trace
 
 # checkpoint_name labels jaxinv gives to the outputs of the user's jit-ed blocks
@@ -515,7 +515,7 @@ def _zero_like(x):
     return np.zeros(jnp.shape(x), jax.dtypes.float0)
 
 
-_KIND_NAMES = {"invert": "rebuilt", "recompute": "recomputed", "saved": "saved", "output": "output",
+_KIND_NAMES = {"invert": "rebuilt", "assemble": "rebuilt", "recompute": "recomputed", "saved": "saved", "output": "output",
                "input": "given", "const": "constant", "unused": "unused"}
 
 

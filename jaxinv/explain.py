@@ -7,7 +7,9 @@ from typing import Callable, Sequence
 
 from jax.extend.core import Var
 
-from jaxinv.plan import eqn_name, loop_differentiated_by_jax, nbytes, source_line
+from jaxinv.graph import eqn_name, nbytes, source_line
+from jaxinv.knowledge import SourceKind
+from jaxinv.plan import loop_differentiated_by_jax
 from jaxinv.tracing import trace
 
 
@@ -70,18 +72,18 @@ def _fate(plan, v) -> tuple[str, str]:
     src = plan.sources.get(v)
     if src is None:
         return "unused", ""
-    if src.kind == "invert":
+    if src.kind == SourceKind.INVERT:
         e = plan.jaxpr.eqns[src.eqn]
         return "reconstructed", f"by inverting `{eqn_name(e)}` at {source_line(e)}"
-    if src.kind == "recompute":
+    if src.kind == SourceKind.RECOMPUTE:
         return "recomputed", ""
-    if src.kind == "assemble":
+    if src.kind == SourceKind.ASSEMBLE:
         steps = dict.fromkeys(plan.pieces[k].eqn for k in src.pieces)
         names = ", ".join(f"`{eqn_name(plan.jaxpr.eqns[i])}` at {source_line(plan.jaxpr.eqns[i])}" for i in steps)
         return "reconstructed", f"assembled from its pieces, known through {names}"
-    if src.kind == "saved":
+    if src.kind == SourceKind.SAVED:
         return "saved", plan.reasons.get(v, "")
-    return {"input": "closure value", "const": "constant"}.get(src.kind, src.kind), ""
+    return {SourceKind.INPUT: "closure value", SourceKind.CONST: "constant"}.get(src.kind, str(src.kind)), ""
 
 
 def explain(f: Callable, *args, argnums: int | Sequence[int] | None = None) -> Explanation:

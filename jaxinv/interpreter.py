@@ -24,7 +24,10 @@ from jax.extend.core import Literal, Var
 
 from jaxinv import partial, registry
 from jaxinv.flatten import eval_eqn
-from jaxinv.plan import Plan, Source, eqn_name, hashable_params, source_line
+from jaxinv.flatten import hashable_params
+from jaxinv.graph import eqn_name, source_line
+from jaxinv.knowledge import REBUILT, Source, SourceKind
+from jaxinv.plan import Plan
 from jaxinv.registry import NotInvertibleError
 
 
@@ -63,8 +66,7 @@ def _last_use(plan: Plan) -> dict[int, list[Var]]:
     return out
 
 
-_HELD = Source("held")
-_REBUILT = ("invert", "recompute", "assemble")
+_HELD = Source(SourceKind.SAVED)  # a value the sweep holds from the start
 
 
 class _Sweep:
@@ -91,13 +93,13 @@ class _Sweep:
         if v in self.env:
             return self.env[v]
         src = self.plan.sources.get(v)
-        if src is None or src.kind not in _REBUILT:
+        if src is None or src.kind not in REBUILT:
             raise AssertionError(f"jaxinv internal error: no way to recover {v} ({src})")
-        if src.kind == "assemble":
+        if src.kind == SourceKind.ASSEMBLE:
             self.env[v] = self.assemble(src.pieces)[v]
             return self.env[v]
         e = self.eqns[src.eqn]
-        if src.kind == "recompute":
+        if src.kind == SourceKind.RECOMPUTE:
             self.env.update(zip(e.outvars, eval_eqn(e, [self.value(u) for u in e.invars])))
         else:
             self.invert(src.eqn, src.known)
@@ -111,7 +113,7 @@ class _Sweep:
             src = self.plan.sources.get(u)
             if u in self.env:
                 return self.env[u]
-            if src is None or (src.kind == "recompute" and self.eqns[src.eqn] is e):
+            if src is None or (src.kind == SourceKind.RECOMPUTE and self.eqns[src.eqn] is e):
                 return None
             return self.value(u)
         return [get(u) for u in e.outvars]
@@ -174,7 +176,7 @@ class _Sweep:
                     if ct is not None:
                         _accumulate(cts, v, ct)
             for v in e.outvars:  # the sweep has passed their definition
-                if plan.sources.get(v, _HELD).kind in _REBUILT:
+                if plan.sources.get(v, _HELD).kind in REBUILT:
                     self.env.pop(v, None)
         return [cts.get(v) if v in plan.active else None for v in jaxpr.invars]
 
@@ -183,7 +185,7 @@ class _Sweep:
         out_ct = [ct if ct is not None else _zeros_ct(v.aval) for v, ct in zip(e.outvars, out_ct)]
         # Inputs this equation itself rebuilds, not yet rebuilt: use its fused rule.
         here = [self.plan.sources[u] for u in e.invars
-                if isinstance(u, Var) and u not in self.env and self.plan.sources.get(u, _HELD).kind == "invert"
+                if isinstance(u, Var) and u not in self.env and self.plan.sources.get(u, _HELD).kind == SourceKind.INVERT
                 and self.plan.sources[u].eqn == i]
         known = here[0].known if here else self.plan.fused.get(i)
         if known is not None and e.primitive in registry.ivjp_rules:

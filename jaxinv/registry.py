@@ -40,6 +40,8 @@ from typing import Any, Callable, Sequence
 import jax
 from jax.extend.core import Primitive
 
+from jaxinv.facts import NONSINGULAR, NONZERO, Fact, as_fact, nonsingular_over
+
 InverseRule = Callable[..., Sequence[Any]]
 IvjpRule = Callable[..., tuple[Sequence[Any], Sequence[Any]]]
 
@@ -140,34 +142,34 @@ _proven: contextvars.ContextVar[dict[int, frozenset] | None] = contextvars.Conte
     "jaxinv_proven_facts", default=None)
 
 
-def _require(x: Any, facts_needed: tuple[str, ...], what: str, hint: str) -> Any:
+def _require(x: Any, facts_needed: tuple[Fact, ...], what: str, hint: str) -> Any:
     facts = _proven.get()
     if facts is not None and not (set(facts_needed) & facts.get(id(x), frozenset())):
-        raise NotInvertibleError(f"{what} is not provably {facts_needed[0].split(':')[0]} ({hint})")
+        raise NotInvertibleError(f"{what} is not provably {facts_needed[0].name} ({hint})")
     return x
 
 
-def require_fact(x: Any, fact: str, reason: str) -> Any:
+def require_fact(x: Any, fact: Fact | str, reason: str) -> Any:
     """Inside a rule: unless the planner proved ``fact`` about ``x`` (one of
     the rule's arguments), refuse with ``reason`` while jaxinv plans; free at
-    run time. Facts the planner proves: ``"nonzero"``, ``"nonsingular:a,b"``
-    (see :func:`require_nonsingular`), ``"iota:d"`` (an iota along dim ``d``),
-    ``"selects:k"`` (a constant predicate equal to ``k`` everywhere).
+    run time. Facts the planner proves (:mod:`jaxinv.facts`): ``NONZERO``,
+    ``nonsingular_over(ndim, axes)`` (see :func:`require_nonsingular`),
+    ``iota_along(d)``, ``selects(k)`` (a constant predicate equal to ``k``
+    everywhere); their text form (``"selects:1"``) is accepted too.
 
     Example::
 
-        require_fact(pred, "selects:1", "the predicate must select the unknown case everywhere")
+        require_fact(pred, facts.selects(1), "the predicate must select the unknown case everywhere")
     """
     facts = _proven.get()
-    if facts is not None and fact not in facts.get(id(x), frozenset()):
+    if facts is not None and as_fact(fact) not in facts.get(id(x), frozenset()):
         raise NotInvertibleError(reason)
     return x
 
 
-def nonsingular_fact(ndim: int, axes: tuple[int, int]) -> str:
+def nonsingular_fact(ndim: int, axes: tuple[int, int]) -> Fact:
     """The fact "nonsingular as a matrix over these two axes" (axes normalised)."""
-    a, b = sorted(ax % ndim for ax in axes)
-    return f"nonsingular:{a},{b}"
+    return nonsingular_over(ndim, axes)
 
 
 def require_nonzero(x: Any, what: str = "the known operand") -> Any:
@@ -186,7 +188,7 @@ def require_nonzero(x: Any, what: str = "the known operand") -> Any:
         defbinary(lax.mul_p, lambda y, b: y / require_nonzero(b),
                              lambda y, a: y / require_nonzero(a))
     """
-    return _require(x, ("nonzero",), what, "mark it with jaxinv.nonzero to assert it is")
+    return _require(x, (NONZERO,), what, "mark it with jaxinv.nonzero to assert it is")
 
 
 def require_nonsingular(x: Any, what: str = "the known matrix", axes: tuple[int, int] = (-2, -1)) -> Any:
@@ -199,9 +201,9 @@ def require_nonsingular(x: Any, what: str = "the known matrix", axes: tuple[int,
         w = require_nonsingular(invals[1])                  # a (..., n, n) matrix
         k = require_nonsingular(kernel, axes=(0, 1))        # an OIHW 1x1 kernel
     """
-    needed = ("nonsingular",)
+    needed = (NONSINGULAR,)
     if hasattr(x, "ndim") and x.ndim >= 2:
-        needed += (nonsingular_fact(x.ndim, axes),)
+        needed += (nonsingular_over(x.ndim, axes),)
     return _require(x, needed, what, "mark it with jaxinv.nonzero to assert it is")
 
 

@@ -18,7 +18,9 @@ import numpy as np
 from jax.extend.core import ClosedJaxpr
 
 from jaxinv import interpreter
-from jaxinv.plan import Plan, is_float as _is_float, spec as _spec
+from jaxinv.graph import is_float as _is_float
+from jaxinv.plan import Plan
+from jaxinv.probe import spec as _spec
 
 
 class Reversible:

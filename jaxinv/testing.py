@@ -35,7 +35,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.extend.core import Literal, Primitive
 
-from jaxinv import packs, registry
+from jaxinv import facts, packs, registry
 from jaxinv.domains import Booleans, Example, Fixed, Integers, Nonsingular, Reals, as_domain
 from jaxinv.flatten import eval_eqn, flatten
 from jaxinv.registry import NotInvertibleError
@@ -314,7 +314,7 @@ def _abstract_ok_uncached(rule, eqn: _Equation, pattern) -> str | None:
         invals = [None] * len(eqn.invals)
         for i, v in zip(known_idx, known_vals):
             invals[i] = eqn.invals[i] if eqn.fixed[i] else v
-        proven = {id(v): frozenset({"nonzero", "nonsingular"}) for v in [*invals, *outs] if v is not None}
+        proven = {id(v): frozenset({facts.NONZERO, facts.NONSINGULAR}) for v in [*invals, *outs] if v is not None}
         with registry.solving(eqn.avals), registry.proving(proven):
             return rule(invals, list(outs), **eqn.params)
 

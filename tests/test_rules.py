@@ -21,7 +21,7 @@ from jax.extend.core import Literal
 from jax.extend.core import primitives as P
 
 import jaxinv.rules  # noqa: F401  (registers the built-in packs)
-from jaxinv import registry
+from jaxinv import facts, registry
 from jaxinv._jax_internals import split_p, stack_p, tile_p, unstack_p
 from jaxinv.registry import NotInvertibleError
 
@@ -323,7 +323,7 @@ def test_solves_that_divide_require_the_divisor_proven_nonzero(prim, example, un
                     with pytest.raises(NotInvertibleError, match="not provably (nonzero|nonsingular)"):
                         rule(invals, outvals, **eqn.params)
             if divisor is not None:
-                with registry.proving({id(invals[divisor]): frozenset({"nonzero", "nonsingular"})}):
+                with registry.proving({id(invals[divisor]): frozenset({facts.NONZERO, facts.NONSINGULAR})}):
                     rule(invals, outvals, **eqn.params)
 
 
@@ -407,9 +407,9 @@ def test_a_singular_1x1_conv_kernel_is_never_divided_by():
 
 
 def test_constant_facts_are_per_axis_pair():
-    from jaxinv.plan import _concrete_facts
+    from jaxinv.facts import nonsingular_over, of_value, selects
     w = np.ones((3, 3, 1, 1)) + 2 * np.eye(3)[:, :, None, None]
-    assert "nonsingular:0,1" in _concrete_facts(w)
-    assert "nonsingular:0,1" not in _concrete_facts(np.ones((3, 3, 1, 1)))
-    assert "nonsingular:2,3" in _concrete_facts(np.ones((3, 3, 1, 1)))  # 1x1 blocks: a different claim
-    assert "selects:1" in _concrete_facts(np.ones((2, 3), bool))
+    assert nonsingular_over(4, (0, 1)) in of_value(w)
+    assert nonsingular_over(4, (0, 1)) not in of_value(np.ones((3, 3, 1, 1)))
+    assert nonsingular_over(4, (2, 3)) in of_value(np.ones((3, 3, 1, 1)))  # 1x1 blocks: a different claim
+    assert selects(1) in of_value(np.ones((2, 3), bool))

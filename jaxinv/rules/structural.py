@@ -17,7 +17,7 @@ import numpy as np
 from jax import lax
 from jax.extend.core import primitives as P
 
-from jaxinv import registry
+from jaxinv import facts, registry
 from jaxinv._jax_internals import scatter_sub_p, split_p, stack_p, tile_p, unstack_p
 from jaxinv._version import __version__
 from jaxinv.domains import Example, fixed, integers, nonzero, reals
@@ -310,16 +310,13 @@ def _scatter_mul_inverse(invals, outvals, **params):
     return [x, idx, u]
 
 
-def _require_fact(x, fact: str, reason: str):
+def _require_fact(x, fact: facts.Fact, reason: str):
     """Like ``require_nonzero``, for another fact the planner may prove about a
     known input: while jaxinv plans, raise NotInvertibleError(reason) unless
     ``fact`` is proven for ``x``; free when a plan runs (it was checked)."""
     return registry.require_fact(x, fact, reason)
 
 
-# Facts a planner may prove about a known input, checked with _require_fact:
-_IOTA_FACT = "iota:{}"  # x == lax.broadcasted_iota(x.dtype, x.shape, d) (an iota equation's output)
-_SELECTS_FACT = "selects:{}"  # a select_n predicate equal to k everywhere
 
 
 def _select_n_inverse(invals, outvals, **_):
@@ -329,7 +326,7 @@ def _select_n_inverse(invals, outvals, **_):
     # jaxinv plans. So the one safe solve: a predicate known to select the
     # unknown case everywhere, i.e. a constant (a literal, as jnp.where(flag, a, b)
     # with a Python bool gives), checked by value, or a traced predicate the
-    # planner proved to (the fact _SELECTS_FACT; none proves it yet).
+    # planner proved to (the fact facts.selects(k)).
     which, *cases = invals
     unknown = [k for k, c in enumerate(cases) if c is None]
     if which is None:
@@ -341,7 +338,7 @@ def _select_n_inverse(invals, outvals, **_):
     reason = "the predicate must be a constant that selects the unknown operand everywhere (elsewhere it is lost)"
     w = _concrete(which)
     if w is None:
-        _require_fact(which, _SELECTS_FACT.format(k), reason)
+        _require_fact(which, facts.selects(k), reason)
     elif not np.all(w.astype(np.int64) == k):
         raise NotInvertibleError(reason)
     cases[k] = outvals[0]
@@ -354,7 +351,7 @@ def _require_iota(x, dimension: int, what: str):
     reason = f"{what} is not provably lax.iota along dimension {dimension}"
     c = _concrete(x)
     if c is None:
-        return _require_fact(x, _IOTA_FACT.format(dimension), reason)
+        return _require_fact(x, facts.iota_along(dimension), reason)
     expected = np.arange(c.shape[dimension]).reshape([-1 if d == dimension else 1 for d in range(c.ndim)])
     if not np.array_equal(c, np.broadcast_to(expected, c.shape)):
         raise NotInvertibleError(reason)
