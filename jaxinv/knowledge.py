@@ -261,9 +261,9 @@ class Knowledge:
         e = self.eqns[i]
         others = {u for u in (*e.invars, *e.outvars) if isinstance(u, Var) and u is not v}
         self.var_pieces[v].append(len(self.pieces))
-        self.pieces.append(partial.Piece(v, i, kind, np.asarray(mask), new,
-                                         frozenset(u for u in others if self.known(u)),
-                                         frozenset(u for u in others if u in self.partial), **fields))
+        self.pieces.append(partial.Piece.make(v, i, kind, mask, new,
+                                              frozenset(u for u in others if self.known(u)),
+                                              frozenset(u for u in others if u in self.partial), **fields))
         if kind in (partial.PieceKind.SELECT_BACKWARD, partial.PieceKind.ELEMENTWISE_BACKWARD) or (
                 not self.rebuilding.isdisjoint(self.pieces[-1].partial)):
             self.rebuilding.add(v)

@@ -35,6 +35,7 @@ axes along which a mask is constant (the batch axis) are reduced to size 1.
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Any, Callable
 
 import jax
@@ -111,9 +112,18 @@ class Selection:
                 marked[np.broadcast_to(t, t.shape)[np.broadcast_to(m, t.shape)]] = True
         return [marked[1 + a:1 + b].reshape(s) for a, b, s in zip(self.offsets, self.offsets[1:], self.shapes)]
 
+    @functools.cached_property
+    def copies_twice(self) -> bool:
+        """Whether some input element is copied to more than one output element."""
+        flat = np.concatenate([t.ravel() for t in self.tags])
+        flat = flat[flat > 0]
+        return np.unique(flat).size < flat.size
+
     def representatives(self, out_masks) -> list[np.ndarray | None]:
         """Per output, the known elements that stand for their source (one per
         copied input element), or None where every known element does."""
+        if not self.copies_twice:
+            return [None] * len(self.tags)
         flat_tags = np.concatenate([t.ravel() for t in self.tags])
         flat_known = np.concatenate([(np.zeros(t.size, bool) if m is None else np.broadcast_to(m, t.shape).ravel())
                                      for t, m in zip(self.tags, out_masks)])
@@ -231,7 +241,8 @@ class Piece:
     on its other values: those in ``full`` whole, those in ``partial`` as the
     partial values built by the earlier pieces. The result is valid on
     ``mask`` (elements of ``var``) and zero elsewhere; ``new`` are the
-    elements no earlier piece taught (a log-det counts only those).
+    elements no earlier piece taught (a log-det counts only those). Masks are
+    kept compressed (:func:`compress`): a plan holds many pieces.
     """
     var: Var
     eqn: int
@@ -242,7 +253,17 @@ class Piece:
     partial: frozenset
     position: int = 0                               # which input/output of ``eqn`` is ``var``
     weights: tuple = ()                             # SELECT_BACKWARD: representatives per output
-    selection: Selection | None = None
+    data: tuple[int, ...] = ()                      # a selection's data inputs
+    statics: dict = dataclasses.field(default_factory=dict)   # ... and its constant ones
+
+    @classmethod
+    def make(cls, var, eqn: int, kind: str, mask, new, full, partial, *, position: int = 0,
+             weights=(), selection: Selection | None = None) -> "Piece":
+        """A piece with its masks compressed, keeping of ``selection`` only
+        what running it needs (not its tags)."""
+        return cls(var, eqn, kind, compress(np.asarray(mask)), compress(np.asarray(new)), full, partial, position,
+                   tuple(None if w is None else compress(w) for w in weights),
+                   selection.data if selection else (), selection.statics if selection else {})
 
 
 def masked(value, mask: np.ndarray):
@@ -256,25 +277,23 @@ def evaluate(piece: Piece, eqn, get, inverse_rule=None):
     """The piece's value: ``get(v)`` gives every other value of ``eqn`` (whole,
     partial, or None where nothing is known yet)."""
     if piece.kind == PieceKind.SELECT_FORWARD:
-        sel = piece.selection
-        invals = [sel.statics[j] if j in sel.statics else _zeros_if_none(get(v), v)
+        invals = [piece.statics[j] if j in piece.statics else _zeros_if_none(get(v), v)
                   for j, v in enumerate(eqn.invars)]
         return masked(eval_eqn(eqn, invals)[piece.position], piece.mask)
     if piece.kind == PieceKind.SELECT_BACKWARD:
-        sel = piece.selection
         outs = []
         for v, w in zip(eqn.outvars, piece.weights):
             y = _zeros_if_none(get(v), v)
-            outs.append(y if w is None else jnp.where(compress(w), y, jnp.zeros((), y.dtype)))
-        data_specs = [jax.ShapeDtypeStruct(eqn.invars[j].aval.shape, eqn.invars[j].aval.dtype) for j in sel.data]
+            outs.append(y if w is None else jnp.where(w, y, jnp.zeros((), y.dtype)))
+        data_specs = [jax.ShapeDtypeStruct(eqn.invars[j].aval.shape, eqn.invars[j].aval.dtype) for j in piece.data]
 
         def linear(*data):
             it = iter(data)
-            invals = [sel.statics[j] if j in sel.statics else next(it) for j in range(len(eqn.invars))]
+            invals = [piece.statics[j] if j in piece.statics else next(it) for j in range(len(eqn.invars))]
             return eval_eqn(eqn, invals)
 
         cts = jax.linear_transpose(linear, *data_specs)(outs)
-        return masked(cts[sel.data.index(piece.position)], piece.mask)
+        return masked(cts[piece.data.index(piece.position)], piece.mask)
     if piece.kind == PieceKind.ELEMENTWISE_FORWARD:
         invals = [v.val if isinstance(v, Literal) else get(v) for v in eqn.invars]
         return masked(eval_eqn(eqn, invals)[piece.position], piece.mask)
