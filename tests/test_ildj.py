@@ -113,3 +113,10 @@ def test_the_harness_catches_a_wrong_log_det():
     with pytest.raises(RuleCheckError, match="slogdet"):
         check_rule(lax.exp_p, Example(jnp.exp, reals(0.5, 1)), logdet=(wrong, False), max_examples=1,
                    dtypes=["float64"])
+
+
+def test_adding_an_axis_changes_no_volume_and_a_broadcast_has_no_log_det():
+    x = jnp.array([1.0, 2.0, 3.0])
+    np.testing.assert_allclose(jaxinv.ildj(lambda v: v[None] * 2.0, x)(x[None] * 2.0), -3 * np.log(2.0), rtol=1e-6)
+    with pytest.raises(jaxinv.NotInvertibleError, match="not a bijection"):
+        jaxinv.ildj(lambda v: jnp.broadcast_to(v, (2, 3)), x)(jnp.broadcast_to(x, (2, 3)))

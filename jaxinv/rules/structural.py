@@ -593,3 +593,15 @@ pack.register_not_invertible(P.select_and_gather_add_p, "it keeps one element pe
 
 for _prim in (P.concatenate_p, split_p, stack_p, unstack_p, P.device_put_p, P.cumsum_p, P.select_n_p, P.dynamic_update_slice_p, P.sort_p, P.top_k_p, P.scatter_add_p, scatter_sub_p):
     pack.register_ildj(_prim)
+
+
+def _broadcast_in_dim_ildj(invals, outvals, **_):
+    # Adding size-1 axes (v[None]) copies each element once: a reshape, no
+    # volume. A true broadcast repeats elements: not a bijection, no log-det.
+    (y,) = outvals
+    if input_avals()[0].size != np.size(y):
+        raise NotInvertibleError("a broadcast repeats elements: not a bijection, so it has no log-det")
+    return 0.0
+
+
+pack.register_ildj(P.broadcast_in_dim_p, _broadcast_in_dim_ildj)
