@@ -113,15 +113,19 @@ class Knowledge:
         return trial
 
     def fact_of(self, v) -> frozenset:
+        """What is proven about ``v`` (see :meth:`Graph.fact_of`)."""
         return self.graph.fact_of(v)
 
     def dead(self, v) -> bool:
+        """An output nobody reads: it may be passed to rules as None."""
         return self.graph.dead(v)
 
     def known(self, v) -> bool:
+        """Whether the backward pass knows ``v`` whole (literals always)."""
         return isinstance(v, Literal) or v in self.sources
 
     def learn(self, v, source: Source) -> None:
+        """Record how ``v`` is known, and queue it to spread (first source wins)."""
         if isinstance(v, Literal) or v in self.sources:
             return
         self.sources[v] = source
@@ -133,20 +137,26 @@ class Knowledge:
             self.touched.add(self.producer[v])
 
     def try_recompute(self, i: int) -> None:
+        """Equation ``i`` with every input known: its outputs are recomputed."""
         e = self.eqns[i]
         if i in self.live_set and all(map(self.known, e.invars)) and not all(map(self.known, e.outvars)):
             for v in e.outvars:
                 self.learn(v, Source(SourceKind.RECOMPUTE, i))
 
     def outputs_ready(self, e) -> bool:
+        """Every output of ``e`` is known, or unread."""
         return all(self.known(v) or self.dead(v) for v in e.outvars)
 
     def probe_now(self, e, known=None) -> str | None:
+        """Can ``e``'s rule solve its inputs given ``known`` (default: what is
+        known now)? None if so, else the reason (:func:`jaxinv.probe.probe`)."""
         known = tuple(map(self.known, e.invars)) if known is None else known
         return probe(e, known, [self.fact_of(v) for v in e.invars], self.table,
                      tuple(map(self.known, e.outvars)), [self.fact_of(v) for v in e.outvars])
 
     def try_invert(self, i: int) -> str | None:
+        """Equation ``i`` with its outputs known: invert it for its unknown
+        inputs if its rule can (returns the reason it cannot, or None)."""
         e = self.eqns[i]
         if i not in self.live_set or not self.outputs_ready(e):
             return None
@@ -161,6 +171,8 @@ class Knowledge:
         return reason
 
     def propagate(self) -> None:
+        """Spread knowledge until nothing moves: recompute, invert, and move
+        partial knowledge through every equation next to a newly known value."""
         while self.queue:
             v = self.queue.popleft()
             for i in self.users.get(v, ()):
@@ -172,6 +184,8 @@ class Knowledge:
                 self.spread(self.producer[v])
 
     def start(self) -> None:
+        """Seed the known values: constants, given index arrays and freed
+        inputs, outputs; and the constant zeros of masked products."""
         for v in self.graph.jaxpr.constvars:
             self.learn(v, Source(SourceKind.CONST))
         for v in (*self.graph.seeded, *self.freed):
@@ -184,6 +198,7 @@ class Knowledge:
                 self.spread(i)
 
     def unknown(self) -> list[Var]:
+        """The needed values still unknown, in program order."""
         return [v for v in self.graph.needed if v not in self.sources]
 
     def mask_of(self, v):
@@ -193,6 +208,7 @@ class Knowledge:
         return self.partial.get(v)
 
     def selection(self, i: int):
+        """Equation ``i``'s :class:`jaxinv.partial.Selection`, or None (cached)."""
         if i not in self._selections:
             self._selections[i] = partial.selection(self.eqns[i], self.graph.concrete)
         return self._selections[i]
@@ -289,6 +305,9 @@ class Knowledge:
         return tuple(sorted(need))
 
     def save(self, v: Var, reason: str) -> None:
+        """Make ``v`` known by keeping it in the forward pass (a given input:
+        for free). Without ``allow_saving``, anything else raises
+        :class:`NotInvertibleError` naming the stuck equation."""
         if v in self.sources:
             return
         if v in self.free:  # a known input: using it costs nothing
@@ -302,9 +321,12 @@ class Knowledge:
         self.learn(v, Source(SourceKind.SAVED))
 
     def stuck_reason(self, i: int) -> str:
+        """Why equation ``i`` cannot be inverted now."""
         return self.probe_now(self.eqns[i]) or "an input is unknown"
 
     def inverse_error(self) -> NotInvertibleError:
+        """The error for a plan that must invert everything but is stuck:
+        it names the last stuck equation, its reason and source line."""
         pending = [i for i in self.live if self.outputs_ready(self.eqns[i])
                    and not all(map(self.known, self.eqns[i].invars))]
         if not pending:
