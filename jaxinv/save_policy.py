@@ -134,21 +134,28 @@ def cheapest_unlocking_subset(k: Knowledge, pending: list[int]) -> Found:
     fed by ``x`` and its weights, all inputs of the function): the cheapest
     subset of an equation's unknown inputs (by bytes; closure values cost
     nothing and are tried given first) whose knowledge lets the rest be solved.
-    Every subset when there are few, else only "all but one" and "all"."""
+    Every subset when there are few, else only "all but one" and "all". The
+    cheapest over all the equations next to the known region, not the first
+    one's: the plan must not depend on the order of the function's outputs
+    (``(a + b, b @ W)`` frees the closure value ``W``, as ``(b @ W, a + b)``
+    does, rather than saving ``a``)."""
+    best = None
     for i in pending:
         e = k.eqns[i]
         if not k.outputs_ready(e):
             continue
         chosen = _cheapest_subset(k, e)
-        if chosen:
-            subset, dead = chosen
-            found: Found = {}
-            for j in subset:
-                for v in parameter_roots(k, e.invars[j]):
-                    found.setdefault(v, _parameter_of(e))
-            found.update((v, UNREAD) for v in dead if v not in found)
-            return found
-    return {}
+        if chosen and (best is None or chosen[0] < best[0]):
+            best = (*chosen, e)
+    if best is None:
+        return {}
+    _, subset, dead, e = best
+    found: Found = {}
+    for j in subset:
+        for v in parameter_roots(k, e.invars[j]):
+            found.setdefault(v, _parameter_of(e))
+    found.update((v, UNREAD) for v in dead if v not in found)
+    return found
 
 
 def loop_weights(k: Knowledge, pending: list[int]) -> Found:
@@ -305,5 +312,5 @@ def _cheapest_subset(k: Knowledge, e):
     for subset in sorted(subsets, key=lambda c: (sum(cost[j] for j in c), -len(c))):
         dead = unlocks(k, e, tuple(k.known(v) or j in subset for j, v in enumerate(e.invars)))
         if dead is not None:
-            return subset, dead
+            return (sum(cost[j] for j in subset), -len(subset)), subset, dead
     return None
