@@ -108,6 +108,26 @@ def _check_argnums(argnums, n):
     return nums
 
 
+def differentiating(f: Callable, args: tuple, argnums, kwargs=None) -> tuple[Callable, tuple]:
+    """``f`` as a function of ``args[argnums]`` alone, closing over the other
+    arguments (given values, as ``jax.grad`` treats them); and those arguments.
+
+    Example::
+
+        g, (params,) = differentiating(loss, (params, x), 0)   # g(params) == loss(params, x)
+    """
+    nums = _check_argnums(argnums, len(args))
+    kwargs = kwargs or {}
+
+    def g(*diff):
+        full = list(args)
+        for i, d in zip(nums, diff):
+            full[i] = d
+        return f(*full, **kwargs)
+
+    return g, tuple(args[i] for i in nums)
+
+
 def _check_differentiable(args, nums, allow_int: bool) -> None:
     """As ``jax.grad``: refuse integer and boolean inputs unless ``allow_int``."""
     names = _leaf_names(tuple(args[i] for i in nums), "argument", [i % len(args) for i in nums])
@@ -133,14 +153,8 @@ def value_and_grad(f: Callable, argnums: int | Sequence[int] = 0, has_aux: bool 
     def wrapped(*args, **kwargs):
         nums = _check_argnums(argnums, len(args))
         _check_differentiable(args, nums, allow_int)
-
-        def g(*diff):
-            full = list(args)
-            for i, d in zip(nums, diff):
-                full[i] = d
-            return f(*full, **kwargs)
-
-        res = vjp(g, *[args[i] for i in nums], has_aux=has_aux)
+        g, diff_args = differentiating(f, args, nums, kwargs)
+        res = vjp(g, *diff_args, has_aux=has_aux)
         out, fn = res[0], res[1]
         leaves = tree_leaves(out)
         if len(leaves) != 1 or jnp.shape(leaves[0]) != ():

@@ -7,6 +7,7 @@ from typing import Callable, Sequence
 
 from jax.extend.core import Var
 
+from jaxinv.api import differentiating
 from jaxinv.graph import eqn_name, nbytes, source_line
 from jaxinv.knowledge import SourceKind
 from jaxinv.plan import loop_differentiated_by_jax
@@ -102,7 +103,7 @@ def explain(f: Callable, *args, argnums: int | Sequence[int] | None = None) -> E
         jaxinv.explain(loss, params, x, argnums=0)   # what jaxinv.grad(loss) does
     """
     if argnums is not None:
-        f, args = _differentiating(f, args, argnums)
+        f, args = differentiating(f, args, argnums)
     t = trace(f, args)
     plan = t.plan
     rows = []
@@ -128,17 +129,3 @@ def explain(f: Callable, *args, argnums: int | Sequence[int] | None = None) -> E
                        sum(nbytes(v.aval) for v in plan.jaxpr.invars[:t.num_consts]), by_jax,
                        sum(r.saved_bytes for r in rows if r.index is None))
 
-
-def _differentiating(f: Callable, args: tuple, argnums) -> tuple[Callable, tuple]:
-    """``f`` as a function of ``args[argnums]`` alone, closing over the rest
-    (as ``jaxinv.grad`` does: the closed-over values are given)."""
-    nums = (argnums,) if isinstance(argnums, int) else tuple(argnums)
-    nums = tuple(a % len(args) for a in nums)
-
-    def g(*diff):
-        full = list(args)
-        for i, d in zip(nums, diff):
-            full[i] = d
-        return f(*full)
-
-    return g, tuple(args[i] for i in nums)
