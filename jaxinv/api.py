@@ -7,7 +7,7 @@ from typing import Any, Callable, Sequence
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.tree_util import register_pytree_node_class, tree_flatten, tree_leaves, tree_unflatten
+from jax.tree_util import register_pytree_node_class, tree_flatten, tree_leaves, tree_structure, tree_unflatten
 
 from jaxinv import interpreter
 from jaxinv.registry import NotInvertibleError, RuleError
@@ -313,6 +313,8 @@ def _trace_for_inverse(f, example_args, outputs) -> tuple[Traced, list]:
                             f"({shapes}), and that failed with "
                             f"{type(e).__name__}: {first_line}. If f changes shapes, {_PASS_EXAMPLES}") from e
     out = outputs[0] if len(outputs) == 1 else tuple(outputs)
+    if len(outputs) == 1 and tree_structure(out) != t.out_tree and tree_structure(tuple(outputs)) == t.out_tree:
+        out = tuple(outputs)  # f returns a 1-tuple: inverse(f, x)(*f(x)) passes its element
     flat_out, out_tree = tree_flatten(out)
     flat_out = [jnp.asarray(y) for y in flat_out]
     if out_tree != t.out_tree:

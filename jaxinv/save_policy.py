@@ -219,14 +219,18 @@ def choose_saves(k: Knowledge) -> bool:
     """Save what the first strategy that finds something names; False when
     none does. Given inputs (closure values) found are made known first, alone:
     they cost nothing, and knowing them (a weight) often lets the next block be
-    inverted with nothing else saved."""
+    inverted with nothing else saved. Without saving, a strategy that names
+    no closure value is passed over (``(x2, (x1 + x2) / c)`` must free ``c``,
+    not stop at saving the parameter ``x1``)."""
     done = {i for i in k.touched if all(map(k.known, (*k.eqns[i].invars, *k.eqns[i].outvars)))}
     k.touched -= done
     pending = sorted(k.touched)  # only equations next to something known can be unblocked
     for strategy in STRATEGIES:
         found = strategy(k, pending)
-        if found:
-            free = {v: why for v, why in found.items() if v in k.free}
+        free = {v: why for v, why in found.items() if v in k.free}
+        # Without saving (jaxinv.inverse) only closure values can be made
+        # known: a strategy naming none gives way to the next one.
+        if free or (found and k.allow_saving):
             for v, why in (free or found).items():
                 k.save(v, why)
             return True

@@ -1,0 +1,176 @@
+"""The fuzzer: properties of jaxinv on random programs built from the registered rules.
+
+Each property is checked on a random program (see ``fuzzing.py``) with its
+outputs in a random order:
+
+* ``jaxinv.vjp`` equals ``jax.vjp``;
+* ``jax.grad`` of ``jaxinv.invertible(program)`` equals ``jax.grad`` of the
+  program, under ``jit`` and under ``vmap``;
+* an invertible program round-trips through ``jaxinv.inverse``, and one made
+  of exact steps saves no activation (``jaxinv.explain``).
+
+The suite runs a fixed, fast profile. For a long run (random seeds, many
+programs)::
+
+    JAXINV_FUZZ_PROGRAMS=2000 python -m pytest tests/test_fuzz.py -q --hypothesis-show-statistics
+
+A failure prints the shrunk program as Python source, with its constants and
+the rules it uses.
+"""
+
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from hypothesis import HealthCheck, Phase, event, given, note, reject, settings
+from hypothesis import strategies as st
+
+import jaxinv
+from fuzzing import Program, catalogue, programs
+from helpers import assert_trees_close
+from jaxinv import registry
+
+LONG = "JAXINV_FUZZ_PROGRAMS" in os.environ
+# The suite's profile is fixed (derandomized) and does not shrink (a failing
+# program of a few steps already reads well); a long run draws random programs
+# and shrinks what fails.
+FUZZ = settings(max_examples=int(os.environ.get("JAXINV_FUZZ_PROGRAMS", 12)), deadline=None, database=None,
+                derandomize=not LONG, suppress_health_check=list(HealthCheck), print_blob=LONG,
+                phases=list(Phase) if LONG else [Phase.explicit, Phase.generate])
+EPS32 = float(np.finfo(np.float32).eps)
+
+
+def in_dtype(data):
+    """A dtype for the program (most in float64, where tolerances are tight),
+    and the matching x64 context to draw and run it in."""
+    dtype = np.dtype(data.draw(st.sampled_from(["float64", "float64", "float32"]), label="dtype"))
+    return dtype, jax.enable_x64(dtype == np.float64)
+
+
+def draw_program(data, dtype, **kw) -> tuple[Program, Program]:
+    """A program and the same program with its outputs permuted."""
+    program = data.draw(programs(dtype=dtype, **kw), label="program")
+    perm = data.draw(st.permutations(range(len(program.outputs))), label="output order")
+    for feature in sorted(program.features()):
+        event(feature)
+    note(repr(program))
+    note(f"outputs in the order {perm}")
+    return program, program.permuted(perm)
+
+
+def reference(fn, *args):
+    """JAX's own answer; a program JAX itself cannot differentiate is not one
+    to compare against (``jax.vjp`` of ``lax.pad`` with a constant operand and
+    a differentiated padding value raises inside JAX 0.10's transpose rule)."""
+    try:
+        return fn(*args)
+    except Exception as e:  # noqa: BLE001 -- any failure of the reference
+        note(f"JAX itself fails: {type(e).__name__}: {e}")
+        reject()
+
+
+def cotangents(program: Program, outs, seed=1):
+    rng = np.random.default_rng(seed)
+    cts = []
+    for y in outs:
+        dt = jnp.result_type(y)
+        if jnp.issubdtype(dt, jnp.complexfloating):
+            cts.append(jnp.asarray(rng.normal(size=y.shape) + 1j * rng.normal(size=y.shape), dt))
+        elif jnp.issubdtype(dt, jnp.inexact):
+            cts.append(jnp.asarray(rng.normal(size=y.shape), dt))
+        else:
+            cts.append(np.zeros(y.shape, jax.dtypes.float0))
+    return tuple(cts)
+
+
+def tolerance(f, xs, reference, dtype) -> float:
+    """An absolute tolerance for ``f``'s results near ``reference`` in
+    ``dtype``: how far ``f`` moves when its inputs move by float32's eps (the
+    program's own conditioning), scaled to ``dtype``'s eps, times a margin;
+    never below 1000 ulps of the reference's scale."""
+    eps = float(np.finfo(dtype).eps)
+    moved = f(*[x * (1 + EPS32) if jnp.issubdtype(jnp.result_type(x), jnp.inexact) else x for x in xs])
+    drift = max((float(np.max(np.abs(np.asarray(a) - np.asarray(b)))) for a, b in
+                 zip(jax.tree_util.tree_leaves(moved), jax.tree_util.tree_leaves(reference)) if np.size(a)), default=0.0)
+    scale = max((float(np.max(np.abs(np.asarray(r)))) for r in jax.tree_util.tree_leaves(reference) if np.size(r)),
+                default=1.0)
+    return max(1e3 * drift * eps / EPS32, 1e3 * eps * max(scale, 1.0))
+
+
+def loss_of(f, cts):
+    """``sum(real(ct * f(*xs)))`` over the floating outputs."""
+    def loss(*xs):
+        return sum(jnp.sum(jnp.real(c * y)) for c, y in zip(cts, f(*xs)) if jnp.issubdtype(jnp.result_type(y), jnp.inexact))
+    return loss
+
+
+def test_the_fuzzer_composes_every_kind_of_rule():
+    """The catalogue holds the registered rules' examples: elementwise,
+    structural, linear algebra and control flow (a new rule joins by declaring
+    examples, and is then fuzzed)."""
+    with jax.enable_x64(True):
+        names = {s.name.split("#")[0] for s in catalogue()}
+    for prim in ("exp", "log", "mul", "div", "dot_general", "reshape", "transpose", "concatenate", "cumsum",
+                 "scan", "cond", "fft", "triangular_solve", "sort"):
+        if any(p.name == prim for p in registry.inverse_rules) or any(p.name == prim for p in registry.ivjp_rules):
+            assert prim in names, f"`{prim}` has rules and examples but the fuzzer cannot compose it"
+    assert any(not s.exact for s in catalogue()) and any(s.shape_preserving for s in catalogue())
+
+
+@FUZZ
+@given(st.data())
+def test_vjp_equals_jax_vjp(data):
+    dtype, x64 = in_dtype(data)
+    with x64:
+        _, program = draw_program(data, dtype)
+        xs = [jnp.asarray(v) for v in program.values]
+        want_out, want_vjp = reference(jax.vjp, program, *xs)
+        cts = cotangents(program, want_out)
+        got_out, got_vjp = jaxinv.vjp(program, *xs)
+        want = reference(want_vjp, cts)
+        atol = tolerance(lambda *x: jax.vjp(program, *x)[1](cts), xs, want, dtype)
+        assert_trees_close(got_out, want_out, rtol=0.0, atol=atol)
+        assert_trees_close(got_vjp(cts), want, rtol=0.0, atol=atol)
+
+
+@FUZZ
+@given(st.data())
+def test_invertible_grad_under_jit_and_vmap_equals_jax_grad(data):
+    dtype, x64 = in_dtype(data)
+    with x64:
+        _, program = draw_program(data, dtype)
+        xs = [jnp.asarray(v) for v in program.values]
+        cts = cotangents(program, program(*xs))
+        argnums = tuple(range(len(xs)))
+        reference_grad = jax.grad(loss_of(program, cts), argnums)
+        got = jax.grad(loss_of(jaxinv.invertible(program), cts), argnums)
+        want = reference(reference_grad, *xs)
+        atol = tolerance(reference_grad, xs, want, dtype)
+        assert_trees_close(jax.jit(got)(*xs), want, rtol=0.0, atol=atol)
+        # vmap: the inputs and a copy moved by a relative 1e-4 (inside every domain's margin)
+        rng = np.random.default_rng(2)
+        batch = [jnp.stack([x, x * (1 + 1e-4 * rng.uniform(-1, 1, x.shape))]) for x in xs]
+        want_batch = jax.vmap(reference_grad)(*batch)
+        assert_trees_close(jax.vmap(got)(*batch), want_batch, rtol=0.0, atol=2 * atol)
+
+
+@FUZZ
+@given(st.data())
+def test_invertible_programs_round_trip_and_exact_ones_save_nothing(data):
+    dtype, x64 = in_dtype(data)
+    with x64:
+        program, permuted = draw_program(data, dtype, lossy=False)
+        assert program.invertible
+        xs = [jnp.asarray(v) for v in program.values]
+        atol = tolerance(lambda *x: x, xs, xs, dtype)
+        for f in (program, permuted):
+            back = jaxinv.inverse(f, *xs)(*f(*xs))
+            back = back if isinstance(back, tuple) else (back,)
+            # a reconstruction is as good as the outputs' rounding allows: scale by the inverse's own conditioning
+            atol_f = max(atol, tolerance(lambda *y: jaxinv.inverse(f, *xs)(*y), list(f(*xs)), back, dtype))
+            assert_trees_close(back, tuple(xs), rtol=0.0, atol=atol_f)
+        if program.exact:
+            report = jaxinv.explain(permuted, *xs)
+            assert report.saved_activation_bytes == 0, str(report)
+            assert jaxinv.explain(program, *xs).saved_bytes == report.saved_bytes

@@ -1,0 +1,31 @@
+"""What the program fuzzer (``test_fuzz.py``) found, one test each, named after the bug.
+
+Each test is the shrunk program the fuzzer printed, written plainly.
+"""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+import jaxinv
+from helpers import assert_trees_close
+
+
+def test_inverse_of_a_function_returning_a_one_tuple_takes_its_element():
+    # inverse(f, x)(*f(x)) is the natural call; with f returning (y,) it passed y
+    # where the 1-tuple was expected and raised a structure mismatch
+    f = lambda x: (jnp.exp(x),)
+    x = jnp.linspace(-1.0, 1.0, 5)
+    assert_trees_close(jaxinv.inverse(f, x)(*f(x)), x, rtol=1e-6, atol=1e-6)
+    assert_trees_close(jaxinv.inverse(f, x)(f(x)), x, rtol=1e-6, atol=1e-6)
+
+
+def test_inverse_frees_the_closure_divisor_instead_of_giving_up_on_a_parameter():
+    # (x2, (x1 + x2) / c): the planner's first strategy named x1 (a parameter of
+    # the add, next to the known x2), which jaxinv.inverse cannot save, and it
+    # stopped there instead of trying the strategy that makes the closure value c known
+    c = jnp.asarray(np.random.default_rng(0).uniform(0.8, 1.5, (2, 3)))
+    x1, x2 = jnp.full((2, 3), 0.3), jnp.linspace(-1.0, 1.0, 6).reshape(2, 3)
+    for f in (lambda x1, x2: (x2, (x1 + x2) / c), lambda x1, x2: (jnp.arctan2(x1 + 4 * x2, c), x2)):
+        assert_trees_close(jaxinv.inverse(f, x1, x2)(*f(x1, x2)), (x1, x2), rtol=1e-6, atol=1e-6)
+        assert jaxinv.explain(f, x1, x2).saved_activation_bytes == 0
