@@ -27,6 +27,7 @@ import numpy as np
 from jax.extend.core import ClosedJaxpr, Literal, Var, jaxprs_in_params
 from jax.extend.core import primitives as P
 
+from jaxinv import facts as F
 from jaxinv import partial, registry
 from jaxinv.flatten import hashable_params  # noqa: F401  (re-exported for the interpreter)
 from jaxinv.graph import (LOOPS, Graph, eqn_name, is_float, loop_carries, loop_consts,  # noqa: F401
@@ -181,9 +182,11 @@ def loop_differentiated_by_jax(plan: Plan, i: int) -> bool:
 
 def _fold_loop_constants(closed: ClosedJaxpr, known_inputs, input_values) -> ClosedJaxpr:
     """Move a scan's constant operands that are concrete masks or index arrays
-    (a permutation or a 0/1 mask the body closes over) into the body as its
-    own constants, so that the body's plan sees their values (partial
-    knowledge needs them: ``x[:, perm]`` inverts only for a known ``perm``)."""
+    (a permutation or a 0/1 mask the body closes over), or floats whose value
+    proves a fact (a nonzero scale, a nonsingular matrix), into the body as
+    its own constants, so that the body's plan sees their values (partial
+    knowledge needs them: ``x[:, perm]`` inverts only for a known ``perm``;
+    ``W @ c`` only for a provably nonsingular ``W``)."""
     values: dict[Var, Any] = dict(zip(closed.jaxpr.constvars, closed.consts))
     if input_values is not None:
         values.update((v, c) for v, c, k in zip(closed.jaxpr.invars, input_values, known_inputs)
@@ -196,7 +199,10 @@ def _fold_loop_constants(closed: ClosedJaxpr, known_inputs, input_values) -> Clo
             c = np.asarray(values[v])
         except Exception:  # absent, or a tracer
             return None
-        return c if (not is_float(v.aval) or partial.is_mask(c)) else None
+        # Integers, masks, and floats whose value proves a fact a rule may
+        # need (nonzero, a nonsingular matrix): inside the body, only the
+        # value shows it (a closed-over W in `scan(lambda c, _: (W @ c, None))`).
+        return c if (not is_float(v.aval) or partial.is_mask(c) or F.of_value(c)) else None
 
     eqns, changed = [], False
     for e in closed.jaxpr.eqns:

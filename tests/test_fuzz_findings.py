@@ -29,3 +29,16 @@ def test_inverse_frees_the_closure_divisor_instead_of_giving_up_on_a_parameter()
     for f in (lambda x1, x2: (x2, (x1 + x2) / c), lambda x1, x2: (jnp.arctan2(x1 + 4 * x2, c), x2)):
         assert_trees_close(jaxinv.inverse(f, x1, x2)(*f(x1, x2)), (x1, x2), rtol=1e-6, atol=1e-6)
         assert jaxinv.explain(f, x1, x2).saved_activation_bytes == 0
+
+
+def test_a_closed_over_nonsingular_matrix_inside_a_scan_body_inverts():
+    # scan(lambda c, _: (W @ c, None)) with W closed over: inside the body W is a
+    # scan constant with no value, so "W is nonsingular" could not be proven and
+    # jaxinv.inverse refused; its value is now moved into the body with the masks
+    W = jnp.asarray(np.eye(4) * 5 + np.random.default_rng(0).uniform(-1, 1, (4, 4)))
+    f = lambda x: jax.lax.scan(lambda c, _: (W @ c, None), x, None, length=2)[0]
+    x = jnp.linspace(-1.0, 1.0, 4)
+    assert_trees_close(jaxinv.inverse(f, x)(f(x)), x, rtol=1e-5, atol=1e-5)
+    assert jaxinv.explain(f, x).saved_activation_bytes == 0
+    loss = lambda x: jnp.sum(jnp.sin(f(x)))
+    assert_trees_close(jaxinv.grad(loss)(x), jax.grad(loss)(x), rtol=1e-5, atol=1e-6)
