@@ -6,8 +6,9 @@ outputs in a random order:
 * ``jaxinv.vjp`` equals ``jax.vjp``;
 * ``jax.grad`` of ``jaxinv.invertible(program)`` equals ``jax.grad`` of the
   program, under ``jit`` and under ``vmap``;
-* an invertible program round-trips through ``jaxinv.inverse``, and one made
-  of exact steps saves no activation (``jaxinv.explain``).
+* an invertible program round-trips through ``jaxinv.inverse``, its
+  ``inverse_and_ildj`` is ``-log|det J|`` (where the Jacobian is square), and
+  one made of exact steps saves no activation (``jaxinv.explain``).
 
 The suite runs a fixed, fast profile. For a long run (random seeds, many
 programs)::
@@ -98,6 +99,36 @@ def tolerance(f, xs, reference, dtype) -> float:
     return max(1e3 * drift * eps / EPS32, 1e3 * eps * max(scale, 1.0))
 
 
+def check_ildj(program, permuted, xs, dtype):
+    """``inverse_and_ildj`` gives ``-log|det J|`` of the program (in float64,
+    for a square Jacobian of real values), whatever the order of the outputs."""
+    outs = program(*xs)
+    sizes = [int(np.size(x)) for x in xs]
+    real = all(jnp.issubdtype(jnp.result_type(y), jnp.floating) for y in (*xs, *outs))
+    if dtype != np.float64 or not real or sum(sizes) != sum(int(np.size(y)) for y in outs) or sum(sizes) > 64:
+        return
+    try:
+        _, got = jaxinv.inverse_and_ildj(program, *xs)(*outs)
+    except jaxinv.NotInvertibleError as e:
+        if "no log-det" in str(e):
+            event("ildj refused: a step has no log-det rule")
+            return  # refused clearly, not answered wrongly
+        raise
+    _, got_permuted = jaxinv.inverse_and_ildj(permuted, *xs)(*permuted(*xs))
+
+    def minus_logdet(*x):
+        def flat(z):
+            parts = jnp.split(z, np.cumsum(sizes)[:-1])
+            return jnp.concatenate([y.ravel() for y in program(*[p.reshape(np.shape(a)) for p, a in zip(parts, x)])])
+        return -jnp.linalg.slogdet(jax.jacfwd(flat)(jnp.concatenate([a.ravel() for a in x])))[1]
+
+    want = minus_logdet(*xs)
+    atol = tolerance(minus_logdet, xs, want, dtype)
+    np.testing.assert_allclose(got, want, rtol=0, atol=atol)
+    np.testing.assert_allclose(got_permuted, got, rtol=0, atol=atol)
+    event("ildj checked")
+
+
 def loss_of(f, cts):
     """``sum(real(ct * f(*xs)))`` over the floating outputs."""
     def loss(*xs):
@@ -170,6 +201,7 @@ def test_invertible_programs_round_trip_and_exact_ones_save_nothing(data):
             # a reconstruction is as good as the outputs' rounding allows: scale by the inverse's own conditioning
             atol_f = max(atol, tolerance(lambda *y: jaxinv.inverse(f, *xs)(*y), list(f(*xs)), back, dtype))
             assert_trees_close(back, tuple(xs), rtol=0.0, atol=atol_f)
+        check_ildj(program, permuted, xs, dtype)
         if program.exact:
             report = jaxinv.explain(permuted, *xs)
             assert report.saved_activation_bytes == 0, str(report)
