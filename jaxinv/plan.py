@@ -181,7 +181,7 @@ def loop_differentiated_by_jax(plan: Plan, i: int) -> bool:
 
 
 def _fold_loop_constants(closed: ClosedJaxpr, known_inputs, input_values) -> ClosedJaxpr:
-    """Move a scan's constant operands that are concrete masks or index arrays
+    """Move a scan's constant operands (and a cond's) that are concrete masks or index arrays
     (a permutation or a 0/1 mask the body closes over), or floats whose value
     proves a fact (a nonzero scale, a nonsingular matrix), into the body as
     its own constants, so that the body's plan sees their values (partial
@@ -211,6 +211,11 @@ def _fold_loop_constants(closed: ClosedJaxpr, known_inputs, input_values) -> Clo
             if fold:
                 e = _scan_with_constants(e, fold)
                 changed = True
+        elif e.primitive is P.cond_p:
+            fold = {j: c for j, v in enumerate(e.invars[1:]) if (c := steering(v)) is not None}
+            if fold:
+                e = _cond_with_constants(e, fold)
+                changed = True
         eqns.append(e)
     return ClosedJaxpr(closed.jaxpr.replace(eqns=eqns), closed.consts) if changed else closed
 
@@ -222,14 +227,26 @@ def _debug_info_keeping(jaxpr, keep):
     return info._replace(arg_names=tuple(info.arg_names[j] for j in keep))
 
 
-def _scan_with_constants(e, fold: dict[int, Any]):
-    body = e.params["jaxpr"]
+def _with_constants(body: ClosedJaxpr, fold: dict[int, Any]) -> ClosedJaxpr:
+    """``body`` with its inputs ``fold`` (by position) turned into constants of these values."""
     inner = body.jaxpr
     keep = [j for j in range(len(inner.invars)) if j not in fold]
-    new_body = ClosedJaxpr(
+    return ClosedJaxpr(
         inner.replace(constvars=[*inner.constvars, *(inner.invars[j] for j in fold)],
                       invars=[inner.invars[j] for j in keep], debug_info=_debug_info_keeping(inner, keep)),
         [*body.consts, *fold.values()])
+
+
+def _cond_with_constants(e, fold: dict[int, Any]):
+    """A cond whose operands ``fold`` (by position after the index) are constants of every branch."""
+    keep = [j for j in range(len(e.invars) - 1) if j not in fold]
+    branches = tuple(_with_constants(b, fold) for b in e.params["branches"])
+    return e.replace(invars=[e.invars[0], *(e.invars[1 + j] for j in keep)], params=dict(e.params, branches=branches))
+
+
+def _scan_with_constants(e, fold: dict[int, Any]):
+    keep = [j for j in range(len(e.params["jaxpr"].jaxpr.invars)) if j not in fold]
+    new_body = _with_constants(e.params["jaxpr"], fold)
     params = dict(e.params, jaxpr=new_body, num_consts=e.params["num_consts"] - len(fold))
     if "linear" in params:
         params["linear"] = tuple(params["linear"][j] for j in keep)

@@ -42,3 +42,14 @@ def test_a_closed_over_nonsingular_matrix_inside_a_scan_body_inverts():
     assert jaxinv.explain(f, x).saved_activation_bytes == 0
     loss = lambda x: jnp.sum(jnp.sin(f(x)))
     assert_trees_close(jaxinv.grad(loss)(x), jax.grad(loss)(x), rtol=1e-5, atol=1e-6)
+
+
+def test_a_closed_over_nonsingular_matrix_inside_a_cond_branch_inverts():
+    # lax.cond(p, lambda c: W @ c, ...) passes the closed-over W as an operand:
+    # the same as the scan above, for cond's branches
+    W = jnp.asarray(np.eye(4) * 5 + np.random.default_rng(0).uniform(-1, 1, (4, 4)))
+    x = jnp.linspace(-1.0, 1.0, 4)
+    for pred in (True, False):
+        f = lambda x: jax.lax.cond(pred, lambda c: W @ c, lambda c: c * 2.0, x)
+        assert_trees_close(jaxinv.inverse(f, x)(f(x)), x, rtol=1e-5, atol=1e-5)
+        assert jaxinv.explain(f, x).saved_activation_bytes == 0
