@@ -476,7 +476,13 @@ class _Builder:
             return None  # a value spread too wide to map well (its gradient would be scaled away)
         if self.data.draw(st.booleans(), label="flip sign"):
             a = -a
-        b = (lo + hi) / 2 - a * (vmin + vmax) / 2
+        # the middle of the image lands at a random point of the middle half, not
+        # at the domain's centre: a constant array would land exactly on 0, where
+        # relu and abs have kinks and a gradient depends on the last rounding
+        centre = lo + (hi - lo) * self.rng.uniform(0.25, 0.75)
+        half = abs(a) * (vmax - vmin) / 2
+        centre = min(max(centre, lo + half), hi - half)
+        b = centre - a * (vmin + vmax) / 2
         out = self.fresh()
         self.emit(block, Affine(out, name, a, b), env)
         return out
