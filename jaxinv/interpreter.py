@@ -305,8 +305,9 @@ def reconstruct(plan: Plan, inputs, residuals, outvals) -> list:
 
         (x,) = reconstruct(plan, [None], res, outs)
     """
-    sweep = _Sweep(plan, inputs, residuals, outvals)
-    return [sweep.value(v) for v in plan.jaxpr.invars]
+    with registry.principal_branches(plan.principal_branch):
+        sweep = _Sweep(plan, inputs, residuals, outvals)
+        return [sweep.value(v) for v in plan.jaxpr.invars]
 
 
 def reconstruct_and_ildj(plan: Plan, inputs, residuals, outvals) -> tuple[list, Any]:
@@ -318,8 +319,9 @@ def reconstruct_and_ildj(plan: Plan, inputs, residuals, outvals) -> tuple[list, 
 
         (x,), ildj = reconstruct_and_ildj(plan, [None], [], [y])
     """
-    sweep = _Sweep(plan, inputs, residuals, outvals, track_ildj=True)
-    values = [sweep.value(v) for v in plan.jaxpr.invars]
+    with registry.principal_branches(plan.principal_branch):
+        sweep = _Sweep(plan, inputs, residuals, outvals, track_ildj=True)
+        values = [sweep.value(v) for v in plan.jaxpr.invars]
     total = log_det_zero([*values, *outvals])
     for term in sweep.ildj:
         total = total + jnp.asarray(term).astype(total.dtype)

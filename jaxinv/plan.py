@@ -55,6 +55,8 @@ class Plan:
     fused: dict[int, tuple[bool, ...]] = dataclasses.field(default_factory=dict)
     # Steps that teach elements of a value (jaxinv.partial), replayed by ASSEMBLE sources.
     pieces: list = dataclasses.field(default_factory=list)
+    # jaxinv.inverse's plan: its loop and cond bodies are planned in the same mode.
+    principal_branch: bool = False
 
     @property
     def jaxpr(self):
@@ -81,6 +83,11 @@ def make_plan(closed: ClosedJaxpr, known_inputs: Sequence[bool], *, input_values
     """
     # The gradient path outside loop bodies (where saving is allowed) never
     # inverts a saturating map: a NaN gradient is worse than one saved value.
+    with registry.principal_branches(principal_branch):  # bodies planned by rules: the same mode
+        return _make_plan(closed, known_inputs, input_values, allow_saving, principal_branch)
+
+
+def _make_plan(closed, known_inputs, input_values, allow_saving, principal_branch) -> Plan:
     table = registry.inverse_table(principal_branch, well_conditioned=allow_saving)
     closed = _fold_loop_constants(closed, known_inputs, input_values)
     graph = Graph(closed, known_inputs, input_values, assume_nonzero=principal_branch)
@@ -99,7 +106,7 @@ def make_plan(closed: ClosedJaxpr, known_inputs: Sequence[bool], *, input_values
             k.sources[v] = Source(SourceKind.INPUT)
     active = _active(graph)
     return Plan(graph.closed, graph.known_inputs, k.sources, k.saved, {v: k.reasons[v] for v in k.saved},
-                table, active, graph.live, _fused_loops(k, active), k.pieces)
+                table, active, graph.live, _fused_loops(k, active), k.pieces, principal_branch)
 
 
 def _pruned(k: Knowledge) -> Knowledge:

@@ -217,6 +217,35 @@ def proving(facts: dict[int, frozenset]):
         _proven.reset(token)
 
 
+# --------------------------------------------------------------------------
+# jaxinv.inverse's mode, for plans made inside rules (loop and cond bodies)
+
+_principal: contextvars.ContextVar[bool] = contextvars.ContextVar("jaxinv_principal_branch", default=False)
+
+
+@contextlib.contextmanager
+def principal_branches(allowed: bool):
+    """Set the planning mode of bodies planned inside a rule: ``jaxinv.inverse``'s
+    (principal branches, divisors assumed nonzero) or the gradient's. The
+    planner sets it while it plans, the interpreter while it runs a plan.
+
+    Example::
+
+        with principal_branches(plan.principal_branch):
+            ...   # a scan rule plans its body in the same mode
+    """
+    token = _principal.set(allowed)
+    try:
+        yield
+    finally:
+        _principal.reset(token)
+
+
+def principal_branches_allowed() -> bool:
+    """Inside a rule: whether bodies are planned in ``jaxinv.inverse``'s mode."""
+    return _principal.get()
+
+
 # Planner's cache of probe results; cleared whenever a rule is (re)registered.
 _probe_cache: dict[Any, Any] = {}
 _merged_tables: dict[Any, dict] = {}

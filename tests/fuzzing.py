@@ -426,8 +426,8 @@ class Program:
 class _Builder:
     """Draws a program step by step on concrete values (float64)."""
 
-    def __init__(self, data, allow_lossy: bool, regions: bool, dtype):
-        self.data, self.allow_lossy, self.regions, self.dtype = data, allow_lossy, regions, np.dtype(dtype)
+    def __init__(self, data, allow_lossy: bool, dtype):
+        self.data, self.allow_lossy, self.dtype = data, allow_lossy, np.dtype(dtype)
         self.rng = np.random.default_rng(data.draw(st.integers(0, 2**32 - 1), label="seed"))
         self.n = 0
         self.inputs, self.values, self.consts, self.steps = [], [], {}, {}
@@ -648,8 +648,7 @@ def programs(draw, *, lossy: bool = True, regions: bool = True, max_steps: int =
         def test_round_trip(program): ...
     """
     data = draw(st.data())
-    b = _Builder(data, allow_lossy=lossy and data.draw(st.booleans(), label="lossy steps"), regions=regions,
-                 dtype=dtype)
+    b = _Builder(data, allow_lossy=lossy and data.draw(st.booleans(), label="lossy steps"), dtype=dtype)
     for _ in range(data.draw(st.integers(1, 2), label="inputs")):
         b.pool.append(b.new_input(b.choose(INPUT_SHAPES, "input shape")))
     for _ in range(data.draw(st.integers(1, max_steps), label="steps")):

@@ -53,3 +53,19 @@ def test_a_closed_over_nonsingular_matrix_inside_a_cond_branch_inverts():
         f = lambda x: jax.lax.cond(pred, lambda c: W @ c, lambda c: c * 2.0, x)
         assert_trees_close(jaxinv.inverse(f, x)(f(x)), x, rtol=1e-5, atol=1e-5)
         assert jaxinv.explain(f, x).saved_activation_bytes == 0
+
+
+def test_inverse_plans_a_cond_branch_in_its_own_mode():
+    # jaxinv.inverse assumes a divisor nonzero (a zero is outside f's invertible
+    # domain) and inverts sin on its principal branch; a cond branch or a scan
+    # body was planned in the gradient's stricter mode, so the same code
+    # inverted outside a cond and not inside one
+    x = jnp.asarray([[0.9, -1.1, 1.3, 0.7]])
+    for f in (lambda x: jax.lax.cond(True, lambda c: jnp.cumprod(c, axis=1), lambda c: c, x),
+              lambda x: jax.lax.scan(lambda c, _: (jnp.sin(c), None), x, None, length=2)[0]):
+        x0 = 0.5 * x
+        assert_trees_close(jaxinv.inverse(f, x0)(f(x0)), x0, rtol=1e-5, atol=1e-6)
+    # gradients keep the strict mode: cumprod's divisor is not assumed nonzero there
+    f = lambda x: jax.lax.cond(True, lambda c: jnp.cumprod(c, axis=1), lambda c: c, x)
+    loss = lambda x: jnp.sum(f(x) ** 2)
+    assert_trees_close(jaxinv.grad(loss)(x.at[0, 1].set(0.0)), jax.grad(loss)(x.at[0, 1].set(0.0)), rtol=1e-5, atol=1e-6)

@@ -38,7 +38,7 @@ from jax import lax
 from jax.extend.core import ClosedJaxpr, Literal
 from jax.extend.core import primitives as P
 
-from jaxinv import interpreter
+from jaxinv import interpreter, registry
 from jaxinv.flatten import flatten, has_calls
 from jaxinv.plan import make_plan
 from jaxinv._version import __version__
@@ -55,13 +55,19 @@ def _closed(j) -> ClosedJaxpr:
     return j if isinstance(j, ClosedJaxpr) else ClosedJaxpr(j, ())
 
 
-@functools.lru_cache(maxsize=512)
 def _body_plan(body: ClosedJaxpr, known: tuple[bool, ...]):
     """A loop body's plan with nothing saved (raises NotInvertibleError); calls
-    inside the body (jit, remat, nested regions) are inlined first."""
+    inside the body (jit, remat, nested regions) are inlined first. Under
+    ``jaxinv.inverse`` it is planned in its mode (principal branches, divisors
+    assumed nonzero), as the code around the loop is."""
+    return _body_plan_in_mode(body, known, registry.principal_branches_allowed())
+
+
+@functools.lru_cache(maxsize=512)
+def _body_plan_in_mode(body: ClosedJaxpr, known: tuple[bool, ...], principal_branch: bool):
     if has_calls(body):
         body = flatten(body, lift_consts=False)
-    plan = make_plan(body, known, allow_saving=False)
+    plan = make_plan(body, known, allow_saving=False, principal_branch=principal_branch)
     lost = [i for i, (v, k) in enumerate(zip(plan.jaxpr.invars, known)) if not k and v not in plan.sources]
     if lost:  # the planner recovers only what the outputs depend on
         raise NotInvertibleError(f"the outputs do not depend on input(s) {lost} of the body")
