@@ -171,9 +171,12 @@ LOSSY = {
     "relu": jax.nn.relu,
     "square": lambda x: x * x,
     "clip": lambda x: jnp.clip(x, -0.5, 0.5),
-    "row_max": lambda x: jnp.broadcast_to(jnp.max(x, axis=-1, keepdims=True), x.shape),
-    "mean": lambda x: jnp.full_like(x, jnp.mean(x)),
+    "minus_row_max": lambda x: x - jnp.max(x, axis=-1, keepdims=True),
+    "centre": lambda x: x - jnp.mean(x),
 }
+# (Not a constant array, or rows repeating one value: a rank-1 matrix fed to
+# svd or eigh is a point where the gradient is not defined, and JAX's own
+# answer there changes under jit.)
 
 
 # ---------------------------------------------------------------- statements

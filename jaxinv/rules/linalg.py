@@ -655,6 +655,13 @@ pack.register_inverse(P.lu_p, _lu_inverse, examples=[
     Example(lambda a: jax.scipy.linalg.lu_factor(a), nonsingular(4), label="lu_factor (lu and pivots only)"),
 ], notes="A = P L U from lu and the permutation (or the pivots)")
 
+# The VJPs of eigh and svd divide by the gaps between eigenvalues (singular
+# values): rebuilt with rounding, a repeated value (a rank-1 matrix's zeros)
+# becomes a tiny gap and the gradient NaN where jax.grad's is 0. The gradient
+# path saves their input instead (found by the fuzzer).
+pack.register_saturating(P.eigh_p, "its VJP divides by eigenvalue gaps, which a rebuilt input perturbs")
+pack.register_saturating(P.svd_p, "its VJP divides by singular-value gaps, which a rebuilt input perturbs")
+
 # log-dets (jaxinv.ildj) of the solves
 pack.register_ildj(P.dot_general_p, _dot_general_ildj)
 pack.register_ildj(P.conv_general_dilated_p, _conv_ildj)
