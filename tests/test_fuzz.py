@@ -16,8 +16,9 @@ programs)::
 
     JAXINV_FUZZ_PROGRAMS=2000 python -m pytest tests/test_fuzz.py -q --hypothesis-show-statistics
 
-A failure prints the program (shrunk, in a long run) as Python source, with
-its constants and the rules it uses.
+A failure prints the program (shrunk, in a long run, unless
+``JAXINV_FUZZ_SHRINK=0``) as Python source, with its constants and the rules
+it uses.
 """
 
 import os
@@ -39,7 +40,8 @@ LONG = "JAXINV_FUZZ_PROGRAMS" in os.environ
 # and shrinks what fails.
 FUZZ = settings(max_examples=int(os.environ.get("JAXINV_FUZZ_PROGRAMS", 12)), deadline=None, database=None,
                 derandomize=not LONG, suppress_health_check=list(HealthCheck), print_blob=LONG,
-                phases=list(Phase) if LONG else [Phase.explicit, Phase.generate])
+                phases=list(Phase) if LONG and os.environ.get("JAXINV_FUZZ_SHRINK") != "0"
+                else [Phase.explicit, Phase.generate])
 
 
 def in_dtype(data):
