@@ -89,6 +89,19 @@ class Nonsingular:
     def shape(self) -> Shape:
         return self.batch + (self.n, self.n)
 
+    def from_entries(self, a: np.ndarray) -> np.ndarray:
+        """A member of this set made from entries ``a`` in ``[-1, 1]`` of its shape."""
+        n = self.n
+        if self.symmetric_positive:
+            a = a @ np.swapaxes(a, -1, -2) + n * np.eye(n)
+        else:
+            a = a + (n + 1) * np.eye(n)  # strictly dominant: |a_ii| >= n > sum of the others
+        if self.lower is True:
+            a = np.tril(a)
+        elif self.lower is False:
+            a = np.triu(a)
+        return a
+
     def describe(self) -> str:
         kind = "SPD" if self.symmetric_positive else "nonsingular"
         if self.lower is not None:

@@ -81,13 +81,13 @@ def make_plan(closed: ClosedJaxpr, known_inputs: Sequence[bool], *, input_values
         plan = make_plan(jax.make_jaxpr(f)(x), [False])
         plan.saved   # what the forward pass keeps
     """
-    # The gradient path outside loop bodies (where saving is allowed) never
-    # inverts a saturating map: a NaN gradient is worse than one saved value.
     with registry.principal_branches(principal_branch):  # bodies planned by rules: the same mode
         return _make_plan(closed, known_inputs, input_values, allow_saving, principal_branch)
 
 
 def _make_plan(closed, known_inputs, input_values, allow_saving, principal_branch) -> Plan:
+    # The gradient path outside loop bodies (where saving is allowed) never
+    # inverts a saturating map: a NaN gradient is worse than one saved value.
     table = registry.inverse_table(principal_branch, well_conditioned=allow_saving)
     closed = _fold_loop_constants(closed, known_inputs, input_values)
     graph = Graph(closed, known_inputs, input_values, assume_nonzero=principal_branch)

@@ -313,8 +313,9 @@ def _cheapest_subset(k: Knowledge, e):
         subsets = [tuple(j for j in rest if j != skip) for skip in rest] + [tuple(rest)]
     subsets = [s for c in subsets for s in (free + c, c) if s and len(s) < len(unknown)]
     subsets = list(dict.fromkeys(subsets))
-    for subset in sorted(subsets, key=lambda c: (sum(cost[j] for j in c), -len(c))):
+    price = lambda c: (sum(cost[j] for j in c), -len(c))  # bytes, then the larger subset first
+    for subset in sorted(subsets, key=price):
         dead = unlocks(k, e, tuple(k.known(v) or j in subset for j, v in enumerate(e.invars)))
         if dead is not None:
-            return (sum(cost[j] for j in subset), -len(subset)), subset, dead
+            return price(subset), subset, dead
     return None

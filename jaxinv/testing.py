@@ -622,17 +622,8 @@ def _draw(data, domain, dtype):
         return _host(data.draw(hnp.arrays(np.bool_, domain.shape, elements=st.booleans())), np.bool_)
     dt = domain.dtype or dtype
     if isinstance(domain, Nonsingular):
-        n = domain.n
-        a = data.draw(hnp.arrays(np.float64, domain.shape, elements=st.floats(-1, 1)))
-        if domain.symmetric_positive:
-            a = a @ np.swapaxes(a, -1, -2) + n * np.eye(n)
-        else:
-            a = a + (n + 1) * np.eye(n)  # strictly dominant: |a_ii| >= n > sum of the others
-        if domain.lower is True:
-            a = np.tril(a)
-        elif domain.lower is False:
-            a = np.triu(a)
-        return _host(a, dt)
+        entries = data.draw(hnp.arrays(np.float64, domain.shape, elements=st.floats(-1, 1)))
+        return _host(domain.from_entries(entries), dt)
     assert isinstance(domain, Reals), domain
     if domain.away_from_zero:
         mag = data.draw(hnp.arrays(np.float64, domain.shape,

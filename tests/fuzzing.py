@@ -73,12 +73,7 @@ def _sample(domain, rng: np.random.Generator, float_dtype=DTYPE):
         return rng.random(domain.shape) < domain.p_true
     dtype = np.dtype(domain.dtype or float_dtype)
     if isinstance(domain, Nonsingular):
-        n = domain.n
-        a = rng.uniform(-1, 1, domain.shape)
-        a = a @ np.swapaxes(a, -1, -2) + n * np.eye(n) if domain.symmetric_positive else a + (n + 1) * np.eye(n)
-        if domain.lower is not None:
-            a = np.tril(a) if domain.lower else np.triu(a)
-        return a.astype(dtype)
+        return domain.from_entries(rng.uniform(-1, 1, domain.shape)).astype(dtype)
     lo, hi = _inner(domain)
     return rng.uniform(lo, hi, domain.shape).astype(dtype)
 
