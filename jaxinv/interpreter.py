@@ -10,7 +10,8 @@
   ``add`` and ``G``'s own VJP), and dropped as soon as the sweep has passed the
   equation that defines it.
 * Without a fused ivjp rule, an equation's input cotangents come from the
-  primitive's own VJP at the reconstructed inputs.
+  primitive's own VJP at the reconstructed inputs (for ``max`` and its kin,
+  a VJP that tolerates rebuilt inputs: :mod:`jaxinv.stable_vjp`).
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.extend.core import Literal, Var
 
-from jaxinv import partial, registry
+from jaxinv import partial, registry, stable_vjp
 from jaxinv.flatten import eval_eqn
 from jaxinv.flatten import hashable_params
 from jaxinv.graph import eqn_name, source_line
@@ -206,12 +207,14 @@ def primitive_vjp(e, invals, out_ct, active_in) -> list:
     key = _vjp_key(e, idx)
     closed = _vjp_cache.get(key) if key is not None else None
     if closed is None:
+        stable = stable_vjp.function_for(e)
+
         def vjp_of_eqn(xs, cts):
             def f(*active):
                 full = list(xs)
                 for j, x in zip(idx, active):
                     full[j] = x
-                return eval_eqn(e, full)
+                return [stable(*full, **e.params)] if stable else eval_eqn(e, full)
             _, f_vjp = jax.vjp(f, *[xs[j] for j in idx])
             return f_vjp(cts)
         spec = lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, weak_type=a.weak_type)

@@ -182,7 +182,9 @@ def test_vjp_equals_jax_vjp(data):
         want = reference(want_vjp, cts)
         atol = tolerance(lambda *x: jax.vjp(program, *x)[1](cts), xs, want, dtype)
         assert_trees_close(got_out, want_out, rtol=0.0, atol=atol)
-        assert_trees_close(got_vjp(cts), want, rtol=0.0, atol=atol)
+        # the backward pass compiled, as in training (XLA may then recompute a
+        # rebuilt value in every fusion that reads it)
+        assert_trees_close(jax.jit(got_vjp)(cts), want, rtol=0.0, atol=atol)
         # jaxinv.grad of some arguments: the others are given values (data, or fixed weights)
         argnums = tuple(sorted(data.draw(st.sets(st.sampled_from(range(len(xs))), min_size=1), label="argnums")))
         want_grad = reference(jax.grad(loss_of(program, cts), argnums), *xs)
