@@ -20,6 +20,8 @@ from jax.extend import source_info_util
 from jax.extend.core import ClosedJaxpr, Jaxpr, Literal, Primitive
 from jax.extend.core import primitives as P
 
+from jaxinv.compat import aval_spec
+
 
 # prim -> fn(params) -> ClosedJaxpr | None: the body to inline, or None to keep
 # the equation whole.
@@ -123,7 +125,7 @@ def flatten(closed: ClosedJaxpr, *, lift_consts: bool = True) -> ClosedJaxpr:
         flat = flatten(jax.make_jaxpr(f)(x))
     """
     jaxpr = closed.jaxpr
-    spec = lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, weak_type=a.weak_type)
+    spec = aval_spec
     if not lift_consts:
         fn = lambda *a: _inline_eval(jaxpr, closed.consts, a)
         return jax.make_jaxpr(fn)(*[spec(v.aval) for v in jaxpr.invars])

@@ -24,6 +24,7 @@ import numpy as np
 from jax.extend.core import Literal, Var
 
 from jaxinv import partial, registry, stable_vjp
+from jaxinv.compat import aval_spec, trace_context, varying_axes, with_sharding_of
 from jaxinv.flatten import eval_eqn
 from jaxinv.flatten import hashable_params
 from jaxinv.graph import eqn_name, source_line
@@ -217,7 +218,7 @@ def primitive_vjp(e, invals, out_ct, active_in) -> list:
                 return [stable(*full, **e.params)] if stable else eval_eqn(e, full)
             _, f_vjp = jax.vjp(f, *[xs[j] for j in idx])
             return f_vjp(cts)
-        spec = lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, weak_type=a.weak_type)
+        spec = aval_spec
         closed = jax.make_jaxpr(vjp_of_eqn)([spec(v.aval) for v in e.invars],
                                             [spec(v.aval) for v in e.outvars])
         if key is not None:
@@ -236,8 +237,7 @@ def _vjp_key(e, idx):
     params = hashable_params(e.params)
     if params is None:
         return None
-    return (e.primitive, params, tuple(str(v.aval) for v in e.invars),
-            tuple(v.aval.weak_type for v in e.invars), idx)
+    return (e.primitive, params, tuple(v.aval for v in e.invars), idx, trace_context())
 
 
 def call_rule(table, e, invals, outvals, *cts):
@@ -277,9 +277,24 @@ def _opaque(inputs, residuals, outvals):
     it impossible by construction.
     """
     known = [x for x in inputs if x is not None]
-    known, residuals, outvals = jax.lax.optimization_barrier((known, list(residuals), list(outvals)))
+    known, residuals, outvals = _barrier((known, list(residuals), list(outvals)))
     it = iter(known)
     return [next(it) if x is not None else None for x in inputs], residuals, outvals
+
+
+def _barrier(tree):
+    """``optimization_barrier`` over a tree's leaves, one barrier per set of
+    ``shard_map`` axes the leaves vary over: one barrier for all would make an
+    invariant value (a replicated weight) varying."""
+    leaves, treedef = jax.tree_util.tree_flatten(tree)
+    groups: dict[frozenset, list[int]] = {}
+    for i, x in enumerate(leaves):
+        groups.setdefault(varying_axes(x), []).append(i)
+    out = list(leaves)
+    for idx in groups.values():
+        for i, y in zip(idx, jax.lax.optimization_barrier([leaves[i] for i in idx])):
+            out[i] = y
+    return jax.tree_util.tree_unflatten(treedef, out)
 
 
 def backward(plan: Plan, inputs, residuals, outvals, out_cts, *, return_inputs: bool = False):
@@ -295,7 +310,7 @@ def backward(plan: Plan, inputs, residuals, outvals, out_cts, *, return_inputs: 
     """
     inputs, residuals, outvals = _opaque(inputs, residuals, outvals)
     sweep = _Sweep(plan, inputs, residuals, outvals)
-    in_cts = sweep.run(out_cts)
+    in_cts = [with_sharding_of(ct, v.aval) for ct, v in zip(sweep.run(out_cts), plan.jaxpr.invars)]
     if not return_inputs:
         return in_cts
     return [sweep.value(v) for v in plan.jaxpr.invars], in_cts
