@@ -81,7 +81,8 @@ def make_plan(closed: ClosedJaxpr, known_inputs: Sequence[bool], *, input_values
         plan = make_plan(jax.make_jaxpr(f)(x), [False])
         plan.saved   # what the forward pass keeps
     """
-    with registry.principal_branches(principal_branch):  # bodies planned by rules: the same mode
+    with registry.principal_branches(principal_branch), \
+            registry.well_conditioned(allow_saving and not principal_branch):  # bodies planned by rules: the same mode
         return _make_plan(closed, known_inputs, input_values, allow_saving, principal_branch)
 
 

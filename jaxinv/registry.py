@@ -246,6 +246,34 @@ def principal_branches_allowed() -> bool:
     return _principal.get()
 
 
+_conditioned: contextvars.ContextVar[bool] = contextvars.ContextVar("jaxinv_well_conditioned", default=False)
+
+
+@contextlib.contextmanager
+def well_conditioned(required: bool):
+    """Set whether the plan being made may save instead of inverting (the
+    gradient path outside loop bodies), so that a rule whose conditioning
+    depends on its operands can refuse where it could lose precision. The
+    planner sets it while it plans.
+
+    Example::
+
+        with well_conditioned(True):
+            ...   # logaddexp(x, c) with a nonzero c refuses: its input is saved
+    """
+    token = _conditioned.set(required)
+    try:
+        yield
+    finally:
+        _conditioned.reset(token)
+
+
+def well_conditioned_required() -> bool:
+    """Inside a rule: whether the planner would rather save than invert
+    where inverting could lose precision (see :func:`well_conditioned`)."""
+    return _conditioned.get()
+
+
 # Planner's cache of probe results; cleared whenever a rule is (re)registered.
 _probe_cache: dict[Any, Any] = {}
 _merged_tables: dict[Any, dict] = {}

@@ -452,7 +452,7 @@ pack.register_inverse(P.custom_jvp_call_p, _custom_call_inverse, examples=[
     Example(jnp.logaddexp, reals(-5, 5), reals(-5, 5), solve=[(0,), (1,)], label="logaddexp, either operand"),
     Example(jax.scipy.special.logit, reals(0.01, 0.99), label="logit (recognised)"),
 ], notes="inverted through its body, or by a known inverse (logaddexp, softplus, logit); cotangents from its "
-         "custom JVP")
+         "custom JVP; logaddexp with a nonzero known operand saturates: the gradient path saves its input")
 pack.register_inverse(P.custom_vjp_call_p, _custom_call_inverse,
                       examples=Example(lambda x: _shifted_exp(x), reals()),
                       notes="inverted through its body; cotangents from its custom VJP")

@@ -30,10 +30,12 @@ from typing import Any, Callable, Sequence
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax import lax
 from jax.extend.core import ClosedJaxpr, Jaxpr
 from jax.extend.core import primitives as P
 
+from jaxinv import registry
 from jaxinv.registry import NotInvertibleError, input_avals
 
 FunctionInverse = Callable[[Sequence[Any], Sequence[Any]], Sequence[Any]]
@@ -138,6 +140,14 @@ def _log1mexp(d):
     return jnp.where(d > -math.log(2), jnp.log(-jnp.expm1(d)), jnp.log1p(-jnp.exp(d)))
 
 
+def _is_zero(x) -> bool:
+    """Whether ``x`` is a concrete array of zeros (not a traced value)."""
+    try:
+        return not np.any(np.asarray(x))
+    except (jax.errors.TracerArrayConversionError, jax.errors.ConcretizationTypeError, TypeError):
+        return False
+
+
 def _solve_logaddexp(name: str, log_base: float):
     """``y = log_b(b**x1 + b**x2)`` solved for the unknown operand given the other:
     ``x = y + log_b(1 - b**(known - y))``. Defined for ``y > known`` (the image)."""
@@ -150,6 +160,11 @@ def _solve_logaddexp(name: str, log_base: float):
         (y,) = outvals
         if not jnp.issubdtype(jnp.result_type(y), jnp.floating):
             raise NotInvertibleError(f"`{name}` is inverted for real floating values only")
+        if registry.well_conditioned_required() and not _is_zero(invals[1 - i]):
+            # y = c + log(1 + exp(x - c)) rounds to c where x << c: x is lost
+            # (softplus, c = 0, keeps full relative precision near 0)
+            raise NotInvertibleError(f"`{name}` with a known operand other than 0 saturates where the unknown one is "
+                                     f"far below it; on the gradient path its input is saved")
         d = (jnp.asarray(invals[1 - i], y.dtype) - y) * log_base
         out = list(invals)
         out[i] = _fit(y + _log1mexp(d) / log_base, i)
