@@ -23,6 +23,8 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Sequence
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 from jax.extend.core import ClosedJaxpr, Literal, Var, jaxprs_in_params
 from jax.extend.core import primitives as P
@@ -210,7 +212,10 @@ def _fold_loop_constants(closed: ClosedJaxpr, known_inputs, input_values) -> Clo
         # Integers, masks, and floats whose value proves a fact a rule may
         # need (nonzero, a nonsingular matrix): inside the body, only the
         # value shows it (a closed-over W in `scan(lambda c, _: (W @ c, None))`).
-        return c if (not is_float(v.aval) or partial.is_mask(c) or F.of_value(c)) else None
+        if is_float(v.aval) and not (partial.is_mask(c) or F.of_value(c)):
+            return None
+        with jax.ensure_compile_time_eval():  # a concrete JAX array (a jaxpr's constants are never numpy's)
+            return jnp.asarray(c, v.aval.dtype)
 
     eqns, changed = [], False
     for e in closed.jaxpr.eqns:

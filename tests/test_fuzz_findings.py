@@ -127,3 +127,23 @@ def test_logaddexp_with_a_dominant_known_operand_is_saved_not_inverted():
     assert_trees_close(jaxinv.grad(loss)(x), jax.grad(loss)(x), rtol=1e-6, atol=1e-6)
     softplus = lambda x: jax.nn.softplus(x) * 2.0
     assert jaxinv.explain(softplus, x).saved_activation_bytes == 0
+
+
+def test_a_given_argument_read_by_a_cond_branch_is_folded_as_a_jax_array():
+    # jaxinv.grad(f, argnums=0) makes x2 a given value; a cond branch reading
+    # it got x2's value folded in as a numpy array (to prove it nonzero), and
+    # JAX refuses numpy constants in a jaxpr ("non-canonical constant")
+    with jax.enable_x64(True):
+        rng = np.random.default_rng(0)
+        W = jnp.asarray(rng.normal(size=(6, 6)) * 0.2)
+
+        def f(x1, x2):
+            a, b = jax.lax.cond(True, lambda a, b: (a, b + (jnp.abs(a).reshape(-1) @ W).reshape(b.shape)),
+                                lambda a, b: (a, b), x1, x2)
+            return jnp.sum((b * 1.35 + 1.9) / (a * -1.33 + 2.03)) + jnp.sum(b ** 2)
+
+        x1 = jnp.asarray(rng.uniform(-1, 1, (2, 3)))
+        for x2 in (jnp.asarray(rng.uniform(-1, 1, (2, 3))), jnp.asarray(rng.uniform(-1, 1, (2, 3)))):
+            want = jax.grad(f)(x1, x2)
+            assert_trees_close(jaxinv.grad(f)(x1, x2), want, rtol=1e-12, atol=1e-12)
+            assert_trees_close(jax.jit(jaxinv.grad(f))(x1, x2), want, rtol=1e-12, atol=1e-12)
