@@ -3,6 +3,14 @@
 - ``temp_bytes``: XLA's temporary buffers of ``jit(grad)``, from
   ``jit(...).lower(...).compile().memory_analysis()`` (exact on CPU: the peak
   working memory besides arguments and outputs);
+- ``peak_bytes``: the memory users feel, arguments + outputs + temp - aliased
+  (the params and their gradients are in every method's peak; XLA may keep
+  activations in a gradient's buffer before it is written, which temp alone
+  does not show). Per device for a sharded network;
+- ``device_peak_bytes``: the device's own ``peak_bytes_in_use`` after the
+  timed runs, where the backend reports it (None on CPU; the process's peak,
+  so only the first method's is its own);
+- ``param_bytes``: the params' bytes (per device);
 - ``residual_bytes``: bytes held by the ``vjp`` function between the forward and
   the backward pass, minus the params and the input it references;
 - ``trace_s`` / ``compile_s``: ``jit(grad).lower`` and ``.compile`` wall time;
@@ -34,10 +42,11 @@ from benchmarks.networks import Network
 def residual_bytes(method: Method, net: Network, params, x) -> int:
     """Bytes the vjp function keeps between the passes besides the params and the
     input (which it references, not copies): what the forward pass stores for
-    the backward. Run eagerly, so that a referenced input is the same object."""
+    the backward, per device. Run eagerly, so that a referenced input is the
+    same object."""
     _, vjp_fn = method.vjp(net)(params, x)
     given = {id(leaf) for leaf in jax.tree_util.tree_leaves((params, x))}
-    return sum(leaf.nbytes for leaf in jax.tree_util.tree_leaves(vjp_fn)
+    return sum(leaf.addressable_shards[0].data.nbytes for leaf in jax.tree_util.tree_leaves(vjp_fn)
                if isinstance(leaf, jax.Array) and id(leaf) not in given)
 
 
@@ -50,8 +59,21 @@ def measure_compile(method: Method, net: Network, params, x) -> dict:
     compiled = lowered.compile()
     t2 = time.perf_counter()
     mem = compiled.memory_analysis()
+    peak = mem.argument_size_in_bytes + mem.output_size_in_bytes + mem.temp_size_in_bytes - mem.alias_size_in_bytes
     return {"compiled": compiled, "trace_s": t1 - t0, "compile_s": t2 - t1,
-            "temp_bytes": int(mem.temp_size_in_bytes)}
+            "temp_bytes": int(mem.temp_size_in_bytes), "peak_bytes": int(peak)}
+
+
+def param_bytes(params) -> int:
+    """The params' bytes on one device (a shard's, for a sharded leaf)."""
+    return sum(leaf.addressable_shards[0].data.nbytes if isinstance(leaf, jax.Array) else np.asarray(leaf).nbytes
+               for leaf in jax.tree_util.tree_leaves(params))
+
+
+def device_peak_bytes() -> int | None:
+    """The first device's ``peak_bytes_in_use`` (None where the backend has no memory stats, as on CPU)."""
+    stats = jax.devices()[0].memory_stats()
+    return None if not stats or "peak_bytes_in_use" not in stats else int(stats["peak_bytes_in_use"])
 
 
 def time_methods(compiled: dict[str, Callable], params, x, repeats: int, budget_s: float = 20.0) -> dict[str, float]:

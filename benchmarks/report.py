@@ -47,10 +47,27 @@ def _build_s(records, mode, depth, method):
     return None if trace is None else trace + _get(records, TARGET_NETWORK, mode, depth, method, "compile_s")
 
 
-def _growth(records, method, field="temp_bytes"):
-    """The RevNet MLP's ``field`` at depth 64 minus at depth 16 (unrolled), or None."""
-    hi, lo = (_get(records, TARGET_NETWORK, "unrolled", d, method, field) for d in (64, 16))
+def _growth(records, method, field="temp_bytes", network=TARGET_NETWORK):
+    """A network's ``field`` at depth 64 minus at depth 16 (unrolled), or None."""
+    hi, lo = (_get(records, network, "unrolled", d, method, field) for d in (64, 16))
     return None if hi is None or lo is None else hi - lo
+
+
+PEAK_NETWORK = "RevNet MLP, batch 1024"   # activations dominate: the reversible nets' users' case
+
+
+def _peak_growth_beyond_params(records, method, network):
+    """(peak growth 16 -> 64 - the params' and gradients' own growth) / jax.grad's peak growth."""
+    peak, params, base = (_growth(records, method, "peak_bytes", network),
+                          _growth(records, method, "param_bytes", network),
+                          _growth(records, "jax.grad", "peak_bytes", network))
+    return None if None in (peak, params, base) else _ratio(peak - 2 * params, base)
+
+
+def _shapes(records) -> list[str]:
+    """The networks measured unrolled at depths 16 and 64."""
+    names = dict.fromkeys(r["network"] for r in records if r["mode"] == "unrolled" and r["depth"] == 64)
+    return [n for n in names if any(r["network"] == n and r["depth"] == 16 for r in records)]
 
 
 def targets(records: list[dict[str, Any]]) -> list[Target]:
@@ -73,6 +90,15 @@ def targets(records: list[dict[str, Any]]) -> list[Target]:
                           _ratio(build("scan", 512, m), build("scan", 8, m)), 1.3))
         out.append(Target(f"{m}: unrolled depth 64, trace + compile / jax.grad's",
                           _ratio(build("unrolled", 64, m), build("unrolled", 64, "jax.grad")), 2.0))
+        for depth in (64, 256):
+            out.append(Target(f"{m}: unrolled depth {depth}, trace + compile / hand-fused's",
+                              _ratio(build("unrolled", depth, m), build("unrolled", depth, "hand-fused")), 1.1))
+        peak = lambda method: _get(records, PEAK_NETWORK, "unrolled", 64, method, "peak_bytes")
+        out.append(Target(f"{m}: peak memory at depth 64, batch 1024 / jax.grad's", _ratio(peak(m), peak("jax.grad")),
+                          0.3))
+        for network in _shapes(records):
+            out.append(Target(f"{m}: {network}: peak growth 16 -> 64 beyond params and gradients / jax.grad's",
+                              _peak_growth_beyond_params(records, m, network), 0.02))
     return out
 
 
@@ -89,8 +115,10 @@ def machine() -> str:
 def markdown(records: list[dict[str, Any]], checked: list[Target], command: str = "python -m benchmarks") -> str:
     lines = [f"# jaxinv benchmark", "", f"`{command}` on {machine()}.", "",
              "Gradient of a scalar loss with respect to the params, `jax.jit`-compiled. "
-             "**temp**: XLA's temporary buffers (`compile().memory_analysis()`); **residuals**: "
-             "bytes the `vjp` function keeps between the passes, besides the params and input; "
+             "**peak**: arguments + outputs + temp - aliased (`compile().memory_analysis()`), the memory a "
+             "user feels, params and gradients included; **temp**: XLA's temporary buffers alone; **residuals**: "
+             "bytes the `vjp` function keeps between the passes, besides the params and input (memory per "
+             "device on a sharded network); "
              "**time**: median of alternated runs; **build**: trace + compile; **error**: "
              "relative to `jax.grad` in float64.", ""]
     if checked:
@@ -104,14 +132,16 @@ def markdown(records: list[dict[str, Any]], checked: list[Target], command: str 
     for r in records:
         groups.setdefault((r["network"], r["mode"]), []).append(r)
     for (network, mode), rows in groups.items():
+        per_device = " per device" if rows[0].get("devices", 1) > 1 else ""
         lines += [f"## {network} ({mode})", "",
-                  "| depth | method | temp KiB | residuals KiB | time ms | × jax.grad | × hand-fused | "
-                  "build s | error |",
-                  "|---:|---|---:|---:|---:|---:|---:|---:|---:|"]
+                  f"| depth | method | peak KiB{per_device} | temp KiB | residuals KiB | time ms | × jax.grad | "
+                  "× hand-fused | build s | error |",
+                  "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
         for r in rows:
             base = _get(records, network, mode, r["depth"], "jax.grad", "time_s")
             hand = _get(records, network, mode, r["depth"], "hand-fused", "time_s")
-            lines.append(f"| {r['depth']} | {r['method']} | {_kib(r['temp_bytes'])} | {_kib(r['residual_bytes'])} | "
+            lines.append(f"| {r['depth']} | {r['method']} | {_kib(r['peak_bytes'])} | {_kib(r['temp_bytes'])} | "
+                         f"{_kib(r['residual_bytes'])} | "
                          f"{r['time_s'] * 1e3:.1f} | {_ratio(r['time_s'], base):.2f} | "
                          f"{_ratio(r['time_s'], hand):.2f} | {r['trace_s'] + r['compile_s']:.2f} | "
                          f"{r['grad_error']:.1e} |")

@@ -13,19 +13,26 @@ import time
 from typing import Any, Callable
 
 import jax
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
 
-from benchmarks.measure import grad_error, measure_compile, reference_grad, residual_bytes, time_methods
+from benchmarks.measure import (device_peak_bytes, grad_error, measure_compile, param_bytes, reference_grad,
+                                residual_bytes, time_methods)
 from benchmarks.methods import METHODS
 from benchmarks.networks import NETWORKS
 
 
 @dataclasses.dataclass(frozen=True)
 class Config:
-    """One network, run unrolled or scanned, at several depths."""
+    """One network, run unrolled or scanned, at several depths (data-parallel
+    over ``devices`` devices when more than one: the batch sharded, the params
+    replicated, memory per device)."""
     network: str                 # a key of NETWORKS
     scan: bool
     depths: tuple[int, ...]
     sizes: dict = dataclasses.field(default_factory=dict)   # keyword arguments of the network builder
+    name: str | None = None      # the name in the results (default: the network's)
+    devices: int = 1
 
 
 SWEEPS = {
@@ -34,11 +41,18 @@ SWEEPS = {
         Config("revnet_mlp", True, (8, 64, 512, 1024)),
         Config("transformer", True, (4, 16, 64, 256)),
         Config("glow", True, (4, 16, 64, 256)),
+        # where activations dominate (the targets' shape), wide, and data-parallel
+        Config("revnet_mlp", False, (16, 64), dict(batch=1024), name="RevNet MLP, batch 1024"),
+        Config("revnet_mlp", False, (4, 16, 64), dict(width=1024, hidden=1024), name="RevNet MLP, width 1024"),
+        Config("revnet_mlp", False, (16, 64), dict(batch=1024), name="RevNet MLP, batch 1024 on 4 devices",
+               devices=4),
     ],
     # seconds-long: the test suite's smoke run
     "smoke": [
         Config("revnet_mlp", False, (2, 3), dict(batch=4, width=8, hidden=8)),
         Config("revnet_mlp", True, (2,), dict(batch=4, width=8, hidden=8)),
+        Config("revnet_mlp", False, (2,), dict(batch=8, width=8, hidden=8), name="RevNet MLP on 2 devices",
+               devices=2),
     ],
 }
 
@@ -76,18 +90,34 @@ def measure_depth(config: Config, depth: int, repeats: int, time_budget_s: float
     net = NETWORKS[config.network](depth=depth, scan=config.scan, **config.sizes)
     params, x = net.init(jax.random.PRNGKey(0))
     reference = reference_grad(net, params, x)
+    if config.devices > 1:
+        params, x = data_parallel(params, x, config.devices)
     rows, compiled = [], {}
     for method in methods:
         m = measure_compile(method, net, params, x)
         compiled[method.name] = m.pop("compiled")
         m["grad_error"] = grad_error(compiled[method.name](params, x), reference)
         m["residual_bytes"] = residual_bytes(method, net, params, x)
-        rows.append({"network": net.name, "mode": "scan" if config.scan else "unrolled", "depth": depth,
-                     "method": method.name, **m})
+        rows.append({"network": config.name or net.name, "mode": "scan" if config.scan else "unrolled",
+                     "depth": depth, "method": method.name, "devices": config.devices,
+                     "param_bytes": param_bytes(params), **m})
     times = time_methods(compiled, params, x, repeats, time_budget_s)
     for row in rows:
         row["time_s"] = times[row["method"]]
+        row["device_peak_bytes"] = device_peak_bytes()
     return rows
+
+
+def data_parallel(params, x, devices: int):
+    """``params`` replicated and ``x`` split along its batch axis over the
+    first ``devices`` devices."""
+    if jax.device_count() < devices:
+        raise RuntimeError(f"the sharded benchmark needs {devices} devices, this process has {jax.device_count()} "
+                           f"(on CPU: XLA_FLAGS=--xla_force_host_platform_device_count={devices})")
+    mesh = jax.make_mesh((devices,), ("batch",), axis_types=(jax.sharding.AxisType.Auto,),
+                         devices=jax.devices()[:devices])
+    replicated = NamedSharding(mesh, P())
+    return jax.device_put(params, replicated), jax.device_put(x, NamedSharding(mesh, P("batch")))
 
 
 def run_sweep(configs, repeats: int = 15, time_budget_s: float = 10.0,
