@@ -36,3 +36,16 @@ def test_flow_two_moons_lowers_the_nll_and_saves_a_png(tmp_path):
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert result["samples"].shape == (2000, 2)
     assert result["ildj_error"] < 1e-4          # jaxinv.inverse_and_ildj agrees with the layers' log-det
+
+
+def test_char_transformer_lm_trains_deeper_at_the_same_memory():
+    import jax
+
+    result = load_example("char_transformer_lm").main(["--quick"])
+    deepest = result["deepest"]
+    assert deepest["jaxinv"] > deepest["jax.grad"]
+    rows = [r for r in result["memory"] if r["method"] == "jaxinv" and r["depth"] == deepest["jaxinv"]]
+    assert rows and all(r["peak_bytes"] <= result["budget_bytes"] for r in rows)
+    assert result["loss_end"] < result["loss_start"]
+    assert result["grad_error"] < 1e-4
+    assert result["devices"] == jax.device_count()
