@@ -33,7 +33,7 @@ class Target:
 def _get(records, network, mode, depth, method, field):
     for r in records:
         if (r["network"], r["mode"], r["depth"], r["method"]) == (network, mode, depth, method):
-            return r[field]
+            return r.get(field)
     return None
 
 
