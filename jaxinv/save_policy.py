@@ -197,7 +197,10 @@ def inputs_of_the_last_stuck_equation(k: Knowledge, pending: list[int]) -> Found
     found: Found = {}
     for v in e.invars:
         if not k.known(v):
-            for r in (parameter_roots(k, v) or [v]):
+            # rather than v itself, the inputs of a short chain to it, even one
+            # joining given values (a loop's carry ``c * (x * a + b)``, ``c``
+            # closed over): they cost nothing, and v is recomputed from them
+            for r in (parameter_roots(k, v) or parameter_roots(k, v, given_join=True) or [v]):
                 found.setdefault(r, why)
     return found
 
