@@ -57,11 +57,19 @@ PEAK_NETWORK = "RevNet MLP, batch 1024"   # activations dominate: the reversible
 
 
 def _peak_growth_beyond_params(records, method, network):
-    """(peak growth 16 -> 64 - the params' and gradients' own growth) / jax.grad's peak growth."""
+    """(peak growth 16 -> 64 - the params' and gradients' own growth) / jax.grad's peak growth.
+
+    Data-parallel, a device holds its gradients twice: its own partial sums
+    and the all-reduced result. XLA combines every layer's all-reduce into one
+    at the end of the backward pass, so all the partial sums are alive at once
+    (the hand-fused backward's peak grows exactly as much)."""
     peak, params, base = (_growth(records, method, "peak_bytes", network),
                           _growth(records, method, "param_bytes", network),
                           _growth(records, "jax.grad", "peak_bytes", network))
-    return None if None in (peak, params, base) else _ratio(peak - 2 * params, base)
+    if None in (peak, params, base):
+        return None
+    copies = 3 if (_get(records, network, "unrolled", 64, method, "devices") or 1) > 1 else 2
+    return _ratio(peak - copies * params, base)
 
 
 def _shapes(records) -> list[str]:

@@ -118,10 +118,74 @@ def _pruned(k: Knowledge) -> Knowledge:
     for v in list(k.saved):
         if v in graph.invars or graph.producer.get(v) is None or v in k.anchored:
             continue
+        if _recomputed_from_held(k, v):  # what a trial would find, without one
+            k.saved.remove(v)
+            k.reasons.pop(v, None)
+            k.sources[v] = Source(SourceKind.RECOMPUTE, graph.producer[v])
+            continue
+        if not _may_be_rebuilt_without(k, v):
+            continue  # a trial (a propagation over the whole graph) could not succeed
         trial = k.trial([s for s in k.saved if s is not v])
         if not trial.unknown() and _locally_rebuilt(graph, trial.sources, v):
             k = trial
     return k
+
+
+def _recomputed_from_held(k: Knowledge, v) -> bool:
+    """Whether ``v``'s equation can recompute it from values the plan holds
+    without ``v`` (given, saved, outputs, or rebuilt not through ``v``): a
+    squared output of a saved value. Pruning ``v`` then needs no trial."""
+    e = k.eqns[k.graph.producer[v]]
+    if any(True for _ in jaxprs_in_params(e.params)):
+        return False
+    for u in e.invars:
+        if isinstance(u, Literal):
+            continue
+        src = k.sources.get(u)
+        if src is None or u is v or src.kind in (SourceKind.RECOMPUTE, SourceKind.ASSEMBLE) or _depends_on(k, u, v):
+            return False
+    return True
+
+
+def _may_be_rebuilt_without(k: Knowledge, v) -> bool:
+    """Whether a plan not saving ``v`` could rebuild it locally (see
+    :func:`_locally_rebuilt`): no equation reading ``v`` can solve for it
+    with what is known now (knowing less cannot help), and its producer's
+    inputs are known only through ``v`` itself (a RevNet's last output,
+    saved for a squared-error loss), then no trial is run: at depth 256
+    each trial is a propagation over the whole network."""
+    for i in k.users.get(v, ()):
+        e = k.eqns[i]
+        if i not in k.live_set or e.primitive in partial.SELECTION_PRIMITIVES or (
+                e.primitive in registry.elementwise_primitives and any(u in k.partial for u in e.invars)):
+            return True  # partial knowledge may build it: try
+        if k.outputs_ready(e) and k.probe_now(e, tuple(k.known(u) and u is not v for u in e.invars)) is None:
+            return True
+    producer = k.eqns[k.graph.producer[v]]
+    return not any(_depends_on(k, u, v) for u in producer.invars if isinstance(u, Var))
+
+
+def _depends_on(k: Knowledge, u, v) -> bool:
+    """Whether the plan's way of knowing ``u`` surely goes through ``v``
+    (a value assembled from pieces is not followed: the trial is run)."""
+    stack, seen = [u], set()
+    while stack:
+        w = stack.pop()
+        if w is v:
+            return True
+        if not isinstance(w, Var) or w in seen:
+            continue
+        seen.add(w)
+        src = k.sources.get(w)
+        if src is None:
+            continue
+        if src.kind == SourceKind.RECOMPUTE:
+            stack.extend(k.eqns[src.eqn].invars)
+        elif src.kind == SourceKind.INVERT:
+            e = k.eqns[src.eqn]
+            stack.extend(e.outvars)
+            stack.extend(x for x, known in zip(e.invars, src.known) if known)
+    return False
 
 
 def _locally_rebuilt(graph: Graph, sources, v) -> bool:
