@@ -79,4 +79,4 @@ def test_readme_summary_is_the_committed_run():
     block = readme[readme.index(SUMMARY_START) + len(SUMMARY_START):readme.index(SUMMARY_END)].strip()
     checked = targets(records)
     assert block == summary(records, checked), "stale: run python -m benchmarks --update-readme"
-    assert checked and all(t.holds for t in checked), [t for t in checked if not t.holds]
+    assert checked and all(t.holds or t.open for t in checked), [t for t in checked if not (t.holds or t.open)]
