@@ -195,12 +195,16 @@ def inputs_of_the_last_stuck_equation(k: Knowledge, pending: list[int]) -> Found
     e = k.eqns[i]
     why = f"`{eqn_name(e)}` at {source_line(e)} cannot be inverted: {k.stuck_reason(i)}"
     found: Found = {}
+    stuck_loop = e.primitive in LOOPS
     for v in e.invars:
         if not k.known(v):
-            # rather than v itself, the inputs of a short chain to it, even one
-            # joining given values (a loop's carry ``c * (x * a + b)``, ``c``
-            # closed over): they cost nothing, and v is recomputed from them
-            for r in (parameter_roots(k, v) or parameter_roots(k, v, given_join=True) or [v]):
+            # A loop that cannot be inverted needs its inputs whole: rather
+            # than its carry, the inputs of a short chain to it, even one
+            # joining given values (``c * (x * a + b)``, ``c`` closed over).
+            # Elsewhere such a join is data: saving its input would recompute
+            # a whole network forward instead of rebuilding it backwards.
+            roots = parameter_roots(k, v) or (parameter_roots(k, v, given_join=True) if stuck_loop else None)
+            for r in (roots or [v]):
                 found.setdefault(r, why)
     return found
 

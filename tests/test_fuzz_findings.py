@@ -154,14 +154,17 @@ def test_a_loop_that_cannot_be_inverted_saves_the_input_of_its_carry_not_the_car
     # differentiates it and its carry must be known; the carry c * (x3 * a + b)
     # joins a closed-over c with the input x3, and the planner saved the carry
     # (an activation) instead of x3 (free) with the carry recomputed
-    c = jnp.asarray(np.random.default_rng(0).uniform(0.8, 1.6, (3, 4)))
+    rng = np.random.default_rng(0)
+    c, W = jnp.asarray(rng.uniform(0.8, 1.6, (3, 4))), jnp.asarray(rng.normal(size=(12, 6)) * 0.2)
 
-    def f(x1, x3):
+    def f(x1, x2, x3):
         carry = c * (x3 * -0.46 + 1.2)
         m = x1.reshape((1, 4)) * -0.63 + 0.96
-        return x1, jax.lax.fori_loop(0, 3, lambda i, v: (v * 1.5 - 2.5) * m, carry), jnp.sin(carry)
+        coupled = x2 + jax.nn.relu(carry).reshape(-1) @ W
+        return x1, coupled, jax.lax.fori_loop(0, 3, lambda i, v: (v * 1.5 - 2.5) * m, carry)
 
-    x1, x3 = jnp.asarray([-1.0, -0.5, 0.2, 0.4]), jnp.asarray([[0.3, -0.7, 1.1, 0.05]])
-    assert jaxinv.explain(f, x1, x3).saved_activation_bytes == 0
-    loss = lambda x1, x3: sum(jnp.sum(y * y) for y in f(x1, x3))
-    assert_trees_close(jaxinv.grad(loss, (0, 1))(x1, x3), jax.grad(loss, (0, 1))(x1, x3), rtol=1e-5, atol=1e-5)
+    x1, x2, x3 = jnp.asarray([-1.0, -0.5, 0.2, 0.4]), jnp.linspace(-1, 1, 6), jnp.asarray([[0.3, -0.7, 1.1, 0.05]])
+    assert jaxinv.explain(f, x1, x2, x3).saved_activation_bytes == 0
+    loss = lambda *xs: sum(jnp.sum(y * y) for y in f(*xs))
+    assert_trees_close(jaxinv.grad(loss, (0, 1, 2))(x1, x2, x3), jax.grad(loss, (0, 1, 2))(x1, x2, x3),
+                       rtol=1e-5, atol=1e-5)
