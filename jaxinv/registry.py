@@ -126,13 +126,20 @@ def input_avals() -> Sequence[jax.ShapeDtypeStruct]:
 
 
 @contextlib.contextmanager
-def solving(in_avals: Sequence[Any]):
-    """Set what :func:`input_avals` returns while a rule runs."""
-    token = _input_avals.set([jax.ShapeDtypeStruct(a.shape, a.dtype) for a in in_avals])
+def _setting(var: contextvars.ContextVar, value):
+    """``var`` set to ``value`` for the ``with`` block."""
+    token = var.set(value)
     try:
         yield
     finally:
-        _input_avals.reset(token)
+        var.reset(token)
+
+
+@contextlib.contextmanager
+def solving(in_avals: Sequence[Any]):
+    """Set what :func:`input_avals` returns while a rule runs."""
+    with _setting(_input_avals, [jax.ShapeDtypeStruct(a.shape, a.dtype) for a in in_avals]):
+        yield
 
 
 # --------------------------------------------------------------------------
@@ -210,11 +217,8 @@ def require_nonsingular(x: Any, what: str = "the known matrix", axes: tuple[int,
 @contextlib.contextmanager
 def proving(facts: dict[int, frozenset]):
     """Used by the planner: the facts it proved, by ``id`` of the rule's arguments."""
-    token = _proven.set(facts)
-    try:
+    with _setting(_proven, facts):
         yield
-    finally:
-        _proven.reset(token)
 
 
 # --------------------------------------------------------------------------
@@ -234,11 +238,8 @@ def principal_branches(allowed: bool):
         with principal_branches(plan.principal_branch):
             ...   # a scan rule plans its body in the same mode
     """
-    token = _principal.set(allowed)
-    try:
+    with _setting(_principal, allowed):
         yield
-    finally:
-        _principal.reset(token)
 
 
 def principal_branches_allowed() -> bool:
@@ -261,11 +262,8 @@ def well_conditioned(required: bool):
         with well_conditioned(True):
             ...   # logaddexp(x, c) with a nonzero c refuses: its input is saved
     """
-    token = _conditioned.set(required)
-    try:
+    with _setting(_conditioned, required):
         yield
-    finally:
-        _conditioned.reset(token)
 
 
 def well_conditioned_required() -> bool:
