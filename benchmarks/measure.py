@@ -71,8 +71,8 @@ def param_bytes(params) -> int:
 
 
 def device_peak_bytes() -> int | None:
-    """The first device's ``peak_bytes_in_use`` (None where the backend has no memory stats, as on CPU)."""
-    stats = jax.devices()[0].memory_stats()
+    """This process's first device's ``peak_bytes_in_use`` (None where the backend has no memory stats, as on CPU)."""
+    stats = jax.local_devices()[0].memory_stats()
     return None if not stats or "peak_bytes_in_use" not in stats else int(stats["peak_bytes_in_use"])
 
 

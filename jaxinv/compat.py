@@ -80,3 +80,19 @@ def with_sharding_of(ct, aval):
     if have is not None and not have.mesh.empty and have.spec == want.spec:
         return ct
     return jax.sharding.reshard(ct, want)
+
+
+def without_dead_code(closed):
+    """``closed`` with the equations no output needs removed (every input kept).
+
+    A traced VJP re-evaluates its primal, and most of that is dead once the
+    cotangents are all that is asked for: a cached VJP replayed once per block
+    would otherwise emit it again every time.
+
+    Example::
+
+        closed = without_dead_code(jax.make_jaxpr(vjp_of_eqn)(*specs))
+    """
+    from jax.interpreters import partial_eval as pe
+    jaxpr, _ = pe.dce_jaxpr(closed.jaxpr, [True] * len(closed.jaxpr.outvars), instantiate=True)
+    return closed.replace(jaxpr=jaxpr)

@@ -24,7 +24,7 @@ import numpy as np
 from jax.extend.core import Literal, Var
 
 from jaxinv import partial, registry, stable_vjp
-from jaxinv.compat import aval_spec, trace_context, varying_axes, with_sharding_of
+from jaxinv.compat import aval_spec, trace_context, varying_axes, with_sharding_of, without_dead_code
 from jaxinv.flatten import eval_eqn
 from jaxinv.flatten import hashable_params
 from jaxinv.graph import eqn_name, source_line
@@ -194,50 +194,94 @@ class _Sweep:
             _, in_cts = self.solve(i, known, registry.ivjp_rules, out_ct)
             return [ct if a else None for ct, a in zip(in_cts, active_in)]
         invals = [self.value(u) for u in e.invars]
-        return primitive_vjp(e, invals, out_ct, active_in)
+        return primitive_vjp(e, invals, out_ct, active_in, self.recomputed_outputs(i))
+
+    def recomputed_outputs(self, i: int) -> list | None:
+        """Equation ``i``'s outputs if the sweep has computed them by re-running
+        it on the inputs it has now (its VJP may read them), else None."""
+        e = self.eqns[i]
+        if all(v in self.env and self.plan.sources.get(v, _HELD).kind == SourceKind.RECOMPUTE
+               and self.plan.sources[v].eqn == i for v in e.outvars):
+            return [self.env[v] for v in e.outvars]
+        return None
 
 
-def primitive_vjp(e, invals, out_ct, active_in) -> list:
+def primitive_vjp(e, invals, out_ct, active_in, outvals=None) -> list:
     """Input cotangents of one equation from its own VJP (for active inputs).
 
     The VJP of an equation is traced once per primitive, params, shapes and
     pattern of active inputs, then replayed with ``eval_jaxpr``: a deep network
     of identical blocks pays for ``jax.vjp``'s tracing once, not per block.
+    ``outvals``, when given, are the equation's outputs computed from these
+    very ``invals``: a VJP that re-evaluates the equation (``tanh``'s reads its
+    answer) reads them instead, as XLA's CSE would.
     """
     idx = tuple(j for j, a in enumerate(active_in) if a)
-    key = _vjp_key(e, idx)
-    closed = _vjp_cache.get(key) if key is not None else None
-    if closed is None:
-        stable = stable_vjp.function_for(e)
-
-        def vjp_of_eqn(xs, cts):
-            def f(*active):
-                full = list(xs)
-                for j, x in zip(idx, active):
-                    full[j] = x
-                return [stable(*full, **e.params)] if stable else eval_eqn(e, full)
-            _, f_vjp = jax.vjp(f, *[xs[j] for j in idx])
-            return f_vjp(cts)
-        spec = aval_spec
-        closed = jax.make_jaxpr(vjp_of_eqn)([spec(v.aval) for v in e.invars],
-                                            [spec(v.aval) for v in e.outvars])
+    key = _vjp_key(e, idx, outvals is not None)
+    traced = _vjp_cache.get(key) if key is not None else None
+    if traced is None:
+        traced = _traced_vjp(e, idx, reuse_outputs=outvals is not None)
         if key is not None:
-            _vjp_cache[key] = closed
-    got = jax.core.eval_jaxpr(closed.jaxpr, closed.consts, *invals, *out_ct)
+            _vjp_cache[key] = traced
+    closed, reads_outputs = traced
+    args = [*invals, *outvals, *out_ct] if reads_outputs else [*invals, *out_ct]
+    got = jax.core.eval_jaxpr(closed.jaxpr, closed.consts, *args)
     in_cts: list = [None] * len(invals)
     for j, ct in zip(idx, got):
         in_cts[j] = ct
     return in_cts
 
 
+def _traced_vjp(e, idx, reuse_outputs: bool):
+    """``(closed jaxpr, reads_outputs)``: the VJP of equation ``e`` for the
+    inputs ``idx``, from ``(invals, [outvals,] out_cts)`` to their cotangents."""
+    stable = stable_vjp.function_for(e)
+
+    def vjp_of_eqn(xs, cts):
+        def f(*active):
+            full = list(xs)
+            for j, x in zip(idx, active):
+                full[j] = x
+            return [stable(*full, **e.params)] if stable else eval_eqn(e, full)
+        _, f_vjp = jax.vjp(f, *[xs[j] for j in idx])
+        return f_vjp(cts)
+    in_specs, out_specs = [aval_spec(v.aval) for v in e.invars], [aval_spec(v.aval) for v in e.outvars]
+    plain = without_dead_code(jax.make_jaxpr(vjp_of_eqn)(in_specs, out_specs))
+    reevaluations = _reevaluations(plain.jaxpr, e) if reuse_outputs else set()
+    if not reevaluations:
+        return plain, False
+
+    def vjp_reading_outputs(xs, ys, cts):
+        env = dict(zip(plain.jaxpr.constvars, plain.consts))
+        env.update(zip(plain.jaxpr.invars, [*xs, *cts]))
+        read = lambda v: v.val if isinstance(v, Literal) else env[v]
+        for k, q in enumerate(plain.jaxpr.eqns):
+            outs = ys if k in reevaluations else eval_eqn(q, [read(v) for v in q.invars])
+            env.update(zip(q.outvars, outs))
+        return [read(v) for v in plain.jaxpr.outvars]
+    return without_dead_code(jax.make_jaxpr(vjp_reading_outputs)(in_specs, out_specs, out_specs)), True
+
+
+def _reevaluations(jaxpr, e) -> set[int]:
+    """Indices of ``jaxpr``'s equations that are ``e`` itself on ``jaxpr``'s
+    first inputs (a traced VJP re-evaluating its primal)."""
+    params = hashable_params(e.params)
+    if params is None or e.effects:
+        return set()
+    xs = jaxpr.invars[:len(e.invars)]
+    return {k for k, q in enumerate(jaxpr.eqns)
+            if q.primitive is e.primitive and len(q.invars) == len(xs)
+            and all(a is b for a, b in zip(q.invars, xs)) and hashable_params(q.params) == params}
+
+
 _vjp_cache: dict = {}
 
 
-def _vjp_key(e, idx):
+def _vjp_key(e, idx, reuse_outputs):
     params = hashable_params(e.params)
     if params is None:
         return None
-    return (e.primitive, params, tuple(v.aval for v in e.invars), idx, trace_context())
+    return (e.primitive, params, tuple(v.aval for v in e.invars), idx, reuse_outputs, trace_context())
 
 
 def call_rule(table, e, invals, outvals, *cts):

@@ -31,6 +31,13 @@ def test_smoke_run_writes_its_table(tmp_path, capsys):
     assert {(r["mode"], r["depth"]) for r in records} == {("unrolled", 2), ("unrolled", 3), ("scan", 2)}
     for r in records:
         assert r["temp_bytes"] >= 0 and r["time_s"] > 0 and r["grad_error"] < 1e-5, r
+    # the sharded rows: one process with 2 devices, and 2 jax.distributed processes with 1 each
+    assert {(r["devices"], r["processes"]) for r in records} == {(1, 1), (2, 1), (2, 2)}
+    two_processes = {r["method"]: r for r in records if r["processes"] == 2}
+    assert set(two_processes) == set(METHODS)
+    one_process = {r["method"]: r for r in records if r["devices"] == 2 and r["processes"] == 1}
+    for method, r in two_processes.items():   # the same program per device, wherever its devices are
+        assert r["peak_bytes"] == one_process[method]["peak_bytes"], method
     assert (tmp_path / "memory.png").stat().st_size > 0 and (tmp_path / "time_ratio.png").stat().st_size > 0
     assert "[" in capsys.readouterr().err   # the progress bar
 
