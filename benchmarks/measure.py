@@ -37,6 +37,7 @@ import numpy as np
 
 from benchmarks.methods import METHODS, Method
 from benchmarks.networks import Network
+from jaxinv.compat import enable_x64
 
 
 def residual_bytes(method: Method, net: Network, params, x) -> int:
@@ -95,7 +96,7 @@ def time_methods(compiled: dict[str, Callable], params, x, repeats: int, budget_
 
 def reference_grad(net: Network, params, x):
     """``jax.grad`` in float64 (the accuracy reference)."""
-    with jax.enable_x64(True):
+    with enable_x64(True):
         p64, x64 = jax.tree_util.tree_map(lambda a: jnp.asarray(a, jnp.float64), (params, x))
         g = jax.jit(METHODS["jax.grad"].grad(net))(p64, x64)
         return jax.tree_util.tree_map(np.asarray, g)

@@ -16,6 +16,7 @@ import sys
 
 from jaxinv import packs
 from jaxinv._version import __version__
+from jaxinv.compat import PRIMITIVES_SINCE, SUPPORTED_JAX
 from jaxinv.partial import SELECTION_PRIMITIVES
 from jaxinv.rules import BUILTIN_PACKS
 
@@ -30,6 +31,10 @@ INLINED = {
     "custom_ivjp_call without a rule": "body inlined and inverted automatically",
     "invertible_call (a nested jaxinv.invertible)": "body inlined",
 }
+
+
+def _jax(name: str) -> str:
+    return f">={PRIMITIVES_SINCE[name]}" if name in PRIMITIVES_SINCE else "all"
 
 
 def _cell(text: str) -> str:
@@ -55,7 +60,8 @@ def render() -> str:
             if e.inverse is not None or e.ivjp is not None:
                 log_det = "rule" if e.ildj is not None else ("elementwise" if e.elementwise else "")
                 rows.append((prim.name, pack.name, "yes" if e.inverse is not None else "via ivjp",
-                             "yes" if e.ivjp is not None else "", log_det, _domain(e), _cell(e.notes)))
+                             "yes" if e.ivjp is not None else "", log_det, _jax(prim.name), _domain(e),
+                             _cell(e.notes)))
             if e.principal is not None:
                 principal_rows.append((prim.name, pack.name, _domain(e, principal=True), _cell(e.notes)))
             if e.not_invertible is not None:
@@ -79,14 +85,16 @@ def render() -> str:
         "*Fused ivjp*: the rule rebuilds the inputs and their cotangents in one step; otherwise jaxinv uses the "
         "inverse and the primitive's own VJP. *Log-det*: the term `jaxinv.ildj` adds when it inverts the "
         "primitive (*elementwise*: `sum(log|dx/dy|)` derived from the inverse by forward mode; *rule*: a rule of "
-        "its own), checked against `slogdet` of the inverse's Jacobian.",
+        "its own), checked against `slogdet` of the inverse's Jacobian. *JAX*: the releases that have the "
+        f"primitive (jaxinv supports JAX {SUPPORTED_JAX}; a rule for a primitive a release lacks is not "
+        "registered there).",
         "",
         "## Inverse rules",
         "",
-        "| primitive | pack | inverse | fused ivjp | log-det | domain (checked) | notes |",
-        "|---|---|---|---|---|---|---|",
+        "| primitive | pack | inverse | fused ivjp | log-det | JAX | domain (checked) | notes |",
+        "|---|---|---|---|---|---|---|---|",
     ]
-    out += [f"| `{n}` | {p} | {i} | {v} | {g} | {d} | {t} |" for n, p, i, v, g, d, t in sorted(rows)]
+    out += [f"| `{n}` | {p} | {i} | {v} | {g} | {j} | {d} | {t} |" for n, p, i, v, g, j, d, t in sorted(rows)]
     out += [
         "",
         "## Principal branches (`jaxinv.inverse` only, never gradients)",

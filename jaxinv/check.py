@@ -40,6 +40,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import math
+import os
 from collections import Counter
 from typing import Any, Callable, Sequence
 
@@ -53,6 +54,7 @@ from jax.extend.core import primitives as P
 from jax.tree_util import tree_flatten, tree_leaves, tree_unflatten
 
 from jaxinv import interpreter
+from jaxinv.compat import enable_x64, jit_p, name_p
 from jaxinv.flatten import eval_eqn, flatten, inline_rules
 from jaxinv.markers import anchor_p
 from jaxinv.graph import is_float
@@ -196,10 +198,20 @@ def angle_deg(a: Sequence, b: Sequence) -> float:
 
 
 def _is_user_jit(eqn) -> bool:
-    """A call of the user's own jit-ed function: some equation of its body has
-    a user source line (a library helper's, like ``jnp.clip``, has none)."""
+    """A call of the user's own jit-ed function, not of a JAX helper's like
+    ``jnp.clip``: the function was defined outside JAX (where JAX recorded it;
+    else some equation of its body has a user source line, which JAX 0.6 also
+    gives a helper's equations)."""
     body = eqn.params.get("jaxpr")
-    return body is not None and any(source_info_util.summarize(e.source_info) for e in body.jaxpr.eqns)
+    if body is None:
+        return False
+    defined = getattr(getattr(body.jaxpr, "debug_info", None), "func_src_info", None)
+    if defined:
+        return _JAX_DIR not in defined
+    return any(source_info_util.summarize(e.source_info) for e in body.jaxpr.eqns)
+
+
+_JAX_DIR = os.path.dirname(jax.__file__)
 
 
 def _eval_marking(jaxpr, consts, args, counts: Counter) -> list:
@@ -219,7 +231,7 @@ def _eval_marking(jaxpr, consts, args, counts: Counter) -> list:
             outs = _eval_marking(body.jaxpr, body.consts, invals, counts)
         else:
             outs = eval_eqn(e, invals)
-            if e.primitive is P.jit_p and _is_user_jit(e):
+            if e.primitive is jit_p and _is_user_jit(e):
                 name = str(e.params.get("name", "jit"))
                 label = f"{_JIT_PREFIX}{name}#{counts[name]}"
                 counts[name] += 1
@@ -260,7 +272,7 @@ def _groups(jaxpr, jit_blocks: bool) -> list[_Group]:
     groups: list[_Group] = []
     prev = None
     for i, e in enumerate(jaxpr.eqns):
-        if e.primitive is P.name_p and (jit_blocks or not str(e.params["name"]).startswith(_JIT_PREFIX)):
+        if e.primitive is name_p and (jit_blocks or not str(e.params["name"]).startswith(_JIT_PREFIX)):
             key = ("block", str(e.params["name"]))
         elif e.primitive is anchor_p:
             key = ("anchor", "anchor")
@@ -281,7 +293,7 @@ def _groups(jaxpr, jit_blocks: bool) -> list[_Group]:
 
 
 def _user_names(jaxpr) -> bool:
-    return any(e.primitive is P.name_p and not str(e.params["name"]).startswith(_JIT_PREFIX) for e in jaxpr.eqns)
+    return any(e.primitive is name_p and not str(e.params["name"]).startswith(_JIT_PREFIX) for e in jaxpr.eqns)
 
 
 # ---------------------------------------------------------------- the measurement
@@ -462,7 +474,7 @@ def check_reconstruction(f: Callable, *args, loss: Callable | None = None, refer
 
     # plain AD in the working dtype, and in reference_dtype
     base_in, base_w = _backprop(plan.closed, truth, out_cts, watch_eqns)
-    jit_named = jit_blocks and any(e.primitive is P.name_p and str(e.params["name"]).startswith(_JIT_PREFIX)
+    jit_named = jit_blocks and any(e.primitive is name_p and str(e.params["name"]).startswith(_JIT_PREFIX)
                                    for e in jaxpr.eqns)
     ref_args, ref_w = _reference(marked if jit_named else f, args, reference_dtype, groups, jit_blocks, loss)
     float_args = [j for j, x in enumerate(flat_args) if jnp.issubdtype(jnp.result_type(x), jnp.inexact)]
@@ -528,7 +540,7 @@ def _reference(marked, args, dtype, groups, jit_blocks, loss) -> tuple[list, lis
     ``dtype``: the gradient of each flat argument (None for zero) and, for each
     of ``groups`` (matched by name), the cotangents of its values."""
     wide = np.dtype(dtype).itemsize > 4 and not jax.config.jax_enable_x64
-    with jax.enable_x64(True) if wide else contextlib.nullcontext():
+    with enable_x64(True) if wide else contextlib.nullcontext():
         cast = lambda x: jnp.asarray(x, dtype) if jnp.issubdtype(jnp.result_type(x), jnp.floating) else x
         args_ref = jax.tree_util.tree_map(cast, args)
         closed, consts, out_tree = _flat(marked, args_ref)

@@ -1,6 +1,10 @@
-"""Differences between the JAX releases jaxinv supports, in one place.
+"""Differences between the JAX releases jaxinv supports (0.6.0 to 0.10.x), and
+the few pieces of ``jax._src`` it needs, in one place.
 
-Everything else in jaxinv calls these helpers instead of testing versions.
+Everything else in jaxinv imports these names or calls these helpers instead of
+testing versions. Each item says which JAX changed what. A primitive that some
+supported JAX does not have is ``None`` there, and the rules for it are simply
+not registered (:func:`available`).
 """
 
 from __future__ import annotations
@@ -8,6 +12,97 @@ from __future__ import annotations
 import inspect
 
 import jax
+import jax.extend.core as _core
+from jax.extend.core import primitives as _P
+# jax._src: primitives that ordinary jnp code binds but jax.extend does not
+# export, and names that only later releases export publicly.
+from jax._src import ad_checkpoint as _ad_checkpoint
+from jax._src import core as _src_core
+from jax._src.lax import lax as _lax
+from jax._src.lax import slicing as _slicing
+from jax._src.random import prng as _prng
+
+# The JAX releases jaxinv supports (pyproject.toml states the same range; the
+# built-in rule packs declare it).
+SUPPORTED_JAX = ">=0.6,<0.11"
+
+# -- names that moved ---------------------------------------------------------
+
+# jax.extend.core exports DropVar and jaxprs_in_params from JAX 0.9.
+DropVar = getattr(_core, "DropVar", None) or _src_core.DropVar
+jaxprs_in_params = getattr(_core, "jaxprs_in_params", None) or _src_core.jaxprs_in_params
+# jit's primitive is jit_p from JAX 0.7, pjit_p in 0.6.
+jit_p = getattr(_P, "jit_p", None) or _P.pjit_p
+# jax.extend.core.primitives exports name_p (checkpoint_name) and remat_p (jax.checkpoint) from JAX 0.8.
+name_p = getattr(_P, "name_p", None) or _ad_checkpoint.name_p
+remat_p = getattr(_P, "remat_p", None) or _ad_checkpoint.remat_p
+# jax.enable_x64 from JAX 0.8; jax.experimental.enable_x64 before.
+if hasattr(jax, "enable_x64"):
+    enable_x64 = jax.enable_x64
+else:
+    from jax.experimental import enable_x64
+
+# -- primitives not in every release (None where absent) -------------------------
+
+split_p = _lax.split_p                    # jnp.split binds it
+optimization_barrier_p = _lax.optimization_barrier_p
+random_wrap_p = _prng.random_wrap_p       # key data <-> key (jax.random.key_data, wrap_key_data)
+random_unwrap_p = _prng.random_unwrap_p
+scatter_sub_p = _slicing.scatter_sub_p    # x.at[i].subtract(u)
+tile_p = getattr(_lax, "tile_p", None)    # jnp.tile binds it from JAX 0.9 (reshape + broadcast before)
+stack_p = getattr(_lax, "stack_p", None)  # jnp.stack binds it from JAX 0.10 (concatenate before)
+unstack_p = getattr(_lax, "unstack_p", None)  # jnp.unstack binds it from JAX 0.10 (slices before)
+# The first JAX release with each primitive that not every supported JAX has.
+PRIMITIVES_SINCE = {"tile": "0.9", "stack": "0.10", "unstack": "0.10"}
+
+
+def available(*primitives) -> bool:
+    """Whether this JAX has every one of ``primitives`` (rules for a primitive
+    it lacks are not registered).
+
+    Example::
+
+        if available(tile_p):
+            pack.register_inverse(tile_p, _tile_inverse)
+    """
+    return all(p is not None for p in primitives)
+
+
+# lax.mul takes out_dtype (a mixed-precision product) in JAX 0.10, not in 0.8.
+MUL_HAS_OUT_DTYPE = "out_dtype" in inspect.signature(jax.lax.mul).parameters
+
+# -- other libraries ---------------------------------------------------------------
+
+
+def variable_value(variable):
+    """A Flax NNX variable's value: ``get_value()`` from Flax 0.12, ``.value`` in
+    0.11 (the Flax that JAX 0.6 installs).
+
+    Example::
+
+        arrays = jax.tree.map(variable_value, params, is_leaf=lambda v: isinstance(v, nnx.Variable))
+    """
+    return variable.get_value() if hasattr(variable, "get_value") else variable.value
+
+
+# -- behaviour ------------------------------------------------------------------
+
+
+def bind_equation(primitive, invals, params):
+    """``primitive.bind`` as a jaxpr equation with ``params`` binds it.
+    ``get_bind_params`` returns the params from JAX 0.9, ``(subfuns, params)``
+    before (the subfunctions bound first).
+
+    Example::
+
+        outs = bind_equation(eqn.primitive, invals, eqn.params)
+    """
+    got = primitive.get_bind_params(params)
+    if isinstance(got, tuple):
+        subfuns, got = got
+        return primitive.bind(*subfuns, *invals, **got)
+    return primitive.bind(*invals, **got)
+
 
 _SPEC_PARAMS = frozenset(inspect.signature(jax.ShapeDtypeStruct.__init__).parameters)
 
@@ -79,7 +174,7 @@ def with_sharding_of(ct, aval):
     have = getattr(jax.typeof(ct), "sharding", None)
     if have is not None and not have.mesh.empty and have.spec == want.spec:
         return ct
-    return jax.sharding.reshard(ct, want)
+    return _reshard(ct, want)
 
 
 def without_dead_code(closed):
@@ -96,3 +191,10 @@ def without_dead_code(closed):
     from jax.interpreters import partial_eval as pe
     jaxpr, _ = pe.dce_jaxpr(closed.jaxpr, [True] * len(closed.jaxpr.outvars), instantiate=True)
     return closed.replace(jaxpr=jaxpr)
+
+
+# jax.sharding.reshard from JAX 0.7; jax.experimental.shard.reshard in 0.6.
+if hasattr(jax.sharding, "reshard"):
+    _reshard = jax.sharding.reshard
+else:
+    from jax.experimental.shard import reshard as _reshard

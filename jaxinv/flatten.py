@@ -20,6 +20,8 @@ from jax.extend import source_info_util
 from jax.extend.core import ClosedJaxpr, Jaxpr, Literal, Primitive
 from jax.extend.core import primitives as P
 
+from jaxinv.compat import bind_equation, jit_p, remat_p
+
 from jaxinv.compat import aval_spec
 
 
@@ -33,7 +35,7 @@ def register_inline(prim: Primitive, body: Callable[[dict], ClosedJaxpr | None])
 
     Example::
 
-        register_inline(jax.extend.core.primitives.jit_p, lambda p: p["jaxpr"])
+        register_inline(jax.extend.core.primitives.closed_call_p, lambda p: p["call_jaxpr"])
     """
     inline_rules[prim] = body
 
@@ -42,9 +44,9 @@ def _closed(j) -> ClosedJaxpr:
     return j if isinstance(j, ClosedJaxpr) else ClosedJaxpr(j, ())
 
 
-register_inline(P.jit_p, lambda p: _closed(p["jaxpr"]))
+register_inline(jit_p, lambda p: _closed(p["jaxpr"]))
 register_inline(P.closed_call_p, lambda p: _closed(p["call_jaxpr"]))
-register_inline(P.remat_p, lambda p: _closed(p["jaxpr"]))
+register_inline(remat_p, lambda p: _closed(p["jaxpr"]))
 register_inline(P.call_p, lambda p: _closed(p["call_jaxpr"]))
 
 
@@ -61,9 +63,8 @@ def hashable_params(params: dict):
 def eval_eqn(eqn, invals, traceback=None) -> list:
     """Bind ``eqn``'s primitive on ``invals``, under the equation's source line
     (or ``traceback``, given for equations inlined from a library's jit)."""
-    params = eqn.primitive.get_bind_params(eqn.params)
     with source_info_util.user_context(traceback or eqn.source_info.traceback):
-        out = eqn.primitive.bind(*invals, **params)
+        out = bind_equation(eqn.primitive, invals, eqn.params)
     return list(out) if eqn.primitive.multiple_results else [out]
 
 

@@ -22,11 +22,12 @@ from typing import Any, Sequence
 import jax
 import numpy as np
 from jax.extend import source_info_util
-from jax.extend.core import ClosedJaxpr, DropVar, Literal, Var, jaxprs_in_params
+from jax.extend.core import ClosedJaxpr, Literal, Var
 from jax.extend.core import primitives as P
 
 from jaxinv import facts as F
 from jaxinv import registry
+from jaxinv.compat import DropVar, jaxprs_in_params
 from jaxinv.flatten import eval_eqn
 
 # Constants up to this size are evaluated at plan time (masks, index arrays).

@@ -160,8 +160,9 @@ class RulePack:
 
     def __repr__(self) -> str:
         cov = self.coverage()
-        return (f"RulePack({self.name!r}, version={self.version!r}, status={self.status!r}, "
-                f"inverse={cov['inverse']}, ivjp={cov['ivjp']}, principal={cov['principal']})")
+        status = self.status if self.error is None else f"{self.status}: {self.error}"
+        return (f"RulePack({self.name!r}, version={self.version!r}, jax_versions={self.jax_versions!r}, "
+                f"status={status!r}, inverse={cov['inverse']}, ivjp={cov['ivjp']}, principal={cov['principal']})")
 
     # ---- registration (the one convention of registry.py)
     def register_inverse(self, prim: Primitive, rule: InverseRule, *, principal_branch: bool = False,
@@ -557,8 +558,9 @@ def load_entry_point_packs(*, reload: bool = False) -> None:
 
 
 def rule_packs() -> list[RulePack]:
-    """Every rule pack jaxinv knows, loaded or not, with its status
-    (``loaded``, ``failed``, ``skipped``) and :meth:`RulePack.coverage`.
+    """Every rule pack jaxinv knows, loaded or not, with the JAX releases it
+    supports, its status on this JAX (``loaded``, ``failed``, ``skipped``, with
+    the reason) and :meth:`RulePack.coverage`.
 
     Example::
 

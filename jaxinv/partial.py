@@ -44,7 +44,7 @@ import numpy as np
 from jax.extend.core import Literal, Var
 from jax.extend.core import primitives as P
 
-from jaxinv._jax_internals import split_p
+from jaxinv.compat import split_p
 from jaxinv.flatten import eval_eqn
 
 # Beyond this many elements (inputs and outputs of one equation), masks and

@@ -26,11 +26,12 @@ from typing import Any, Sequence
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.extend.core import ClosedJaxpr, Literal, Var, jaxprs_in_params
+from jax.extend.core import ClosedJaxpr, Literal, Var
 from jax.extend.core import primitives as P
 
 from jaxinv import facts as F
 from jaxinv import partial, registry
+from jaxinv.compat import jaxprs_in_params
 from jaxinv.flatten import hashable_params  # noqa: F401  (re-exported for the interpreter)
 from jaxinv.graph import (LOOPS, Graph, eqn_name, is_float, loop_carries, loop_consts,  # noqa: F401
                           nbytes, source_line)

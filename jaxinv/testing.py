@@ -36,6 +36,7 @@ import numpy as np
 from jax.extend.core import Literal, Primitive
 
 from jaxinv import facts, packs, registry
+from jaxinv.compat import bind_equation, enable_x64
 from jaxinv.domains import Booleans, Example, Fixed, Integers, Nonsingular, Reals, as_domain
 from jaxinv.flatten import eval_eqn, flatten
 from jaxinv.registry import NotInvertibleError
@@ -90,7 +91,7 @@ class _Equation:
     avals: list
 
     def outvals(self) -> list:
-        out = self.prim.bind(*self.invals, **self.prim.get_bind_params(self.params))
+        out = bind_equation(self.prim, self.invals, self.params)
         return list(out) if self.prim.multiple_results else [out]
 
 
@@ -346,15 +347,14 @@ def _reference_cts(eqn: _Equation, cts) -> list:
     key = (eqn.prim, _params_key(eqn.params), tuple(map(str, eqn.avals)), floats)
     fn = _reference.get(key)
     if fn is None:
-        bind_params = eqn.prim.get_bind_params(eqn.params)
-        prim = eqn.prim
+        prim, params = eqn.prim, eqn.params
 
         def vjp_at(invals, cts):
             def f(*xs):
                 args = list(invals)
                 for i, x in zip(floats, xs):
                     args[i] = x
-                out = prim.bind(*args, **bind_params)
+                out = bind_equation(prim, args, params)
                 return list(out) if prim.multiple_results else [out]
             xs = [invals[i] for i in floats]
             outs, vjp = jax.vjp(f, *xs)
@@ -585,7 +585,7 @@ def _table_rule(table, prim, kind):
 def _check_given(prim, example_invals, params, inverse, ivjp, solve, modes, dtypes, tolerance, kind):
     report = CheckReport(prim.name, kind=kind)
     for dtype in (dtypes or [None]):
-        with jax.enable_x64(dtype is not None and np.dtype(dtype) == np.float64) if dtype else _nothing():
+        with enable_x64(dtype is not None and np.dtype(dtype) == np.float64) if dtype else _nothing():
             invals = _cast_floats(example_invals, dtype) if dtype else [jnp.asarray(v) for v in example_invals]
             eqn = _Equation(prim, params, invals, (False,) * len(invals),
                             [jax.ShapeDtypeStruct(np.shape(v), jnp.result_type(v)) for v in invals])
@@ -727,7 +727,7 @@ def _check_example(report, prim, example, inverse, ivjp, dtype, modes, max_examp
               phases=(Phase.explicit, Phase.generate), suppress_health_check=list(HealthCheck))
     @given(st.data())
     def run(data):
-        with jax.enable_x64(x64):
+        with enable_x64(x64):
             draws = [[_draw(data, a, np.dtype(dtype)) for a in example.args] for _ in range(batch)]
             if len(report.failures) > failures_before:
                 return  # one failure per example is enough to act on

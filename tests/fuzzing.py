@@ -31,11 +31,12 @@ import numpy as np
 from hypothesis import reject
 from hypothesis import strategies as st
 from jax import lax
-from jax.extend.core import jaxprs_in_params
+
 
 import jaxinv
 from jaxinv import packs, registry
 from jaxinv.domains import Booleans, Example, Fixed, Integers, Nonsingular, Reals, as_domain
+from jaxinv.compat import enable_x64, jaxprs_in_params
 
 DTYPE = np.dtype(np.float64)  # the catalogue is built in float64; programs run in float64 or float32
 INNER = 0.8                    # affine maps aim at the middle 80% of a domain (room for vmap's perturbed copies)
@@ -135,7 +136,7 @@ def catalogue() -> tuple[RuleStep, ...]:
     packs.load_entry_point_packs()
     steps = []
     rng = np.random.default_rng(0)
-    with jax.enable_x64(True):
+    with enable_x64(True):
         prims = sorted(set(registry.inverse_rules) | set(registry.ivjp_rules), key=lambda p: p.name)
         for prim in prims:
             for n, example in enumerate(packs.declared_examples(prim)):
@@ -638,7 +639,7 @@ class _Builder:
 @st.composite
 def programs(draw, *, lossy: bool = True, regions: bool = True, max_steps: int = 5, dtype=DTYPE):
     """Random programs from the installed rules, in ``dtype`` (draw float64
-    ones inside ``jax.enable_x64(True)``).
+    ones inside ``enable_x64(True)``).
 
     Example::
 

@@ -21,6 +21,9 @@ from benchmarks.report import targets  # noqa: E402
 
 from helpers import assert_trees_close  # noqa: E402
 
+# Measured and run on the newest JAX only (.ci/run; CONTRIBUTING.md): minutes per JAX release.
+pytestmark = pytest.mark.newest_jax_only
+
 
 def test_smoke_run_writes_its_table(tmp_path, capsys):
     assert main(["--smoke", "--out", str(tmp_path)]) == 0

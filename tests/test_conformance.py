@@ -16,6 +16,7 @@ import jaxinv
 from jaxinv import packs, registry
 from jaxinv.domains import Example, reals
 from jaxinv.testing import RuleCheckError, check_inverse_rule, check_ivjp_rule, check_rule, check_rule_pack
+from jaxinv.compat import enable_x64
 
 
 def _registered():
@@ -82,7 +83,7 @@ def test_a_rule_that_reads_values_while_planning_is_caught():
 
 def test_a_wrong_dtype_is_caught():
     as_f64 = lambda invals, outvals, **_: [jnp.log(outvals[0]).astype(jnp.float64)]
-    with jax.enable_x64(True), pytest.raises(RuleCheckError, match="exact shape and dtype"):
+    with enable_x64(True), pytest.raises(RuleCheckError, match="exact shape and dtype"):
         check_inverse_rule(lax.exp_p, jnp.ones(3, jnp.float32), rule=as_f64, accuracy=None)
 
 

@@ -5,6 +5,9 @@ import os
 
 import pytest
 
+# Measured and run on the newest JAX only (.ci/run; CONTRIBUTING.md): minutes per JAX release.
+pytestmark = pytest.mark.newest_jax_only
+
 pytest.importorskip("sklearn")
 pytest.importorskip("optax")
 

@@ -33,6 +33,7 @@ import jaxinv
 from fuzzing import Program, catalogue, programs
 from helpers import assert_trees_close
 from jaxinv import registry
+from jaxinv.compat import enable_x64
 
 LONG = "JAXINV_FUZZ_PROGRAMS" in os.environ
 # The suite's profile is fixed (derandomized) and does not shrink (a failing
@@ -48,7 +49,7 @@ def in_dtype(data):
     """A dtype for the program (most in float64, where tolerances are tight),
     and the matching x64 context to draw and run it in."""
     dtype = np.dtype(data.draw(st.sampled_from(["float64", "float64", "float32"]), label="dtype"))
-    return dtype, jax.enable_x64(dtype == np.float64)
+    return dtype, enable_x64(dtype == np.float64)
 
 
 def draw_program(data, dtype, **kw) -> tuple[Program, Program]:
@@ -162,7 +163,7 @@ def test_the_fuzzer_composes_every_kind_of_rule():
     """The catalogue holds the registered rules' examples: elementwise,
     structural, linear algebra and control flow (a new rule joins by declaring
     examples, and is then fuzzed)."""
-    with jax.enable_x64(True):
+    with enable_x64(True):
         names = {s.name.split("#")[0] for s in catalogue()}
     for prim in ("exp", "log", "mul", "div", "dot_general", "reshape", "transpose", "concatenate", "cumsum",
                  "scan", "cond", "fft", "triangular_solve", "sort"):

@@ -9,6 +9,7 @@ import numpy as np
 
 import jaxinv
 from helpers import assert_trees_close
+from jaxinv.compat import enable_x64
 
 
 def test_inverse_of_a_function_returning_a_one_tuple_takes_its_element():
@@ -92,7 +93,7 @@ def test_the_max_of_a_rebuilt_value_keeps_its_cotangent_under_jit_and_in_a_scan(
     # copies differed in the last bit, so JAX's max VJP (a mask of the chosen
     # element, a count of ties) dropped a row's cotangent without a near-tie
     # (13 of 20 seeds wrong under jit, 38 of 40 in a scan body)
-    with jax.enable_x64(True):
+    with enable_x64(True):
         for seed in range(4):
             rng = np.random.default_rng(seed)
             e, d = rng.normal(size=(2, 3, 8))
@@ -133,7 +134,7 @@ def test_a_given_argument_read_by_a_cond_branch_is_folded_as_a_jax_array():
     # jaxinv.grad(f, argnums=0) makes x2 a given value; a cond branch reading
     # it got x2's value folded in as a numpy array (to prove it nonzero), and
     # JAX refuses numpy constants in a jaxpr ("non-canonical constant")
-    with jax.enable_x64(True):
+    with enable_x64(True):
         rng = np.random.default_rng(0)
         W = jnp.asarray(rng.normal(size=(6, 6)) * 0.2)
 

@@ -23,6 +23,7 @@ from jax import lax
 
 import jaxinv
 from helpers import tree_bytes
+from jaxinv.compat import enable_x64
 
 WIDTH = 8          # features per half
 BATCH = 4
@@ -197,7 +198,7 @@ def test_gradient_is_jax_grads(idiom, kind):
     got = jaxinv.grad(loss, argnums=(0, 1))(params, x)
     plain = jax.grad(loss, argnums=(0, 1))(params, x)
     assert jax.tree_util.tree_structure(got) == jax.tree_util.tree_structure(plain)
-    with jax.enable_x64(True):
+    with enable_x64(True):
         p64, x64 = jax.tree_util.tree_map(lambda a: jnp.asarray(a, jnp.float64), (params, x))
         exact = jax.grad(loss, argnums=(0, 1))(p64, x64)
         scale = max(float(jnp.max(jnp.abs(w))) for w in jax.tree_util.tree_leaves(exact))
@@ -217,7 +218,7 @@ def test_inverse_and_log_det_of_the_idioms(idiom):
     eps = float(jnp.finfo(jnp.float32).eps)
     np.testing.assert_allclose(x_rebuilt, x, atol=64 * eps * float(jnp.max(jnp.abs(x))))
     n = x.size
-    with jax.enable_x64(True):
+    with enable_x64(True):
         p64 = jax.tree_util.tree_map(lambda a: jnp.asarray(a, jnp.float64), params)
         net64 = lambda v: unrolled(block)(p64, v.reshape(shape)).ravel()
         jac = jax.jacfwd(net64)(jnp.asarray(x, jnp.float64).ravel())

@@ -12,6 +12,7 @@ from jax import lax
 import jaxinv
 from jaxinv.domains import Example, reals
 from jaxinv.testing import RuleCheckError, check_rule
+from jaxinv.compat import enable_x64
 
 
 def reference_ildj(f, x):
@@ -57,7 +58,7 @@ def test_ildj_matches_the_dense_jacobian(name):
 
 
 def test_ildj_is_minus_the_forward_log_det_through_dtype_conversions():
-    with jax.enable_x64(True):
+    with enable_x64(True):
         f = lambda x: jnp.exp(x.astype(jnp.float64)) * 3.0       # f32 -> f64, then scale
         x = jnp.linspace(-1, 1, 5, dtype=jnp.float32)
         x_rec, log_det = jaxinv.inverse_and_ildj(f, x)(f(x))

@@ -24,6 +24,7 @@ from jaxinv.nn.sequential import RevSequential, Sequential, rev_sequential
 from jaxinv.nn.transformer import ReversibleTransformerBlock, layer_norm, multi_head_attention
 
 from helpers import assert_trees_close, tree_bytes
+from jaxinv.compat import enable_x64
 
 KEY = jax.random.PRNGKey(0)
 FLAT = jax.random.normal(jax.random.PRNGKey(1), (3, 6))        # (batch, features)
@@ -91,7 +92,7 @@ def results(name):
         sign, ref = per_example_slogdet(layer, params, x)
         return dict(x=x, log_det=log_det, x_back=x_back, ildj=ildj, sign=sign, slogdet=ref)
 
-    with jax.enable_x64(True):
+    with enable_x64(True):
         params64, x64 = jax.tree_util.tree_map(lambda a: np.asarray(a, np.float64), (params, x))
         f64 = jax.device_get(jax.jit(run64)(params64, x64))
     f32 = jax.device_get(jax.jit(run)(params, x, y_other, xs))
@@ -135,7 +136,7 @@ def test_jit_vmap_dtype_shape(name):
 
 def test_float64_dtype_preserved():
     """Params are initialised in the input's dtype; outputs keep it."""
-    with jax.enable_x64(True):
+    with enable_x64(True):
         for name in ("additive-split2", "affine-sigmoid", "transformer"):
             layer, x = LAYERS[name]
             x64 = x.astype(jnp.float64)

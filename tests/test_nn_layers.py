@@ -21,6 +21,7 @@ from jaxinv.nn.linear import Householder, InvertibleConv1x1, InvertibleDense
 from jaxinv.nn.reshape import HaarDownsampling, Squeeze
 
 from helpers import assert_trees_close
+from jaxinv.compat import enable_x64
 
 # name -> (layer, input shape (batch first)). Mostly the shapes of the flow
 # tested below (a squeezed (2, 4, 4, 2) image: (2, 2, 2, 8)), so XLA compiles
@@ -77,7 +78,7 @@ def test_round_trip(name):
 
 @pytest.mark.parametrize("name", NAMES)
 def test_float64_log_det_is_log_abs_det_of_the_jacobian(name):
-    with jax.enable_x64(True):
+    with enable_x64(True):
         layer, params, x = setup(name, jnp.float64)
         for leaf in jax.tree_util.tree_leaves(params):  # init follows the input's dtype
             assert leaf.dtype == jnp.float64

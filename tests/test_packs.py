@@ -96,6 +96,19 @@ def test_a_pack_for_another_jax_is_skipped_with_a_warning(scratch_packs):
         jaxinv.install_rule_pack(old)
     assert old.status == "skipped" and old in jaxinv.rule_packs()
     assert packs.provider(lax.log_p).name == "jaxinv.elementwise"
+    assert f"jax_versions='<0.5', status='skipped: supports JAX <0.5, not {jax.__version__}'" in repr(old)
+
+
+def test_the_builtin_packs_declare_the_jax_range_jaxinv_installs_with():
+    """pyproject.toml's JAX range is the built-in packs' range, and this JAX is in it."""
+    import pathlib
+    import tomllib
+    from jaxinv.compat import SUPPORTED_JAX
+    from jaxinv.rules import BUILTIN_PACKS
+    pyproject = tomllib.loads((pathlib.Path(__file__).resolve().parents[1] / "pyproject.toml").read_text())
+    assert f"jax{SUPPORTED_JAX}" in pyproject["project"]["dependencies"]
+    assert packs._version_matches(jax.__version__, SUPPORTED_JAX)
+    assert all(p.jax_versions == SUPPORTED_JAX and p.status == "loaded" for p in BUILTIN_PACKS)
 
 
 @pytest.mark.parametrize("version, spec, ok", [

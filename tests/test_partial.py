@@ -13,9 +13,11 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from jax import lax
+from jax.extend.core import Literal
 
 import jaxinv
 from jaxinv import partial
+from jaxinv.flatten import eval_eqn
 from helpers import assert_trees_close
 
 X = jnp.linspace(-1.0, 1.0, 24).reshape(4, 6)
@@ -101,8 +103,14 @@ def test_a_mask_that_is_not_constant_is_not_a_selection():
 
 
 def test_selection_tags_say_which_element_each_output_copies():
-    eqn = jax.make_jaxpr(lambda x: x[:, 1::2])(X).jaxpr.eqns[0]
-    sel = partial.selection(eqn, lambda v: None)
+    # a strided slice: `slice` with strides (or, on JAX 0.6, a `gather` at
+    # indices computed from iota: constants, found by evaluating the jaxpr)
+    jaxpr = jax.make_jaxpr(lambda x: x[:, 1::2])(X).jaxpr
+    env = dict(zip(jaxpr.invars, [X]))
+    for e in jaxpr.eqns:
+        env.update(zip(e.outvars, eval_eqn(e, [v.val if isinstance(v, Literal) else env[v] for v in e.invars])))
+    eqn = jaxpr.eqns[-1]
+    sel = partial.selection(eqn, lambda v: None if v is jaxpr.invars[0] else env.get(v))
     want = 1 + np.arange(24).reshape(4, 6)[:, 1::2]          # 1 + flat index into x
     np.testing.assert_array_equal(sel.tags[0], want)
     (back,) = sel.backward_masks([np.True_])

@@ -7,6 +7,7 @@ import pytest
 
 import jaxinv
 from helpers import assert_trees_close, coupling, revnet, revnet_input, revnet_loss, revnet_params, tree_bytes
+from jaxinv.compat import enable_x64
 
 KEY = jax.random.key(0)
 X = jnp.linspace(0.1, 1.0, 6, dtype=jnp.float32)
@@ -104,7 +105,7 @@ def test_pytree_inputs_and_outputs():
 
 def test_float64_is_preserved():
     """In float64 mode, cotangents stay float64 and match JAX to 1e-12."""
-    with jax.enable_x64(True):
+    with enable_x64(True):
         x = jnp.linspace(0.1, 1.0, 6, dtype=jnp.float64)
         f = lambda x: jnp.sinh(jnp.sinh(x) * 0.5 - 1.0)
         (g,) = jaxinv.vjp(f, x)[1](jnp.ones_like(x))

@@ -47,6 +47,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from jaxinv.compat import variable_value
 from jaxinv.nn.base import Layer, RunsLayer
 
 __all__ = ["Invertible"]
@@ -93,4 +94,4 @@ class Invertible(RunsLayer, nnx.Module):
 
     def param_values(self) -> Any:
         """The layer's params as a plain pytree of arrays (what ``layer.apply`` takes)."""
-        return jax.tree.map(lambda v: v.get_value(), self.params, is_leaf=_is_variable)
+        return jax.tree.map(variable_value, self.params, is_leaf=_is_variable)

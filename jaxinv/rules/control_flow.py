@@ -42,12 +42,13 @@ from jaxinv import interpreter, registry
 from jaxinv.flatten import flatten, has_calls
 from jaxinv.plan import make_plan
 from jaxinv._version import __version__
+from jaxinv.compat import SUPPORTED_JAX
 from jaxinv.domains import Example, booleans, fixed, integers, reals
 from jaxinv.packs import RulePack
 from jaxinv.registry import NotInvertibleError
 from jaxinv.rules.functions import known_inverse
 
-pack = RulePack("jaxinv.control_flow", __version__, jax_versions=">=0.10", builtin=True,
+pack = RulePack("jaxinv.control_flow", __version__, jax_versions=SUPPORTED_JAX, builtin=True,
                 description="loops, cond/switch and custom-derivative calls, inverted through their bodies")
 
 

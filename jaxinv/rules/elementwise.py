@@ -40,11 +40,12 @@ from jax.extend.core import primitives as P
 from jax.scipy.special import ndtri
 
 from jaxinv._version import __version__
+from jaxinv.compat import MUL_HAS_OUT_DTYPE, SUPPORTED_JAX
 from jaxinv.domains import Example, integers, booleans, nonzero, positive, reals
 from jaxinv.packs import RulePack
 from jaxinv.registry import NotInvertibleError, input_avals, require_nonzero
 
-pack = RulePack("jaxinv.elementwise", __version__, jax_versions=">=0.10", builtin=True,
+pack = RulePack("jaxinv.elementwise", __version__, jax_versions=SUPPORTED_JAX, builtin=True,
                 description="arithmetic, exp/log, hyperbolic and inverse trigonometric functions, powers, casts, "
                             "complex numbers, bitwise operations")
 
@@ -338,8 +339,9 @@ pack.defbinary(P.mul_p,
                    Example(lax.mul, nonzero(), nonzero(shape=()), solve=BOTH, label="rank-0 operand broadcast"),
                    Example(lax.mul, nonzero(shape=(3, 4)), nonzero(shape=(1, 4)), solve=BOTH,
                            label="size-1 dimension broadcast"),
-                   Example(lambda a, b: lax.mul(a, b, out_dtype=jnp.float32), reals(dtype=jnp.bfloat16),
-                           nonzero(dtype=jnp.bfloat16), solve=[(0,)], label="bf16 * bf16 -> f32 (exact)"),
+                   *([Example(lambda a, b: lax.mul(a, b, out_dtype=jnp.float32), reals(dtype=jnp.bfloat16),
+                              nonzero(dtype=jnp.bfloat16), solve=[(0,)], label="bf16 * bf16 -> f32 (exact)")]
+                     if MUL_HAS_OUT_DTYPE else []),
                ],
                notes="divides by the known factor: it must be provably nonzero")
 # y = a / b: a = y * b divides by nothing; b = a / y divides by y, nonzero iff a is.

@@ -9,13 +9,26 @@ per-primitive rule can invert:
 * ``jax.scipy.special.logit`` is ``log(x / (1 - x))``: its input on both sides
   of a division.
 
-A ``custom_jvp_call`` equation records where its function and its JVP rule were
-defined, in its jaxprs' debug info (``logaddexp at .../jax/_src/lax/other.py:261``).
-That pair, read off the equation the public function itself binds, identifies
-the function: a call carrying the same pair is that function, whatever its
-shapes, batching or enclosing ``jit``. A user's own ``custom_jvp`` never matches
-(it is defined elsewhere), and if a JAX release reimplements one of these
-functions, it simply stops matching and its body is inverted as before.
+A call is recognised in two steps:
+
+1. *signature*, a fast filter: a ``custom_jvp_call`` equation records where its
+   function and its JVP rule were defined, in its jaxprs' debug info
+   (``logaddexp at .../jax/_src/lax/other.py:261``). A call whose pair differs
+   from every registered function's (a user's own ``custom_jvp``, a JAX release
+   that moved the function) is not one of them.
+2. *structure*, the proof: the registered public function is traced again at
+   the call's own input types, and the body of the ``custom_jvp_call`` it binds
+   must equal the call's body, equation by equation (:func:`structurally_equal`);
+   under ``vmap`` the body is compared with the function's own, batched alike.
+   A signature alone is not enough: on JAX 0.5.3 ``jnp.logaddexp2`` and
+   ``jnp.logaddexp`` were defined at one site, and softplus was inverted with
+   logaddexp2's inverse. Two functions that pass both steps compute the same
+   thing the same way. The retrace is cached per function and input types, so a
+   deep network traces each function once.
+
+A call that fails either step (a look-alike, a body batched other than over
+leading axes, a retrace that fails) is not recognised: its body is inverted by
+the per-primitive rules, which invert it correctly or refuse.
 
 ``custom_jvp_call``'s inverse rule (:mod:`jaxinv.rules.control_flow`) asks
 :func:`known_inverse` first and inverts the body otherwise. The rules here are
@@ -25,6 +38,7 @@ their cotangents still come from the function's own custom JVP.
 
 from __future__ import annotations
 
+import itertools
 import math
 from typing import Any, Callable, Sequence
 
@@ -32,17 +46,20 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from jax import lax
-from jax.extend.core import ClosedJaxpr, Jaxpr
+from jax.extend.core import ClosedJaxpr, Jaxpr, Literal
 from jax.extend.core import primitives as P
 
 from jaxinv import registry
+from jaxinv.compat import aval_spec, trace_context
 from jaxinv.registry import NotInvertibleError, input_avals
 
 FunctionInverse = Callable[[Sequence[Any], Sequence[Any]], Sequence[Any]]
 
 # (public function, example arguments, rule): resolved to signatures lazily.
 _registered: list[tuple[Callable, tuple, FunctionInverse]] = []
-_by_signature: dict[tuple[str, str], FunctionInverse] | None = None
+_by_signature: dict[tuple[str, str], list[tuple[Callable, FunctionInverse]]] | None = None
+# (public function, input avals, batched inputs, trace context) -> the custom_jvp_call body it binds
+_reference_bodies: dict[tuple, ClosedJaxpr | None] = {}
 
 
 def register_function_inverse(fn: Callable, example_args: tuple, rule: FunctionInverse) -> FunctionInverse:
@@ -68,7 +85,14 @@ def _src(obj) -> str | None:
 
 def signature(call_jaxpr, jvp_fun) -> tuple[str, str] | None:
     """Where a ``custom_jvp_call``'s function and JVP rule were defined (None if
-    JAX did not record it)."""
+    JAX did not record it): a fast filter, not a proof of identity.
+
+    Example::
+
+        eqn = jax.make_jaxpr(jnp.logaddexp)(1.0, 2.0).eqns[0]
+        signature(eqn.params["call_jaxpr"], eqn.params["jvp_jaxpr_fun"])
+        # ('logaddexp at .../jax/_src/lax/other.py:261', '_logaddexp_jvp at .../jax/_src/lax/other.py:282')
+    """
     fun_src = _src(getattr(call_jaxpr, "jaxpr", call_jaxpr))
     jvp_src = _src(jvp_fun)
     if fun_src is None or jvp_src is None:
@@ -101,22 +125,144 @@ def _bound_signature(fn: Callable, example_args: tuple) -> tuple[str, str] | Non
     return sigs.pop() if len(sigs) == 1 else None
 
 
-def _table() -> dict[tuple[str, str], FunctionInverse]:
+def _table() -> dict[tuple[str, str], list[tuple[Callable, FunctionInverse]]]:
     global _by_signature
     if _by_signature is None:
-        table = {}
+        table: dict = {}
         for fn, args, rule in _registered:
             sig = _bound_signature(fn, args)
-            if sig is not None:
-                table[sig] = rule
+            if sig is not None:  # several functions may share one (JAX 0.5.3): structure tells them apart
+                table.setdefault(sig, []).append((fn, rule))
         _by_signature = table
     return _by_signature
 
 
+def _batchings(avals: tuple):
+    """Which inputs ``vmap`` may have batched at their leading axis: none first
+    (the call as traced), then those sharing one leading dimension."""
+    for batched in itertools.product((False, True), repeat=len(avals)):
+        sizes = {a.shape[0] if a.shape else None for a, b in zip(avals, batched) if b}
+        if not any(batched) or (len(sizes) == 1 and None not in sizes):
+            yield batched
+
+
+def _reference_body(fn: Callable, avals: tuple, batched: tuple) -> ClosedJaxpr | None:
+    """The body of the one ``custom_jvp_call`` that ``fn`` binds at input types
+    ``avals``, under ``vmap`` over the leading axis of the ``batched`` inputs
+    (None if it binds none or several, or does not trace there)."""
+    key = (fn, avals, batched, trace_context())
+    if key not in _reference_bodies:
+        try:
+            if any(batched):  # vmap batches the body itself (unbatched operands broadcast inside)
+                fn = jax.vmap(fn, in_axes=tuple(0 if b else None for b in batched))
+            closed = jax.make_jaxpr(fn)(*[aval_spec(a) for a in avals])
+            bodies = [e.params["call_jaxpr"] for e in _custom_jvp_calls(closed.jaxpr)]
+        except Exception:  # wrong arity, types fn refuses, ...: not this function
+            bodies = []
+        _reference_bodies[key] = bodies[0] if len(bodies) == 1 else None
+    return _reference_bodies[key]
+
+
 def known_inverse(call_jaxpr, jvp_fun) -> FunctionInverse | None:
-    """The rule for a ``custom_jvp_call`` of a function registered here, else None."""
+    """The rule for a ``custom_jvp_call`` of a function registered here, else None:
+    its signature must match, and its body must equal the one the function
+    binds at the call's input types (directly, or under ``vmap``).
+
+    Example::
+
+        eqn = jax.make_jaxpr(jax.nn.softplus)(1.0).eqns[0].params["jaxpr"].eqns[0]
+        known_inverse(eqn.params["call_jaxpr"], eqn.params["jvp_jaxpr_fun"])  # logaddexp's rule
+    """
     sig = signature(call_jaxpr, jvp_fun)
-    return None if sig is None else _table().get(sig)
+    candidates = _table().get(sig, ()) if sig is not None else ()
+    if not candidates:
+        return None
+    avals = tuple(v.aval for v in getattr(call_jaxpr, "jaxpr", call_jaxpr).invars)
+    for fn, rule in candidates:
+        for batched in _batchings(avals):
+            reference = _reference_body(fn, avals, batched)
+            if reference is not None and structurally_equal(reference, call_jaxpr):
+                return rule
+    return None
+
+
+# --------------------------------------------------------------------------
+# structural equality
+
+
+def structurally_equal(a, b) -> bool:
+    """Whether two jaxprs (or closed jaxprs) are the same program up to variable
+    names: as many consts (equal values), inputs and outputs of the same types,
+    and the same equations in order: primitive, params (nested jaxprs compared
+    the same way), operands (variables by position of definition, literals by
+    value and type) and output types.
+
+    Example::
+
+        f = lambda x: jnp.sin(x) * 2.0
+        structurally_equal(jax.make_jaxpr(f)(1.0), jax.make_jaxpr(f)(3.0))         # True
+        structurally_equal(jax.make_jaxpr(f)(1.0), jax.make_jaxpr(jnp.cos)(1.0))   # False
+    """
+    if isinstance(a, ClosedJaxpr) != isinstance(b, ClosedJaxpr):
+        return False
+    if isinstance(a, ClosedJaxpr):
+        if len(a.consts) != len(b.consts) or not all(map(_same_value, a.consts, b.consts)):
+            return False
+        a, b = a.jaxpr, b.jaxpr
+    if (len(a.constvars), len(a.invars), len(a.outvars), len(a.eqns)) != \
+            (len(b.constvars), len(b.invars), len(b.outvars), len(b.eqns)) or a.effects != b.effects:
+        return False
+    pos_a: dict = {}  # variable -> position of definition
+    pos_b: dict = {}
+
+    def define(vs_a, vs_b) -> bool:
+        for va, vb in zip(vs_a, vs_b):
+            if va.aval != vb.aval:
+                return False
+            pos_a[va] = pos_b[vb] = len(pos_a)
+        return True
+
+    def same_atoms(xs, ys) -> bool:
+        return len(xs) == len(ys) and all(_same_atom(x, y, pos_a, pos_b) for x, y in zip(xs, ys))
+
+    if not define(a.constvars + a.invars, b.constvars + b.invars):
+        return False
+    for ea, eb in zip(a.eqns, b.eqns):
+        if (ea.primitive is not eb.primitive or len(ea.outvars) != len(eb.outvars)
+                or not same_atoms(ea.invars, eb.invars) or not _same_param(ea.params, eb.params)
+                or not define(ea.outvars, eb.outvars)):
+            return False
+    return same_atoms(a.outvars, b.outvars)
+
+
+def _same_atom(x, y, pos_x: dict, pos_y: dict) -> bool:
+    if isinstance(x, Literal) or isinstance(y, Literal):
+        return isinstance(x, Literal) and isinstance(y, Literal) and x.aval == y.aval and _same_value(x.val, y.val)
+    return x in pos_x and y in pos_y and pos_x[x] == pos_y[y]
+
+
+def _same_value(x, y) -> bool:
+    """Bit for bit, with dtype and shape (NaN equals itself, 0.0 is not -0.0)."""
+    try:
+        x, y = np.asarray(x), np.asarray(y)
+    except Exception:  # a tracer: no value to compare
+        return False
+    return x.dtype == y.dtype and x.shape == y.shape and x.tobytes() == y.tobytes()
+
+
+def _same_param(p, q) -> bool:
+    if isinstance(p, (ClosedJaxpr, Jaxpr)):
+        return isinstance(q, (ClosedJaxpr, Jaxpr)) and structurally_equal(p, q)
+    if isinstance(p, dict):
+        return isinstance(q, dict) and p.keys() == q.keys() and all(_same_param(p[k], q[k]) for k in p)
+    if isinstance(p, (tuple, list)):
+        return type(p) is type(q) and len(p) == len(q) and all(map(_same_param, p, q))
+    if isinstance(p, (np.ndarray, jax.Array)):
+        return _same_value(p, q)
+    try:
+        return type(p) is type(q) and bool(p == q)
+    except Exception:  # no meaningful ==
+        return False
 
 
 # --------------------------------------------------------------------------

@@ -44,11 +44,12 @@ from jax import lax
 from jax.extend.core import primitives as P
 
 from jaxinv._version import __version__
+from jaxinv.compat import SUPPORTED_JAX
 from jaxinv.domains import Example, nonsingular, reals
 from jaxinv.packs import RulePack
 from jaxinv.registry import NotInvertibleError, input_avals, require_nonsingular
 
-pack = RulePack("jaxinv.linalg", __version__, jax_versions=">=0.10", builtin=True,
+pack = RulePack("jaxinv.linalg", __version__, jax_versions=SUPPORTED_JAX, builtin=True,
                 description="linear algebra: solves with known matrices, decompositions, FFTs")
 
 # --------------------------------------------------------------------------

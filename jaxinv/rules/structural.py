@@ -18,13 +18,13 @@ from jax import lax
 from jax.extend.core import primitives as P
 
 from jaxinv import facts, registry
-from jaxinv._jax_internals import scatter_sub_p, split_p, stack_p, tile_p, unstack_p
+from jaxinv.compat import SUPPORTED_JAX, available, scatter_sub_p, split_p, stack_p, tile_p, unstack_p
 from jaxinv._version import __version__
 from jaxinv.domains import Example, fixed, integers, nonzero, reals
 from jaxinv.packs import RulePack
 from jaxinv.registry import NotInvertibleError, input_avals, require_nonzero
 
-pack = RulePack("jaxinv.structural", __version__, jax_versions=">=0.10", builtin=True,
+pack = RulePack("jaxinv.structural", __version__, jax_versions=SUPPORTED_JAX, builtin=True,
                 description="permutations, broadcasts, joins and splits, padding, windows and scatters, "
                             "selections, sorts, cumulative ops; refusals for slices and reductions")
 
@@ -410,6 +410,8 @@ def _sort_ivjp(invals, outvals, out_cts, *, dimension, **_):
 def _top_k_solve(outvals, k, axis):
     # With k equal to the axis length, top_k sorts: values = take_along_axis(x,
     # indices), indices a permutation, so x = take_along_axis(values, indices^-1).
+    # (top_k has no axis param before JAX 0.7: the last axis.)
+    axis %= len(input_avals()[0].shape)
     n = input_avals()[0].shape[axis]
     if k != n:
         raise NotInvertibleError(f"`top_k` keeps only k={k} of {n} elements")
@@ -449,8 +451,9 @@ pack.register_inverse(P.broadcast_in_dim_p, _broadcast_in_dim_inverse, examples=
 ], notes="keeps one copy of each broadcast element")
 pack.register_ivjp(P.broadcast_in_dim_p, _broadcast_in_dim_ivjp)
 pack.register_nonzero(P.broadcast_in_dim_p, _first)
-pack.register_inverse(tile_p, _tile_inverse, examples=Example(lambda x: jnp.tile(x, (2, 3)), reals(shape=(3, 4))))
-pack.register_nonzero(tile_p, _first)
+if available(tile_p):
+    pack.register_inverse(tile_p, _tile_inverse, examples=Example(lambda x: jnp.tile(x, (2, 3)), reals(shape=(3, 4))))
+    pack.register_nonzero(tile_p, _first)
 pack.register_inverse(P.concatenate_p, _concatenate_inverse, examples=Example(
     lambda a, b, c: jnp.concatenate([a, b, c], axis=1), reals(shape=(3, 1)), reals(shape=(3, 4)),
     reals(shape=(3, 2)), solve=[(0,), (1, 2), (0, 1, 2)]))
@@ -462,13 +465,14 @@ pack.register_inverse(split_p, _split_inverse, examples=[
 ], notes="needs every piece")
 pack.register_ivjp(split_p, _split_ivjp)
 pack.register_nonzero(split_p, _first)
-pack.register_inverse(stack_p, _stack_inverse, examples=Example(
-    lambda a, b, c: jnp.stack([a, b, c], axis=1), reals(shape=(3, 4)), reals(shape=(3, 4)), reals(shape=(3, 4)),
-    solve=[(1,), (0, 2), (0, 1, 2)]))
-pack.register_nonzero(stack_p, _all)
-pack.register_inverse(unstack_p, _unstack_inverse, examples=Example(lambda x: jnp.unstack(x, axis=1),
-                                                                     reals(shape=(3, 4))), notes="needs every piece")
-pack.register_nonzero(unstack_p, _first)
+if available(stack_p, unstack_p):
+    pack.register_inverse(stack_p, _stack_inverse, examples=Example(
+        lambda a, b, c: jnp.stack([a, b, c], axis=1), reals(shape=(3, 4)), reals(shape=(3, 4)), reals(shape=(3, 4)),
+        solve=[(1,), (0, 2), (0, 1, 2)]))
+    pack.register_nonzero(stack_p, _all)
+    pack.register_inverse(unstack_p, _unstack_inverse, examples=Example(lambda x: jnp.unstack(x, axis=1),
+                                                                         reals(shape=(3, 4))), notes="needs every piece")
+    pack.register_nonzero(unstack_p, _first)
 pack.register_inverse(P.pad_p, _pad_inverse, examples=[
     Example(lambda x, v: lax.pad(x, v, ((1, 2, 1), (0, 1, 0))), reals(shape=(3, 4)), reals(shape=()),
             solve=[(0,), (1,), (0, 1)]),
@@ -591,7 +595,7 @@ pack.register_not_invertible(P.select_and_gather_add_p, "it keeps one element pe
 # log-dets (jaxinv.ildj): permutations, selections, copies and unit-triangular
 # maps (cumsum, scatter-add of known updates) change no volume
 
-for _prim in (P.concatenate_p, split_p, stack_p, unstack_p, P.device_put_p, P.cumsum_p, P.select_n_p, P.dynamic_update_slice_p, P.sort_p, P.top_k_p, P.scatter_add_p, scatter_sub_p):
+for _prim in (P.concatenate_p, split_p, *[p for p in (stack_p, unstack_p) if available(p)], P.device_put_p, P.cumsum_p, P.select_n_p, P.dynamic_update_slice_p, P.sort_p, P.top_k_p, P.scatter_add_p, scatter_sub_p):
     pack.register_ildj(_prim)
 
 

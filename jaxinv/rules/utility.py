@@ -27,7 +27,7 @@ from jax.ad_checkpoint import checkpoint_name
 from jax.extend.core import primitives as P
 from jax.sharding import SingleDeviceSharding
 
-from jaxinv._jax_internals import optimization_barrier_p, random_unwrap_p, random_wrap_p
+from jaxinv.compat import SUPPORTED_JAX, name_p, optimization_barrier_p, random_unwrap_p, random_wrap_p
 from jaxinv.custom_ivjp import custom_ivjp, custom_ivjp_call_p, ildj_rule, inverse_rule, ivjp_rule
 from jaxinv._version import __version__
 from jaxinv.domains import Example, integers, reals
@@ -35,7 +35,7 @@ from jaxinv.markers import anchor, anchor_p, nonzero, nonzero_p
 from jaxinv.packs import RulePack
 from jaxinv.registry import NotInvertibleError, input_avals
 
-pack = RulePack("jaxinv.utility", __version__, jax_versions=">=0.10", builtin=True,
+pack = RulePack("jaxinv.utility", __version__, jax_versions=SUPPORTED_JAX, builtin=True,
                 description="identity-like primitives (optimization_barrier, sharding_constraint, name, "
                             "stop_gradient), PRNG key wrapping and threefry2x32, markers, and jaxinv's "
                             "custom_ivjp calls; jit/pjit, closed_call and remat (checkpoint) need no rule: "
@@ -149,7 +149,7 @@ pack.register_nonzero(optimization_barrier_p, lambda nz, **_: all(nz))
 pack.defunary(P.sharding_constraint_p, lambda y: y, ct=_same_ct,
               examples=Example(lambda x: lax.with_sharding_constraint(x, _one_device()), reals()),
               notes="identity (a sharding annotation)")
-pack.defunary(P.name_p, lambda y: y, ct=_same_ct, examples=Example(lambda x: checkpoint_name(x, "h"), reals()),
+pack.defunary(name_p, lambda y: y, ct=_same_ct, examples=Example(lambda x: checkpoint_name(x, "h"), reals()),
               notes="identity (jax.ad_checkpoint.checkpoint_name)")
 # stop_gradient is the identity on values and zero on cotangents.
 pack.defunary(P.stop_gradient_p, lambda y: y, ct=_zero_ct, examples=Example(lax.stop_gradient, reals()),

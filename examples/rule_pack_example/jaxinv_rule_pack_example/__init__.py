@@ -69,7 +69,7 @@ def _cotangent(x, y, ct, *, slope):
     return jnp.where(y >= 0, ct, slope * ct)
 
 
-PACK = RulePack("leaky_relu_example", "0.1.0", jax_versions=">=0.10",
+PACK = RulePack("leaky_relu_example", "0.1.0", jax_versions=">=0.6",
                 description="an invertible leaky ReLU primitive (example third-party pack)")
 PACK.defunary(leaky_relu_p, _inverse, ct=_cotangent, examples=[
     Example(lambda x: leaky_relu(x, 0.1), reals(-5, 5), label="slope 0.1"),
