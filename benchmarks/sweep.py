@@ -47,7 +47,7 @@ class Config:
 SWEEPS = {
     "full": [
         Config("revnet_mlp", False, (4, 16, 64, 256), builds=5),
-        Config("revnet_mlp", True, (8, 64, 512, 1024)),
+        Config("revnet_mlp", True, (8, 64, 512, 1024), builds=5),
         Config("transformer", True, (4, 16, 64, 256)),
         Config("glow", True, (4, 16, 64, 256)),
         # where activations dominate (the targets' shape), wide, and data-parallel
