@@ -68,7 +68,8 @@ def _worker(spec: str, process_id: int, port: str, out: str, repeats: int, time_
 
     from benchmarks.sweep import Config, measure_depth
 
-    config = Config(**{**json.loads(spec), "depths": tuple(json.loads(spec)["depths"])})
+    fields = json.loads(spec)
+    config = Config(**{**fields, "depths": tuple(fields["depths"])})
     jax.config.update("jax_cpu_collectives_implementation", "gloo")
     jax.distributed.initialize(coordinator_address=f"127.0.0.1:{port}", num_processes=config.processes,
                                process_id=process_id, initialization_timeout=120)

@@ -17,6 +17,7 @@ import pytest
 from jax import lax
 
 from jaxinv import registry
+from jaxinv.compat import jaxprs_in_params
 from jaxinv.flatten import flatten
 from jaxinv.partial import SELECTION_PRIMITIVES
 
@@ -69,10 +70,8 @@ def _uncovered(jaxpr) -> set[str]:
                    or e.primitive in registry.not_invertible_reasons)
         if not covered:
             out.add(e.primitive.name)
-        for sub in jax.tree_util.tree_leaves(e.params, is_leaf=lambda p: hasattr(p, "eqns") or hasattr(p, "jaxpr")):
-            inner = getattr(sub, "jaxpr", sub)
-            if hasattr(inner, "eqns"):
-                out |= _uncovered(inner)
+        for sub in jaxprs_in_params(e.params):
+            out |= _uncovered(sub)
     return out
 
 
