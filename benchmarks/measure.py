@@ -13,7 +13,10 @@
 - ``param_bytes``: the params' bytes (per device);
 - ``residual_bytes``: bytes held by the ``vjp`` function between the forward and
   the backward pass, minus the params and the input it references;
-- ``trace_s`` / ``compile_s``: ``jit(grad).lower`` and ``.compile`` wall time;
+- ``trace_s`` / ``compile_s``: ``jit(grad).lower`` and ``.compile`` wall time,
+  with Python's garbage collector paused as ``timeit`` pauses it (a collection
+  costs by the size of the whole heap, which the harness's earlier networks
+  set, not the method being built);
 - ``time_s``: median wall time of the compiled gradient, methods alternated
   (``time_methods``);
 - ``grad_error``: relative error ``|g - g64| / |g64|`` (global norms) against
@@ -27,6 +30,7 @@ Example::
 
 from __future__ import annotations
 
+import gc
 import statistics
 import time
 from typing import Callable
@@ -54,11 +58,16 @@ def residual_bytes(method: Method, net: Network, params, x) -> int:
 def measure_compile(method: Method, net: Network, params, x) -> dict:
     """Trace and compile ``jit(grad)``; return the compiled function and its figures."""
     fn = jax.jit(method.grad(net))
-    t0 = time.perf_counter()
-    lowered = fn.lower(params, x)
-    t1 = time.perf_counter()
-    compiled = lowered.compile()
-    t2 = time.perf_counter()
+    gc.collect()
+    gc.disable()
+    try:
+        t0 = time.perf_counter()
+        lowered = fn.lower(params, x)
+        t1 = time.perf_counter()
+        compiled = lowered.compile()
+        t2 = time.perf_counter()
+    finally:
+        gc.enable()
     mem = compiled.memory_analysis()
     peak = mem.argument_size_in_bytes + mem.output_size_in_bytes + mem.temp_size_in_bytes - mem.alias_size_in_bytes
     return {"compiled": compiled, "trace_s": t1 - t0, "compile_s": t2 - t1,

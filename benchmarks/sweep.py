@@ -37,10 +37,12 @@ class Config:
     name: str | None = None      # the name in the results (default: the network's)
     devices: int = 1
     processes: int = 1           # >1: jax.distributed processes on localhost, devices split between them
-    # Builds (trace + compile) per method, alternated between methods; the
-    # fastest is reported. XLA's compile time of one program varies by 15-25%
-    # from build to build on a shared machine, more than the differences the
-    # build-time targets measure.
+    # Builds (trace + compile) per method, alternated between methods. The
+    # fastest is reported, and every build is kept (``build_s``) so that the
+    # report can compare two methods round by round: one program's build time
+    # varies by 10-25% from build to build on a shared machine, more than the
+    # differences the build-time targets measure, and a round's two builds
+    # share the machine's state.
     builds: int = 1
 
 
@@ -115,9 +117,12 @@ def measure_depth(config: Config, depth: int, repeats: int, time_budget_s: float
                      "depth": depth, "method": method.name, "devices": config.devices,
                      "processes": config.processes,
                      "param_bytes": param_bytes(params), **m})
+    for row in rows:
+        row["build_s"] = [row["trace_s"] + row["compile_s"]]
     for _ in range(config.builds - 1):
         for method, row in zip(methods, rows):
             again = measure_compile(method, net, params, x)
+            row["build_s"].append(again["trace_s"] + again["compile_s"])
             if again["trace_s"] + again["compile_s"] < row["trace_s"] + row["compile_s"]:
                 row["trace_s"], row["compile_s"] = again["trace_s"], again["compile_s"]
     times = time_methods(compiled, params, x, repeats, time_budget_s)

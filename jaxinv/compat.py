@@ -107,8 +107,8 @@ def bind_equation(primitive, invals, params):
 _SPEC_PARAMS = frozenset(inspect.signature(jax.ShapeDtypeStruct.__init__).parameters)
 
 
-def aval_spec(aval) -> jax.ShapeDtypeStruct:
-    """A ``ShapeDtypeStruct`` that traces to ``aval`` again: shape, dtype, weak
+def aval_spec(aval):
+    """What ``make_jaxpr`` traces to ``aval`` again (a ``ShapeDtypeStruct``): shape, dtype, weak
     type, an explicit sharding in the type, and inside ``shard_map`` the mesh
     axes the value varies over (JAX 0.10 calls them ``manual_axis_type``,
     earlier releases ``vma``). Without them a retraced ``shard_map`` body mixes
@@ -126,8 +126,11 @@ def aval_spec(aval) -> jax.ShapeDtypeStruct:
     mat = getattr(aval, "manual_axis_type", None)
     if "manual_axis_type" in _SPEC_PARAMS and mat is not None and not mat.empty:
         extra["manual_axis_type"] = mat
-    elif "vma" in _SPEC_PARAMS and getattr(aval, "vma", None):
-        extra["vma"] = aval.vma
+    elif getattr(aval, "vma", None):
+        # Releases that spell it ``vma`` (0.6-0.9): JAX 0.6 drops a
+        # ShapeDtypeStruct's ``vma`` when it traces one, but ``make_jaxpr``
+        # takes an abstract value as it is, varying axes included.
+        return aval
     return jax.ShapeDtypeStruct(aval.shape, aval.dtype, weak_type=aval.weak_type, **extra)
 
 
@@ -143,6 +146,24 @@ def varying_axes(x) -> frozenset:
     if mat is not None:
         return frozenset(mat.varying)
     return frozenset(getattr(aval, "vma", ()))
+
+
+def vary_like(x, like):
+    """``x`` made to vary over every ``shard_map`` mesh axis ``like`` varies
+    over (``x`` itself when it already does). JAX 0.6-0.7 spell this
+    ``lax.pvary``; 0.8 adds ``lax.pcast(..., to="varying")`` and 0.10 drops
+    ``pvary``.
+
+    Example::
+
+        ct = vary_like(ct, y)   # a cotangent as varying as its output
+    """
+    missing = tuple(sorted(varying_axes(like) - varying_axes(x), key=str))
+    if not missing:
+        return x
+    if hasattr(jax.lax, "pcast"):
+        return jax.lax.pcast(x, missing, to="varying")
+    return jax.lax.pvary(x, missing)
 
 
 def trace_context():

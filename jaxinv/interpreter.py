@@ -24,7 +24,7 @@ import numpy as np
 from jax.extend.core import Literal, Var
 
 from jaxinv import partial, registry, stable_vjp
-from jaxinv.compat import aval_spec, trace_context, varying_axes, with_sharding_of, without_dead_code
+from jaxinv.compat import aval_spec, trace_context, vary_like, varying_axes, with_sharding_of, without_dead_code
 from jaxinv.flatten import eval_eqn
 from jaxinv.flatten import hashable_params
 from jaxinv.graph import eqn_name, source_line
@@ -217,10 +217,13 @@ def primitive_vjp(e, invals, out_ct, active_in, outvals=None) -> list:
     answer) reads them instead, as XLA's CSE would.
     """
     idx = tuple(j for j, a in enumerate(active_in) if a)
-    key = _vjp_key(e, idx, outvals is not None)
+    # The values' own types, not the equation's: inside shard_map a cotangent
+    # can vary over more mesh axes than the output it belongs to.
+    avals = tuple(tuple(jax.typeof(x) for x in xs) for xs in (invals, out_ct))
+    key = _vjp_key(e, idx, avals, outvals is not None)
     traced = _vjp_cache.get(key) if key is not None else None
     if traced is None:
-        traced = _traced_vjp(e, idx, reuse_outputs=outvals is not None)
+        traced = _traced_vjp(e, idx, avals, reuse_outputs=outvals is not None)
         if key is not None:
             _vjp_cache[key] = traced
     closed, reads_outputs = traced
@@ -232,9 +235,10 @@ def primitive_vjp(e, invals, out_ct, active_in, outvals=None) -> list:
     return in_cts
 
 
-def _traced_vjp(e, idx, reuse_outputs: bool):
+def _traced_vjp(e, idx, avals, reuse_outputs: bool):
     """``(closed jaxpr, reads_outputs)``: the VJP of equation ``e`` for the
-    inputs ``idx``, from ``(invals, [outvals,] out_cts)`` to their cotangents."""
+    inputs ``idx``, from ``(invals, [outvals,] out_cts)`` of types ``avals``
+    (inputs', cotangents') to their cotangents."""
     stable = stable_vjp.function_for(e)
 
     def vjp_of_eqn(xs, cts):
@@ -243,10 +247,11 @@ def _traced_vjp(e, idx, reuse_outputs: bool):
             for j, x in zip(idx, active):
                 full[j] = x
             return [stable(*full, **e.params)] if stable else eval_eqn(e, full)
-        _, f_vjp = jax.vjp(f, *[xs[j] for j in idx])
-        return f_vjp(cts)
-    in_specs, out_specs = [aval_spec(v.aval) for v in e.invars], [aval_spec(v.aval) for v in e.outvars]
-    plain = without_dead_code(jax.make_jaxpr(vjp_of_eqn)(in_specs, out_specs))
+        ys, f_vjp = jax.vjp(f, *[xs[j] for j in idx])
+        # a loss's seed (1.0) is invariant while the per-device loss varies
+        return f_vjp([vary_like(ct, y) for ct, y in zip(cts, ys)])
+    in_specs, ct_specs = ([aval_spec(a) for a in group] for group in avals)
+    plain = without_dead_code(jax.make_jaxpr(vjp_of_eqn)(in_specs, ct_specs))
     reevaluations = _reevaluations(plain.jaxpr, e) if reuse_outputs else set()
     if not reevaluations:
         return plain, False
@@ -259,7 +264,8 @@ def _traced_vjp(e, idx, reuse_outputs: bool):
             outs = ys if k in reevaluations else eval_eqn(q, [read(v) for v in q.invars])
             env.update(zip(q.outvars, outs))
         return [read(v) for v in plain.jaxpr.outvars]
-    return without_dead_code(jax.make_jaxpr(vjp_reading_outputs)(in_specs, out_specs, out_specs)), True
+    out_specs = [aval_spec(v.aval) for v in e.outvars]
+    return without_dead_code(jax.make_jaxpr(vjp_reading_outputs)(in_specs, out_specs, ct_specs)), True
 
 
 def _reevaluations(jaxpr, e) -> set[int]:
@@ -277,11 +283,11 @@ def _reevaluations(jaxpr, e) -> set[int]:
 _vjp_cache: dict = {}
 
 
-def _vjp_key(e, idx, reuse_outputs):
+def _vjp_key(e, idx, avals, reuse_outputs):
     params = hashable_params(e.params)
     if params is None:
         return None
-    return (e.primitive, params, tuple(v.aval for v in e.invars), idx, reuse_outputs, trace_context())
+    return (e.primitive, params, avals, idx, reuse_outputs, trace_context())
 
 
 def call_rule(table, e, invals, outvals, *cts):
