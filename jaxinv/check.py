@@ -54,7 +54,7 @@ from jax.extend.core import primitives as P
 from jax.tree_util import tree_flatten, tree_leaves, tree_unflatten
 
 from jaxinv import interpreter
-from jaxinv.compat import enable_x64, jit_p, name_p
+from jaxinv.compat import enable_x64, jit_p, literal_value, name_p
 from jaxinv.flatten import eval_eqn, flatten, inline_rules
 from jaxinv.markers import anchor_p
 from jaxinv.graph import is_float
@@ -219,7 +219,7 @@ def _eval_marking(jaxpr, consts, args, counts: Counter) -> list:
     user's jit-ed function. A jaxpr that is a single call (``f`` itself jit-ed or
     ``jaxinv.invertible``) is entered."""
     env: dict = {}
-    read = lambda v: v.val if isinstance(v, Literal) else env[v]
+    read = lambda v: literal_value(v) if isinstance(v, Literal) else env[v]
     env.update(zip(jaxpr.constvars, consts))
     env.update(zip(jaxpr.invars, args))
     single = len(jaxpr.eqns) == 1
@@ -348,7 +348,7 @@ def _evaluate(closed, inputs) -> tuple[dict, list]:
     jaxpr = closed.jaxpr
     env: dict = dict(zip(jaxpr.constvars, closed.consts))
     env.update(zip(jaxpr.invars, inputs))
-    read = lambda v: v.val if isinstance(v, Literal) else env[v]
+    read = lambda v: literal_value(v) if isinstance(v, Literal) else env[v]
     for e in jaxpr.eqns:
         env.update(zip(e.outvars, eval_eqn(e, [read(v) for v in e.invars])))
     return env, [read(v) for v in jaxpr.outvars]
@@ -360,7 +360,7 @@ def _backprop(closed, env, out_cts, watch_eqns) -> tuple[list, dict]:
     stored values. Returns the inputs' cotangents (None for zero) and the
     cotangents of the watched equations' outputs."""
     jaxpr = closed.jaxpr
-    read = lambda v: v.val if isinstance(v, Literal) else env[v]
+    read = lambda v: literal_value(v) if isinstance(v, Literal) else env[v]
     active = {v for v in jaxpr.invars if is_float(v.aval)}
     for e in jaxpr.eqns:
         if any(isinstance(v, Var) and v in active for v in e.invars):

@@ -9,6 +9,8 @@ not registered (:func:`available`).
 
 from __future__ import annotations
 
+import importlib
+import importlib.util
 import inspect
 
 import jax
@@ -41,6 +43,25 @@ if hasattr(jax, "enable_x64"):
     enable_x64 = jax.enable_x64
 else:
     from jax.experimental import enable_x64
+
+# JAX 0.7 wraps a jaxpr literal's array in jax._src.literals.LiteralArray, which
+# lacks most of numpy's operators (``**``, comparisons); 0.6 gives a numpy array
+# and 0.8 on a numpy subclass.
+_LiteralArray = getattr(importlib.import_module("jax._src.literals"), "LiteralArray", None) \
+    if importlib.util.find_spec("jax._src.literals") else None
+
+
+def literal_value(v):
+    """The value of the jaxpr literal ``v`` as numpy gives it (numbers and
+    numpy arrays have every operator rules use).
+
+    Example::
+
+        read = lambda v: literal_value(v) if isinstance(v, Literal) else env[v]
+    """
+    val = v.val
+    return val.val if _LiteralArray is not None and isinstance(val, _LiteralArray) else val
+
 
 # -- primitives not in every release (None where absent) -------------------------
 

@@ -20,7 +20,7 @@ from jax.extend import source_info_util
 from jax.extend.core import ClosedJaxpr, Jaxpr, Literal, Primitive
 from jax.extend.core import primitives as P
 
-from jaxinv.compat import bind_equation, jit_p, remat_p
+from jaxinv.compat import bind_equation, jit_p, literal_value, remat_p
 
 from jaxinv.compat import aval_spec
 
@@ -94,7 +94,7 @@ def _cse_key(eqn, invals):
 def _inline_eval(jaxpr: Jaxpr, consts, args, outer_traceback=None, seen=None) -> list:
     env: dict[Any, Any] = {}
     seen = {} if seen is None else seen   # CSE: key -> (outputs, inputs kept alive)
-    read = lambda v: v.val if isinstance(v, Literal) else env[v]
+    read = lambda v: literal_value(v) if isinstance(v, Literal) else env[v]
     env.update(zip(jaxpr.constvars, consts))
     env.update(zip(jaxpr.invars, args))
     for eqn in jaxpr.eqns:

@@ -27,7 +27,7 @@ from jax.extend.core import primitives as P
 
 from jaxinv import facts as F
 from jaxinv import registry
-from jaxinv.compat import DropVar, jaxprs_in_params
+from jaxinv.compat import DropVar, jaxprs_in_params, literal_value
 from jaxinv.flatten import eval_eqn
 
 # Constants up to this size are evaluated at plan time (masks, index arrays).
@@ -190,7 +190,7 @@ class Graph:
         """``v``'s value at plan time if it is a constant (a literal, a
         concrete closure value, or computed from those alone), else None."""
         if isinstance(v, Literal):
-            return v.val
+            return literal_value(v)
         if v in self._concrete:
             return self._concrete[v]
         self._concrete[v] = None  # (no cycles in a jaxpr; guards re-entry)
@@ -227,7 +227,7 @@ class Graph:
             rule = registry.nonzero_rules.get(e.primitive)
             if rule is None:
                 continue
-            nz = [(F.NONZERO in F.of_value(v.val)) if isinstance(v, Literal) else (F.NONZERO in facts[v])
+            nz = [(F.NONZERO in F.of_value(literal_value(v))) if isinstance(v, Literal) else (F.NONZERO in facts[v])
                   for v in e.invars]
             with registry.solving([v.aval for v in e.invars]):
                 proven = rule(nz, **e.params)
@@ -240,7 +240,7 @@ class Graph:
         """What is proven about ``v`` (with ``assume_nonzero``, every value that
         is not a constant counts as nonzero and nonsingular)."""
         if isinstance(v, Literal):
-            return F.of_value(v.val)
+            return F.of_value(literal_value(v))
         if v not in self._concrete_facts:
             value = self.concrete(v) if v in self.producer else None
             # A constant's facts are what its value shows (a 0/1 mask is not

@@ -24,7 +24,8 @@ import numpy as np
 from jax.extend.core import Literal, Var
 
 from jaxinv import partial, registry, stable_vjp
-from jaxinv.compat import aval_spec, trace_context, vary_like, varying_axes, with_sharding_of, without_dead_code
+from jaxinv.compat import (aval_spec, literal_value, trace_context, vary_like, varying_axes, with_sharding_of,
+                           without_dead_code)
 from jaxinv.flatten import eval_eqn
 from jaxinv.flatten import hashable_params
 from jaxinv.graph import eqn_name, source_line
@@ -43,7 +44,7 @@ def forward(plan: Plan, inputs: Sequence[Any]) -> tuple[list, list]:
     jaxpr = plan.jaxpr
     env: dict[Var, Any] = dict(zip(jaxpr.constvars, plan.closed.consts))
     env.update(zip(jaxpr.invars, inputs))
-    read = lambda v: v.val if isinstance(v, Literal) else env[v]
+    read = lambda v: literal_value(v) if isinstance(v, Literal) else env[v]
     last_use = _last_use(plan)
     for i in plan.live:
         e = jaxpr.eqns[i]
@@ -91,7 +92,7 @@ class _Sweep:
 
     def value(self, v):
         if isinstance(v, Literal):
-            return v.val
+            return literal_value(v)
         if v in self.env:
             return self.env[v]
         src = self.plan.sources.get(v)
@@ -129,7 +130,7 @@ class _Sweep:
 
             def get(u, piece=piece):
                 if isinstance(u, Literal):
-                    return u.val
+                    return literal_value(u)
                 if u in piece.full:
                     return self.value(u)
                 return partial_env.get(u) if u in piece.partial else None
@@ -259,7 +260,7 @@ def _traced_vjp(e, idx, avals, reuse_outputs: bool):
     def vjp_reading_outputs(xs, ys, cts):
         env = dict(zip(plain.jaxpr.constvars, plain.consts))
         env.update(zip(plain.jaxpr.invars, [*xs, *cts]))
-        read = lambda v: v.val if isinstance(v, Literal) else env[v]
+        read = lambda v: literal_value(v) if isinstance(v, Literal) else env[v]
         for k, q in enumerate(plain.jaxpr.eqns):
             outs = ys if k in reevaluations else eval_eqn(q, [read(v) for v in q.invars])
             env.update(zip(q.outvars, outs))

@@ -44,7 +44,7 @@ import numpy as np
 from jax.extend.core import Literal, Var
 from jax.extend.core import primitives as P
 
-from jaxinv.compat import split_p
+from jaxinv.compat import literal_value, split_p
 from jaxinv.flatten import eval_eqn
 
 # Beyond this many elements (inputs and outputs of one equation), masks and
@@ -295,10 +295,10 @@ def evaluate(piece: Piece, eqn, get, inverse_rule=None):
         cts = jax.linear_transpose(linear, *data_specs)(outs)
         return masked(cts[piece.data.index(piece.position)], piece.mask)
     if piece.kind == PieceKind.ELEMENTWISE_FORWARD:
-        invals = [v.val if isinstance(v, Literal) else get(v) for v in eqn.invars]
+        invals = [literal_value(v) if isinstance(v, Literal) else get(v) for v in eqn.invars]
         return masked(eval_eqn(eqn, invals)[piece.position], piece.mask)
     # ELEMENTWISE_BACKWARD
-    invals = [None if j == piece.position else (v.val if isinstance(v, Literal) else get(v))
+    invals = [None if j == piece.position else (literal_value(v) if isinstance(v, Literal) else get(v))
               for j, v in enumerate(eqn.invars)]
     outvals = [get(v) for v in eqn.outvars]
     return masked(inverse_rule(invals, outvals)[piece.position], piece.mask)

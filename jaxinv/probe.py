@@ -21,15 +21,16 @@ import jax
 import numpy as np
 from jax.extend.core import Literal
 
+from jaxinv.compat import literal_value
 from jaxinv import registry
 from jaxinv.flatten import hashable_params
 from jaxinv.registry import NotInvertibleError
 
 
 def _literal_key(v):
-    if not isinstance(v, Literal) or np.ndim(v.val) != 0:
+    if not isinstance(v, Literal) or np.ndim(literal_value(v)) != 0:
         return None
-    return (float(np.asarray(v.val).real), str(np.asarray(v.val).dtype))
+    return (float(np.asarray(literal_value(v)).real), str(np.asarray(literal_value(v)).dtype))
 
 
 def probe(eqn, known: Sequence[bool], facts: Sequence[frozenset], table,
@@ -80,7 +81,7 @@ def spec(aval):
 
 
 def _run_probe(eqn, rule, known, facts, in_avals, out_avals, out_known, out_facts) -> str | None:
-    literal = {i: v.val for i, v in enumerate(eqn.invars) if isinstance(v, Literal)}
+    literal = {i: literal_value(v) for i, v in enumerate(eqn.invars) if isinstance(v, Literal)}
     traced_idx = [i for i, k in enumerate(known) if k and i not in literal]
 
     def solve(traced_vals, traced_outs):

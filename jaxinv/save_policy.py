@@ -255,6 +255,9 @@ def parameter_roots(k: Knowledge, v: Var, given_join: bool = False) -> set[Var] 
     ``P`` are parameters; ``x @ W`` joins two inputs: data. With
     ``given_join`` (for a value already known to be a loop's weight), a
     join of one input with given values (``W0 * scale``) is a parameter."""
+    given = _given_roots(k, v)
+    if given:  # even where the outputs show part of ``v``: recomputing it is free
+        return given
     graph = k.graph
     ignored = _index_roots(k) | k.free if given_join else _index_roots(k)
     roots, seen, stack, steps = set(), set(), [v], 0
@@ -275,6 +278,29 @@ def parameter_roots(k: Knowledge, v: Var, given_join: bool = False) -> set[Var] 
             return None
         stack.extend(w for w in graph.eqns[graph.producer[u]].invars if isinstance(w, Var) and not k.known(w))
     return roots
+
+
+def _given_roots(k: Knowledge, v: Var) -> set[Var] | None:
+    """The given inputs (closure values) ``v`` is computed from, when it is
+    computed from them, constants and known values alone (a closed-over array
+    moved by ``jnp.asarray`` or ``device_put``); else None."""
+    graph = k.graph
+    roots, seen, stack, steps = set(), set(), [v], 0
+    while stack:
+        u = stack.pop()
+        if u in seen or k.known(u):
+            continue
+        seen.add(u)
+        if u in graph.invars:
+            if u not in k.free:
+                return None
+            roots.add(u)
+            continue
+        steps += 1
+        if steps > PARAMETER_CHAIN_LIMIT or u not in graph.producer:
+            return None
+        stack.extend(w for w in graph.eqns[graph.producer[u]].invars if isinstance(w, Var) and not k.known(w))
+    return roots or None
 
 
 def _index_roots(k: Knowledge) -> set[Var]:

@@ -36,7 +36,7 @@ import numpy as np
 from jax.extend.core import Literal, Primitive
 
 from jaxinv import facts, packs, registry
-from jaxinv.compat import bind_equation, enable_x64
+from jaxinv.compat import bind_equation, enable_x64, literal_value
 from jaxinv.domains import Booleans, Example, Fixed, Integers, Nonsingular, Reals, as_domain
 from jaxinv.flatten import eval_eqn, flatten
 from jaxinv.registry import NotInvertibleError
@@ -108,7 +108,7 @@ def _equation(prim: Primitive, fn: Callable, args: Sequence[Any]) -> _Equation:
     closed, consts, index, fixed = _traced[key]
     env = dict(zip(closed.jaxpr.invars, [*consts, *leaves]))
     env.update(zip(closed.jaxpr.constvars, closed.consts))
-    read = lambda v: v.val if isinstance(v, Literal) else env[v]
+    read = lambda v: literal_value(v) if isinstance(v, Literal) else env[v]
     for eqn in closed.jaxpr.eqns[:index]:
         env.update(zip(eqn.outvars, eval_eqn(eqn, [read(v) for v in eqn.invars])))
     eqn = closed.jaxpr.eqns[index]

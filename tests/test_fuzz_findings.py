@@ -169,3 +169,19 @@ def test_a_loop_that_cannot_be_inverted_saves_the_input_of_its_carry_not_the_car
     loss = lambda *xs: sum(jnp.sum(y * y) for y in f(*xs))
     assert_trees_close(jaxinv.grad(loss, (0, 1, 2))(x1, x2, x3), jax.grad(loss, (0, 1, 2))(x1, x2, x3),
                        rtol=1e-5, atol=1e-5)
+
+
+def test_a_moved_closure_value_under_a_window_write_is_recomputed_not_saved():
+    # (x1, dynamic_update_slice(C, x3, ...)) with C closed over and moved first
+    # (device_put; JAX 0.6's jnp.asarray binds one): the outputs show C outside
+    # the window, so C's copy counted as data being rebuilt, and the planner
+    # saved it (jaxinv.inverse refused) instead of recomputing it from C, free
+    C = jnp.asarray(np.random.default_rng(0).normal(size=(3, 4)), jnp.float32)
+    f = lambda x1, x3: (x1, jax.lax.dynamic_update_slice(jax.device_put(C), x3, (5, -1)))
+    x1, x3 = jnp.full((2, 3), 0.3), jnp.linspace(-1.0, 1.0, 4).reshape(2, 2)
+    assert_trees_close(jaxinv.inverse(f, x1, x3)(*f(x1, x3)), (x1, x3), rtol=0, atol=0)
+    assert jaxinv.explain(f, x1, x3).saved_activation_bytes == 0
+    y, vjp_fn = jaxinv.vjp(f, x1, x3)
+    _, want_fn = jax.vjp(f, x1, x3)
+    cts = (jnp.ones((2, 3)), jnp.arange(12.0).reshape(3, 4))
+    assert_trees_close(vjp_fn(cts), want_fn(cts), rtol=1e-6, atol=1e-6)

@@ -13,6 +13,7 @@ supported JAX, so a new release's new primitive fails here, not for users.
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import pytest
 from jax import lax
 
@@ -90,3 +91,18 @@ def test_a_primitive_without_a_rule_is_reported():
     new.def_abstract_eval(lambda x: x)
     closed = jax.make_jaxpr(lambda x: new.bind(x) + 1.0)(X)
     assert _uncovered(closed.jaxpr) == {"brand_new_in_the_next_jax"}
+
+
+def test_literals_read_as_numbers_rules_can_compute_with():
+    # JAX 0.7 wraps a literal's array in a LiteralArray without `**` or
+    # comparisons; rules read every literal through compat.literal_value
+    from jax.extend.core import Literal
+
+    from jaxinv.compat import literal_value
+    jaxpr = jax.make_jaxpr(lambda x: x * 2.0 + 1)(jnp.ones(3)).jaxpr
+    literals = [v for e in jaxpr.eqns for v in e.invars if isinstance(v, Literal)]
+    assert len(literals) == 2
+    for v in literals:
+        val = literal_value(v)
+        assert np.asarray(val ** 2 - val).item() == {2.0: 2.0, 1.0: 0.0}[float(np.asarray(val))]
+        assert bool(val > 0)

@@ -42,7 +42,7 @@ from jaxinv import interpreter, registry
 from jaxinv.flatten import flatten, has_calls
 from jaxinv.plan import make_plan
 from jaxinv._version import __version__
-from jaxinv.compat import SUPPORTED_JAX
+from jaxinv.compat import literal_value, SUPPORTED_JAX
 from jaxinv.domains import Example, booleans, fixed, integers, reals
 from jaxinv.packs import RulePack
 from jaxinv.registry import NotInvertibleError
@@ -125,7 +125,7 @@ def _counted_carries(jaxpr, num_consts, init, carry_out, length) -> list:
         if (len(steps) == 1 and steps[0].primitive is P.add_p and steps[0].invars[0] is v_in
                 and isinstance(steps[0].invars[1], Literal)):
             dtype = jnp.result_type(init[j])
-            filled[j] = (init[j] + np.asarray(steps[0].invars[1].val, dtype) * length).astype(dtype)
+            filled[j] = (init[j] + np.asarray(literal_value(steps[0].invars[1]), dtype) * length).astype(dtype)
     return filled
 
 
@@ -232,7 +232,7 @@ def _fori_form(cond_jaxpr, body_jaxpr, cond_nconsts, body_nconsts):
         return False
     inc = [e for e in bj.eqns if bj.outvars[0] in e.outvars]
     return (len(inc) == 1 and inc[0].primitive is P.add_p and inc[0].invars[0] is b_i
-            and isinstance(inc[0].invars[1], Literal) and int(inc[0].invars[1].val) == 1)
+            and isinstance(inc[0].invars[1], Literal) and int(literal_value(inc[0].invars[1])) == 1)
 
 
 def _while_setup(invals, cond_jaxpr, body_jaxpr, cond_nconsts, body_nconsts):

@@ -50,7 +50,7 @@ from jax.extend.core import ClosedJaxpr, Jaxpr, Literal
 from jax.extend.core import primitives as P
 
 from jaxinv import registry
-from jaxinv.compat import aval_spec, trace_context
+from jaxinv.compat import aval_spec, literal_value, trace_context
 from jaxinv.registry import NotInvertibleError, input_avals
 
 FunctionInverse = Callable[[Sequence[Any], Sequence[Any]], Sequence[Any]]
@@ -237,7 +237,7 @@ def structurally_equal(a, b) -> bool:
 
 def _same_atom(x, y, pos_x: dict, pos_y: dict) -> bool:
     if isinstance(x, Literal) or isinstance(y, Literal):
-        return isinstance(x, Literal) and isinstance(y, Literal) and x.aval == y.aval and _same_value(x.val, y.val)
+        return isinstance(x, Literal) and isinstance(y, Literal) and x.aval == y.aval and _same_value(literal_value(x), literal_value(y))
     return x in pos_x and y in pos_y and pos_x[x] == pos_y[y]
 
 
