@@ -220,7 +220,8 @@ def primitive_vjp(e, invals, out_ct, active_in, outvals=None) -> list:
     idx = tuple(j for j, a in enumerate(active_in) if a)
     # The values' own types, not the equation's: inside shard_map a cotangent
     # can vary over more mesh axes than the output it belongs to.
-    avals = tuple(tuple(jax.typeof(x) for x in xs) for xs in (invals, out_ct))
+    groups = (invals, out_ct) if outvals is None else (invals, out_ct, outvals)
+    avals = tuple(tuple(jax.typeof(x) for x in xs) for xs in groups)
     key = _vjp_key(e, idx, avals, outvals is not None)
     traced = _vjp_cache.get(key) if key is not None else None
     if traced is None:
@@ -239,7 +240,7 @@ def primitive_vjp(e, invals, out_ct, active_in, outvals=None) -> list:
 def _traced_vjp(e, idx, avals, reuse_outputs: bool):
     """``(closed jaxpr, reads_outputs)``: the VJP of equation ``e`` for the
     inputs ``idx``, from ``(invals, [outvals,] out_cts)`` of types ``avals``
-    (inputs', cotangents') to their cotangents."""
+    (inputs', cotangents' and, to reuse them, outputs') to their cotangents."""
     stable = stable_vjp.function_for(e)
 
     def vjp_of_eqn(xs, cts):
@@ -251,7 +252,7 @@ def _traced_vjp(e, idx, avals, reuse_outputs: bool):
         ys, f_vjp = jax.vjp(f, *[xs[j] for j in idx])
         # a loss's seed (1.0) is invariant while the per-device loss varies
         return f_vjp([vary_like(ct, y) for ct, y in zip(cts, ys)])
-    in_specs, ct_specs = ([aval_spec(a) for a in group] for group in avals)
+    in_specs, ct_specs = ([aval_spec(a) for a in group] for group in avals[:2])
     plain = without_dead_code(jax.make_jaxpr(vjp_of_eqn)(in_specs, ct_specs))
     reevaluations = _reevaluations(plain.jaxpr, e) if reuse_outputs else set()
     if not reevaluations:
@@ -265,7 +266,7 @@ def _traced_vjp(e, idx, avals, reuse_outputs: bool):
             outs = ys if k in reevaluations else eval_eqn(q, [read(v) for v in q.invars])
             env.update(zip(q.outvars, outs))
         return [read(v) for v in plain.jaxpr.outvars]
-    out_specs = [aval_spec(v.aval) for v in e.outvars]
+    out_specs = [aval_spec(a) for a in avals[2]]
     return without_dead_code(jax.make_jaxpr(vjp_reading_outputs)(in_specs, out_specs, ct_specs)), True
 
 

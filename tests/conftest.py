@@ -8,3 +8,24 @@ if "xla_force_host_platform_device_count" not in _flags:
     os.environ["XLA_FLAGS"] = f"{_flags} --xla_force_host_platform_device_count=4".strip()
 
 sys.path.insert(0, os.path.dirname(__file__))
+
+import pytest  # noqa: E402
+
+# The subset `.ci/run` also runs on the older JAX releases of its matrix
+# (`.ci/test-jax`, marker `every_jax`): it touches every module and, through the
+# conformance harness, every rule family, in minutes. The rest of the suite
+# runs on the newest JAX (and on any release with `.ci/test-jax VERSION -m "not
+# newest_jax_only"`).
+EVERY_JAX_FILES = {
+    "test_conformance.py", "test_jaxpr_shapes.py", "test_function_identity.py", "test_spmd.py",
+    "test_multiprocess.py", "test_integrations.py", "test_nn_layers.py", "test_custom_ivjp.py", "test_vjp.py",
+    "test_invertible.py", "test_check.py", "test_packs.py", "test_rules.py", "test_errors.py", "test_flatten.py",
+    "test_policy.py", "test_stable_vjp.py", "test_oryx_cases.py", "test_docs.py", "test_readme.py",
+}
+EVERY_JAX_TESTS = {"test_demo.py::test_demo_quick"}
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if item.path.name in EVERY_JAX_FILES or f"{item.path.name}::{item.originalname}" in EVERY_JAX_TESTS:
+            item.add_marker(pytest.mark.every_jax)
