@@ -28,9 +28,10 @@ from jaxinv.registry import NotInvertibleError
 
 
 def _literal_key(v):
-    if not isinstance(v, Literal) or np.ndim(literal_value(v)) != 0:
+    if not isinstance(v, Literal):
         return None
-    return (float(np.asarray(literal_value(v)).real), str(np.asarray(literal_value(v)).dtype))
+    val = np.asarray(literal_value(v))
+    return None if val.ndim != 0 else (float(val.real), str(val.dtype))
 
 
 def probe(eqn, known: Sequence[bool], facts: Sequence[frozenset], table,

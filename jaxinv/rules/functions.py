@@ -237,7 +237,8 @@ def structurally_equal(a, b) -> bool:
 
 def _same_atom(x, y, pos_x: dict, pos_y: dict) -> bool:
     if isinstance(x, Literal) or isinstance(y, Literal):
-        return isinstance(x, Literal) and isinstance(y, Literal) and x.aval == y.aval and _same_value(literal_value(x), literal_value(y))
+        return (isinstance(x, Literal) and isinstance(y, Literal) and x.aval == y.aval
+                and _same_value(literal_value(x), literal_value(y)))
     return x in pos_x and y in pos_y and pos_x[x] == pos_y[y]
 
 
