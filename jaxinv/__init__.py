@@ -3,11 +3,12 @@
 Backward passes that rebuild activations from outputs instead of storing them,
 so training memory stays flat in the depth of invertible networks.
 
-Example::
-
+Example:
+    ```python
     import jaxinv
     g = jaxinv.grad(loss)(params, x)               # like jax.grad
     net = jaxinv.invertible(revnet)                 # jax.grad(net) is reversible too
+    ```
 """
 
 import os as _os
@@ -51,10 +52,11 @@ def __getattr__(name: str):
     before, and neither imports Flax nor Equinox (their wrappers,
     ``jaxinv.nn.flax`` / ``jaxinv.nn.equinox``, are imported on demand).
 
-    Example::
-
+    Example:
+        ```python
         import jaxinv
         layer = jaxinv.nn.AffineCoupling()     # imports jaxinv.nn here
+        ```
     """
     if name == "nn":
         import importlib

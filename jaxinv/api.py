@@ -23,7 +23,7 @@ def _zeros_like_input(x):
 
 @register_pytree_node_class
 class VJPFunction:
-    """The ``vjp_fn`` returned by :func:`jaxinv.vjp`.
+    """The ``vjp_fn`` returned by ``jaxinv.vjp``.
 
     A pytree whose leaves are exactly what the backward pass keeps: the closure
     values, the values the plan saved, and the outputs. Summing their bytes
@@ -84,10 +84,11 @@ def vjp(f: Callable, *primals, has_aux: bool = False):
     returns a tuple of cotangents, one per primal. Values that cannot be rebuilt
     are saved in the forward pass, so the result always equals ``jax.vjp``'s.
 
-    Example::
-
+    Example:
+        ```python
         y, f_vjp = jaxinv.vjp(lambda x: jnp.exp(x) * 2.0, x)
         (ct_x,) = f_vjp(jnp.ones_like(y))
+        ```
     """
     t = trace(f, primals, has_aux=has_aux)
     flat_args = tree_leaves(primals)
@@ -112,9 +113,10 @@ def differentiating(f: Callable, args: tuple, argnums, kwargs=None) -> tuple[Cal
     """``f`` as a function of ``args[argnums]`` alone, closing over the other
     arguments (given values, as ``jax.grad`` treats them); and those arguments.
 
-    Example::
-
+    Example:
+        ```python
         g, (params,) = differentiating(loss, (params, x), 0)   # g(params) == loss(params, x)
+        ```
     """
     nums = _check_argnums(argnums, len(args))
     kwargs = kwargs or {}
@@ -145,9 +147,10 @@ def value_and_grad(f: Callable, argnums: int | Sequence[int] = 0, has_aux: bool 
     integer or boolean inputs raise TypeError unless ``allow_int=True`` (their
     gradient is then float0 zeros).
 
-    Example::
-
+    Example:
+        ```python
         loss, g = jaxinv.value_and_grad(loss_fn)(params, x)
+        ```
     """
 
     def wrapped(*args, **kwargs):
@@ -173,9 +176,10 @@ def grad(f: Callable, argnums: int | Sequence[int] = 0, has_aux: bool = False, a
     """Like ``jax.grad``, with the reversible backward pass (and, as there,
     ``allow_int`` to differentiate with respect to integer inputs: float0 zeros).
 
-    Example::
-
+    Example:
+        ```python
         g = jaxinv.grad(lambda x: jnp.sum(jnp.tanh(x) * 3.0))(x)
+        ```
     """
     vg = value_and_grad(f, argnums, has_aux, allow_int)
 
@@ -224,12 +228,13 @@ def inverse(f: Callable, *example_args):
     only a shape-preserving ``f`` allows: give example arguments otherwise.
     Non-injective primitives are inverted on their principal branch (``sin``
     -> ``asin``); anything else that cannot be inverted raises
-    :class:`NotInvertibleError` naming the primitive and the source line.
+    ``NotInvertibleError`` naming the primitive and the source line.
 
-    Example::
-
+    Example:
+        ```python
         f_inv = jaxinv.inverse(lambda x: jnp.exp(x) * 2.0 + 1.0)
         f_inv(jnp.array(3.0))   # log(1.0) = 0.0
+        ```
     """
 
     def f_inv(*outputs):
@@ -249,10 +254,11 @@ def inverse_and_ildj(f: Callable, *example_args):
     ``-log|det W|`` per column, ...); the sum is the log-det of the whole
     inverse when ``f`` is a bijection built of such steps (couplings, flows).
 
-    Example::
-
+    Example:
+        ```python
         x, ildj = jaxinv.inverse_and_ildj(lambda x: jnp.exp(x) * 2.0)(y)
         # x = log(y / 2), ildj = -sum(log(y))
+        ```
     """
 
     def f_inv(*outputs):
@@ -264,11 +270,12 @@ def inverse_and_ildj(f: Callable, *example_args):
 def ildj(f: Callable, *example_args):
     """``ildj(f, *example_args)(*outputs)``: the inverse log-det Jacobian of
     ``f`` at ``outputs``, summed over all elements (Oryx's ``ildj``); see
-    :func:`inverse_and_ildj`.
+    ``inverse_and_ildj``.
 
-    Example::
-
+    Example:
+        ```python
         jaxinv.ildj(jnp.exp)(jnp.array([1.0, 2.0]))    # -log(1) - log(2)
+        ```
     """
 
     def f_ildj(*outputs):

@@ -23,8 +23,8 @@ Values inside a ``lax.scan`` body are not visible (only the scan's inputs);
 inside a ``jaxinv.invertible`` function, jit calls are already inlined: name
 the blocks there.
 
-Example::
-
+Example:
+    ```python
     def net(params, x):
         for p in params:
             x = checkpoint_name(coupling(p, x), "block")
@@ -33,6 +33,7 @@ Example::
     report = jaxinv.check_reconstruction(net, params, x)
     print(report)                  # a table, one row per block
     assert report.grad_angle_deg < 1.0
+    ```
 """
 
 from __future__ import annotations
@@ -66,7 +67,7 @@ _JIT_PREFIX = "jaxinv.check:"
 
 @dataclasses.dataclass
 class BlockCheck:
-    """One row of a :class:`ReconstructionReport`.
+    """One row of a ``ReconstructionReport``.
 
     ``kind``: "input" (one of ``f``'s positional arguments), "block" or
     "anchor". ``how``: how the backward pass gets the value ("rebuilt",
@@ -88,7 +89,7 @@ class BlockCheck:
 
 @dataclasses.dataclass
 class ReconstructionReport:
-    """What :func:`check_reconstruction` measured.
+    """What ``check_reconstruction`` measured.
 
     ``rows`` are in program order: the inputs first (the end of the backward
     pass, where drift is largest), then the blocks. ``grad_angle_deg`` and
@@ -410,7 +411,7 @@ def _output_cts(loss, out_tree, outs, num_out) -> list:
 
 
 def _flat(f: Callable, args: tuple):
-    """``f`` traced at ``args`` to one flat jaxpr, as :func:`jaxinv.tracing.trace`
+    """``f`` traced at ``args`` to one flat jaxpr, as ``jaxinv.tracing.trace``
     does (closure values lifted to leading inputs): ``(closed, consts, out_tree)``."""
     flat_args, in_tree = tree_flatten(args)
     store = {}
@@ -439,11 +440,12 @@ def check_reconstruction(f: Callable, *args, loss: Callable | None = None, refer
     ``jaxinv.grad`` does outside ``jit`` (under ``jit`` XLA may fuse the
     recomputations differently, e.g. with FMA contraction).
 
-    Example::
-
+    Example:
+        ```python
         report = jaxinv.check_reconstruction(net, params, x)
         print(report)
         report.grad_angle_deg, report.row("block#0").rel_error
+        ```
     """
     loss = _default_loss if loss is None else loss
     flat_args, in_tree = tree_flatten(args)

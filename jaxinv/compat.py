@@ -4,7 +4,7 @@ the few pieces of ``jax._src`` it needs, in one place.
 Everything else in jaxinv imports these names or calls these helpers instead of
 testing versions. Each item says which JAX changed what. A primitive that some
 supported JAX does not have is ``None`` there, and the rules for it are simply
-not registered (:func:`available`).
+not registered (``available``).
 """
 
 from __future__ import annotations
@@ -55,9 +55,10 @@ def literal_value(v):
     """The value of the jaxpr literal ``v`` as numpy gives it (numbers and
     numpy arrays have every operator rules use).
 
-    Example::
-
+    Example:
+        ```python
         read = lambda v: literal_value(v) if isinstance(v, Literal) else env[v]
+        ```
     """
     val = v.val
     return val.val if _LiteralArray is not None and isinstance(val, _LiteralArray) else val
@@ -81,10 +82,11 @@ def available(*primitives) -> bool:
     """Whether this JAX has every one of ``primitives`` (rules for a primitive
     it lacks are not registered).
 
-    Example::
-
+    Example:
+        ```python
         if available(tile_p):
             pack.register_inverse(tile_p, _tile_inverse)
+        ```
     """
     return all(p is not None for p in primitives)
 
@@ -99,9 +101,10 @@ def variable_value(variable):
     """A Flax NNX variable's value: ``get_value()`` from Flax 0.12, ``.value`` in
     0.11 (the Flax that JAX 0.6 installs).
 
-    Example::
-
+    Example:
+        ```python
         arrays = jax.tree.map(variable_value, params, is_leaf=lambda v: isinstance(v, nnx.Variable))
+        ```
     """
     return variable.get_value() if hasattr(variable, "get_value") else variable.value
 
@@ -114,9 +117,10 @@ def bind_equation(primitive, invals, params):
     ``get_bind_params`` returns the params from JAX 0.9, ``(subfuns, params)``
     before (the subfunctions bound first).
 
-    Example::
-
+    Example:
+        ```python
         outs = bind_equation(eqn.primitive, invals, eqn.params)
+        ```
     """
     got = primitive.get_bind_params(params)
     if isinstance(got, tuple):
@@ -136,9 +140,10 @@ def aval_spec(aval):
     varying and invariant operands, and a retraced VJP of a sharded ``dot`` no
     longer knows its output's sharding: JAX refuses both.
 
-    Example::
-
+    Example:
+        ```python
         jax.make_jaxpr(fn)(*[aval_spec(v.aval) for v in jaxpr.invars])
+        ```
     """
     extra = {}
     sharding = getattr(aval, "sharding", None)
@@ -158,9 +163,10 @@ def aval_spec(aval):
 def varying_axes(x) -> frozenset:
     """The ``shard_map`` mesh axes ``x`` varies over (empty outside one).
 
-    Example::
-
+    Example:
+        ```python
         varying_axes(x)   # frozenset({'d'}) for a batch-sharded x in shard_map
+        ```
     """
     aval = jax.typeof(x) if hasattr(jax, "typeof") else jax.core.get_aval(x)
     mat = getattr(aval, "manual_axis_type", None)
@@ -175,9 +181,10 @@ def vary_like(x, like):
     ``lax.pvary``; 0.8 adds ``lax.pcast(..., to="varying")`` and 0.10 drops
     ``pvary``.
 
-    Example::
-
+    Example:
+        ```python
         ct = vary_like(ct, y)   # a cotangent as varying as its output
+        ```
     """
     missing = tuple(sorted(varying_axes(like) - varying_axes(x), key=str))
     if not missing:
@@ -193,9 +200,10 @@ def trace_context():
     cache of traced jaxprs keys on it, or a jaxpr traced under one ``pmap``
     is replayed under another's mesh and JAX refuses it.
 
-    Example::
-
+    Example:
+        ```python
         key = (primitive, avals, trace_context())
+        ```
     """
     return jax.sharding.get_abstract_mesh()
 
@@ -206,9 +214,10 @@ def with_sharding_of(ct, aval):
     replicated, of a batch-sharded one batch-sharded (and a loop's carried
     cotangent keeps one type from step to step).
 
-    Example::
-
+    Example:
+        ```python
         ct = with_sharding_of(ct, invar.aval)
+        ```
     """
     want = getattr(aval, "sharding", None)
     if ct is None or want is None or want.mesh.empty:
@@ -226,9 +235,10 @@ def without_dead_code(closed):
     cotangents are all that is asked for: a cached VJP replayed once per block
     would otherwise emit it again every time.
 
-    Example::
-
+    Example:
+        ```python
         closed = without_dead_code(jax.make_jaxpr(vjp_of_eqn)(*specs))
+        ```
     """
     from jax.interpreters import partial_eval as pe
     jaxpr, _ = pe.dce_jaxpr(closed.jaxpr, [True] * len(closed.jaxpr.outvars), instantiate=True)

@@ -1,18 +1,19 @@
 """``jaxinv.custom_ivjp``: a function carrying its own inverse / ivjp rule.
 
-Mirrors ``jax.custom_vjp``::
+Mirrors ``jax.custom_vjp``:
+```python
+@jaxinv.custom_ivjp
+def couple(x1, x2):
+    return x1, x2 + jnp.tanh(x1)
 
-    @jaxinv.custom_ivjp
-    def couple(x1, x2):
-        return x1, x2 + jnp.tanh(x1)
-
-    @couple.defivjp
-    def couple_ivjp(xs, ys, cts):
-        y1, y2 = ys
-        ct1, ct2 = cts
-        x1 = y1
-        x2 = y2 - jnp.tanh(x1)
-        return (x1, x2), (ct1 + ct2 * (1 - jnp.tanh(x1) ** 2), ct2)
+@couple.defivjp
+def couple_ivjp(xs, ys, cts):
+    y1, y2 = ys
+    ct1, ct2 = cts
+    x1 = y1
+    x2 = y2 - jnp.tanh(x1)
+    return (x1, x2), (ct1 + ct2 * (1 - jnp.tanh(x1) ** 2), ct2)
+```
 
 Calling it binds the ``custom_ivjp_call`` primitive. Outside jaxinv it is the
 plain function under ``jit`` (it lowers), ``vmap``, ``grad`` and ``jvp``. Inside
@@ -59,12 +60,12 @@ class custom_ivjp:
     What a rule returns is checked as ``jax.custom_vjp`` checks its ``bwd``:
     every input and cotangent has its argument's structure, shape and dtype (a
     cotangent may be ``None`` for zero, or ``float0`` for an integer argument).
-    A mistake raises :class:`jaxinv.RuleError` naming the rule and its
+    A mistake raises ``jaxinv.RuleError`` naming the rule and its
     ``file:line``. A rule that cannot rebuild an input from what it was given
-    raises :class:`jaxinv.NotInvertibleError` (jaxinv then saves the input).
+    raises ``jaxinv.NotInvertibleError`` (jaxinv then saves the input).
 
-    Example::
-
+    Example:
+        ```python
         @jaxinv.custom_ivjp
         def double(x):
             return 2.0 * x
@@ -72,6 +73,7 @@ class custom_ivjp:
         @double.definverse
         def half(y):
             return y / 2.0
+        ```
     """
 
     def __init__(self, fun: Callable):
@@ -84,12 +86,13 @@ class custom_ivjp:
     def defivjp(self, ivjp: Callable | None = None, *, ildj: Callable | None = None) -> Callable:
         """Set ``ivjp(xs, ys, cts) -> (xs, cts_xs)``; returns ``ivjp``.
         ``ildj(*ys) -> scalar``, optional, is the log-det for ``jaxinv.ildj``
-        as in :meth:`definverse`. Usable as a decorator, with or without ``ildj``.
+        as in ``definverse``. Usable as a decorator, with or without ``ildj``.
 
-        Example::
-
+        Example:
+            ```python
             @rotate.defivjp(ildj=lambda y: jnp.zeros((), y.dtype))   # orthogonal
             def rotate_ivjp(xs, ys, cts): ...
+            ```
         """
         if ivjp is None:
             return lambda rule: self.defivjp(rule, ildj=ildj)
@@ -104,9 +107,10 @@ class custom_ivjp:
         for ``jaxinv.ildj`` (without it, the log-det is derived through the
         function's body). Usable as a decorator, with or without ``ildj``.
 
-        Example::
-
+        Example:
+            ```python
             double.definverse(lambda y: y / 2.0, ildj=lambda y: -y.size * jnp.log(2.0))
+            ```
         """
         if inverse is None:
             return lambda inv: self.definverse(inv, ildj=ildj)

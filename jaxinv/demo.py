@@ -2,10 +2,11 @@
 
 Run ``python -m jaxinv.demo`` (``--quick`` for a seconds-long run,
 ``--depths 4 8 16`` to choose the depths). For each depth it builds a RevNet
-of additive coupling blocks, written plainly (no custom rules)::
-
-    y1 = x1 + F(x2)        F(x) = tanh(x @ Wf + bf)
-    y2 = x2 + G(y1)        G(x) = tanh(x @ Wg + bg)
+of additive coupling blocks, written plainly (no custom rules):
+```python
+y1 = x1 + F(x2)        F(x) = tanh(x @ Wf + bf)
+y2 = x2 + G(y1)        G(x) = tanh(x @ Wg + bg)
+```
 
 and compares, for the gradient of a loss on its output:
 

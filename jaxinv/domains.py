@@ -1,20 +1,21 @@
 """Declared domains: where a rule is meant to work, as data.
 
-A rule pack declares, next to every rule, one or more :class:`Example`: a small
+A rule pack declares, next to every rule, one or more ``Example``: a small
 function that contains the primitive (so its params are exactly what JAX puts
 in jaxprs) and, for each argument, the set it is drawn from. The conformance
-harness (:mod:`jaxinv.testing`) draws random arguments from these sets
+harness (``jaxinv.testing``) draws random arguments from these sets
 (with hypothesis), finds the primitive's equation and checks the rule on it;
 ``docs/rules.md`` prints them as each rule's domain.
 
 This module only describes sets; it imports neither hypothesis nor the
 registry, so declaring a domain costs nothing at ``import jaxinv``.
 
-Example::
-
+Example:
+    ```python
     Example(jnp.exp, reals(-10, 10))              # exp on [-10, 10], any float dtype
     Example(jnp.multiply, reals(), nonzero())     # solve either factor
     Example(jnp.dot, reals(shape=(3, 4)), nonsingular(4), solve=[(0,)])
+    ```
 """
 
 from __future__ import annotations
@@ -129,10 +130,11 @@ Domain = Reals | Integers | Booleans | Nonsingular | Fixed
 def reals(lo: float = -2.0, hi: float = 2.0, *, shape: Sequence[int] | None = None, dtype: Any = None) -> Reals:
     """Floats in ``[lo, hi]``.
 
-    Example::
-
+    Example:
+        ```python
         reals(-10, 10)                  # shape (2, 3), in [-10, 10]
         reals(0.1, 2.0, shape=(3, 4))
+        ```
     """
     return Reals(float(lo), float(hi), _shape(shape), dtype=dtype)
 
@@ -140,9 +142,10 @@ def reals(lo: float = -2.0, hi: float = 2.0, *, shape: Sequence[int] | None = No
 def nonzero(lo: float = 0.5, hi: float = 2.0, *, shape: Sequence[int] | None = None, dtype: Any = None) -> Reals:
     """Floats with ``lo <= |x| <= hi``, of either sign.
 
-    Example::
-
+    Example:
+        ```python
         nonzero()                       # a divisor
+        ```
     """
     return Reals(-float(hi), float(hi), _shape(shape), away_from_zero=float(lo), dtype=dtype)
 
@@ -150,9 +153,10 @@ def nonzero(lo: float = 0.5, hi: float = 2.0, *, shape: Sequence[int] | None = N
 def positive(lo: float = 0.1, hi: float = 10.0, *, shape: Sequence[int] | None = None, dtype: Any = None) -> Reals:
     """Floats in ``[lo, hi]`` with ``lo > 0``.
 
-    Example::
-
+    Example:
+        ```python
         positive(1e-3, 1e3)             # log's domain
+        ```
     """
     if lo <= 0:
         raise ValueError(f"positive() needs lo > 0, got {lo}")
@@ -163,9 +167,10 @@ def integers(values: Sequence[int] = (-3, -1, 0, 1, 3, 5), *, shape: Sequence[in
              dtype: Any = np.int32) -> Integers:
     """Integers drawn from ``values``.
 
-    Example::
-
+    Example:
+        ```python
         integers((0, 1, 2), dtype=np.uint8)
+        ```
     """
     return Integers(tuple(values), _shape(shape), dtype)
 
@@ -173,9 +178,10 @@ def integers(values: Sequence[int] = (-3, -1, 0, 1, 3, 5), *, shape: Sequence[in
 def booleans(*, shape: Sequence[int] | None = None, p_true: float = 0.5) -> Booleans:
     """Booleans.
 
-    Example::
-
+    Example:
+        ```python
         booleans(shape=(4,))
+        ```
     """
     return Booleans(_shape(shape), p_true)
 
@@ -184,10 +190,11 @@ def nonsingular(n: int = 4, *, batch: Sequence[int] = (), lower: bool | None = N
                 dtype: Any = None) -> Nonsingular:
     """Well-conditioned square matrices.
 
-    Example::
-
+    Example:
+        ```python
         nonsingular(4)                          # 4 x 4
         nonsingular(3, batch=(2,), lower=True)  # two lower-triangular 3 x 3
+        ```
     """
     return Nonsingular(int(n), tuple(batch), lower, spd, dtype)
 
@@ -195,9 +202,10 @@ def nonsingular(n: int = 4, *, batch: Sequence[int] = (), lower: bool | None = N
 def fixed(value: Any) -> Fixed:
     """A constant argument.
 
-    Example::
-
+    Example:
+        ```python
         fixed(np.array([2, 0, 1]))      # a permutation
+        ```
     """
     return Fixed(value)
 
@@ -211,10 +219,11 @@ class Example:
     together are tried, and at least one must be solved. ``tolerance`` scales
     the harness's tolerances (a few thousand ulps) for ill-conditioned rules.
 
-    Example::
-
+    Example:
+        ```python
         Example(jnp.exp, reals(-10, 10))
         Example(lambda a, b: a * b, reals(), nonzero(), solve=[(0,), (1,)])
+        ```
     """
 
     fn: Callable
@@ -232,12 +241,17 @@ class Example:
         object.__setattr__(self, "tolerance", float(tolerance))
 
     def describe(self) -> str:
+        """The domain in words, as docs/rules.md prints it (``float in [-2, 2]; fixed``)."""
         parts = [a.describe() if hasattr(a, "describe") else "fixed" for a in self.args]
         return "; ".join(parts)
 
 
 def as_domain(arg: Any) -> Domain:
-    """A plain value declared as an argument means :func:`fixed`."""
+    """A plain value declared as an argument means ``fixed``."""
     if isinstance(arg, (Reals, Integers, Booleans, Nonsingular, Fixed)):
         return arg
     return Fixed(arg)
+
+
+# The public surface (the API reference documents each name).
+__all__ = ["Example", "booleans", "fixed", "integers", "nonsingular", "nonzero", "positive", "reals"]

@@ -95,12 +95,13 @@ def explain(f: Callable, *args, argnums: int | Sequence[int] | None = None) -> E
     ``jaxinv.vjp(f, *args)``); ``argnums`` explains ``jaxinv.grad(f,
     argnums)`` instead, where the other arguments are given values.
 
-    Example::
-
+    Example:
+        ```python
         report = jaxinv.explain(revnet, params, x)
         print(report)            # a table
         report.saved_bytes       # e.g. 0 for a fully invertible network
         jaxinv.explain(loss, params, x, argnums=0)   # what jaxinv.grad(loss) does
+        ```
     """
     if argnums is not None:
         f, args = differentiating(f, args, argnums)

@@ -2,16 +2,17 @@
 
 A rule that divides by a known operand, solves with a known matrix or reads a
 constant predicate cannot check values while jaxinv plans (it sees abstract
-tracers), so it asks for a :class:`Fact` (``registry.require_nonzero``,
+tracers), so it asks for a ``Fact`` (``registry.require_nonzero``,
 ``require_nonsingular``, ``require_fact``). The planner proves facts from
-concrete values (:func:`of_value`), from the primitives that produce a value
+concrete values (``of_value``), from the primitives that produce a value
 (``exp`` is nonzero, ``iota`` is an iota) and from the user's markers
 (``jaxinv.nonzero``).
 
-Example::
-
+Example:
+    ```python
     of_value(2 * np.eye(3))                          # {Fact('nonsingular', (0, 1))}
     selects(1) in of_value(np.ones(4, np.int32))     # True
+    ```
 """
 
 from __future__ import annotations
@@ -72,16 +73,17 @@ def selects(k: int) -> Fact:
 
 
 def as_fact(fact: Fact | str) -> Fact:
-    """A :class:`Fact` from itself or its text (``"selects:1"``)."""
+    """A ``Fact`` from itself or its text (``"selects:1"``)."""
     return fact if isinstance(fact, Fact) else Fact.parse(fact)
 
 
 def of_value(value) -> frozenset[Fact]:
     """The facts a concrete value proves (none for a tracer or a key).
 
-    Example::
-
+    Example:
+        ```python
         of_value(np.array([1.0, 2.0]))      # frozenset({Fact('nonzero')})
+        ```
     """
     try:
         arr = np.asarray(value)

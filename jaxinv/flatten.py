@@ -33,9 +33,10 @@ inline_rules: dict[Primitive, Callable[[dict], ClosedJaxpr | None]] = {}
 def register_inline(prim: Primitive, body: Callable[[dict], ClosedJaxpr | None]) -> None:
     """Declare ``prim`` call-like: ``body(params)`` gives the jaxpr to inline.
 
-    Example::
-
+    Example:
+        ```python
         register_inline(jax.extend.core.primitives.closed_call_p, lambda p: p["call_jaxpr"])
+        ```
     """
     inline_rules[prim] = body
 
@@ -121,9 +122,10 @@ def flatten(closed: ClosedJaxpr, *, lift_consts: bool = True) -> ClosedJaxpr:
     are ``closed``'s constvars followed by its invars (closure values become
     explicit inputs); without, the invars are unchanged (loop bodies).
 
-    Example::
-
+    Example:
+        ```python
         flat = flatten(jax.make_jaxpr(f)(x))
+        ```
     """
     jaxpr = closed.jaxpr
     spec = aval_spec

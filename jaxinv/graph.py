@@ -4,13 +4,14 @@ Everything here is decided by the jaxpr and the caller's given values alone,
 before any planning: who produces and who reads each variable, which equations
 matter, which values are constants (and their values, evaluated at plan time
 when a rule needs them: an index array, a mask), and the facts proven about
-each value (:mod:`jaxinv.facts`). :class:`jaxinv.knowledge.Knowledge` plans on
+each value (``jaxinv.facts``). ``jaxinv.knowledge.Knowledge`` plans on
 it; nothing here changes while it does.
 
-Example::
-
+Example:
+    ```python
     graph = Graph(jax.make_jaxpr(f)(x), known_inputs=[False])
     graph.live          # the equations the outputs depend on, in program order
+    ```
 """
 
 from __future__ import annotations

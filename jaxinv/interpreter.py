@@ -1,8 +1,8 @@
 """Running a plan: the forward pass, reconstruction, and the reverse sweep.
 
-* :func:`forward` evaluates the jaxpr and keeps only its outputs and the values
+* ``forward`` evaluates the jaxpr and keeps only its outputs and the values
   the plan saves.
-* :func:`backward` walks the equations in reverse, accumulating cotangents.
+* ``backward`` walks the equations in reverse, accumulating cotangents.
   Each equation's inputs are rebuilt on demand, following the plan: solved
   from outputs by the equation's inverse rule (or fused ivjp rule), recomputed
   forward, or read from the saved values. A value is computed once, reused by
@@ -11,7 +11,7 @@
   equation that defines it.
 * Without a fused ivjp rule, an equation's input cotangents come from the
   primitive's own VJP at the reconstructed inputs (for ``max`` and its kin,
-  a VJP that tolerates rebuilt inputs: :mod:`jaxinv.stable_vjp`).
+  a VJP that tolerates rebuilt inputs: ``jaxinv.stable_vjp``).
 """
 
 from __future__ import annotations
@@ -37,9 +37,10 @@ from jaxinv.registry import NotInvertibleError
 def forward(plan: Plan, inputs: Sequence[Any]) -> tuple[list, list]:
     """Evaluate the plan's jaxpr on ``inputs``: returns ``(outputs, residuals)``.
 
-    Example::
-
+    Example:
+        ```python
         outs, res = forward(plan, [x])
+        ```
     """
     jaxpr = plan.jaxpr
     env: dict[Var, Any] = dict(zip(jaxpr.constvars, plan.closed.consts))
@@ -356,9 +357,10 @@ def backward(plan: Plan, inputs, residuals, outvals, out_cts, *, return_inputs: 
     ``inputs`` holds the known inputs (None elsewhere); ``out_cts`` may hold None
     for a zero cotangent; an input cotangent is None when it is zero.
 
-    Example::
-
+    Example:
+        ```python
         cts = backward(plan, [None], res, outs, [jnp.ones_like(outs[0])])
+        ```
     """
     inputs, residuals, outvals = _opaque(inputs, residuals, outvals)
     sweep = _Sweep(plan, inputs, residuals, outvals)
@@ -371,9 +373,10 @@ def backward(plan: Plan, inputs, residuals, outvals, out_cts, *, return_inputs: 
 def reconstruct(plan: Plan, inputs, residuals, outvals) -> list:
     """Recover all of the plan's inputs from its outputs (and saved values).
 
-    Example::
-
+    Example:
+        ```python
         (x,) = reconstruct(plan, [None], res, outs)
+        ```
     """
     with registry.principal_branches(plan.principal_branch):
         sweep = _Sweep(plan, inputs, residuals, outvals)
@@ -381,13 +384,14 @@ def reconstruct(plan: Plan, inputs, residuals, outvals) -> list:
 
 
 def reconstruct_and_ildj(plan: Plan, inputs, residuals, outvals) -> tuple[list, Any]:
-    """:func:`reconstruct`, plus the log-det of the inverse map, ``log|det
+    """``reconstruct``, plus the log-det of the inverse map, ``log|det
     d(inputs)/d(outputs)|``: the sum of each inverted equation's term (the
     inverse of a composition of triangular steps).
 
-    Example::
-
+    Example:
+        ```python
         (x,), ildj = reconstruct_and_ildj(plan, [None], [], [y])
+        ```
     """
     with registry.principal_branches(plan.principal_branch):
         sweep = _Sweep(plan, inputs, residuals, outvals, track_ildj=True)
@@ -430,7 +434,7 @@ def eqn_ildj(table, e, invals, outvals, mask=None):
 def ildj_term(prim, params, in_avals, inverse_rule, ildj_rule, elementwise: bool, invals, outvals):
     """``log|det d(unknown inputs)/d(outputs)|`` for one equation: its ildj
     rule, or for an elementwise primitive ``sum(log|dx/dy|)`` by forward mode
-    through ``inverse_rule`` (also used by :mod:`jaxinv.testing`)."""
+    through ``inverse_rule`` (also used by ``jaxinv.testing``)."""
     with registry.solving(in_avals), registry.proving(None):
         if ildj_rule is not None:
             return ildj_rule(invals, outvals, **params)

@@ -45,10 +45,11 @@ def invertible(f: Callable) -> Callable:
     and ``jax.hessian``; gradients reach values ``f`` closes over. Under
     ``jax.vjp`` its residuals are the outputs plus what the plan saves.
 
-    Example::
-
+    Example:
+        ```python
         net = jaxinv.invertible(revnet)
         g = jax.grad(lambda p, x: jnp.sum(net(p, x) ** 2))(params, x)
+        ```
     """
 
     @functools.wraps(f)

@@ -1,21 +1,22 @@
 """Knowledge: what the backward pass knows of each value, and how it spreads.
 
-A :class:`Knowledge` plans on a :class:`jaxinv.graph.Graph`. Starting from
+A ``Knowledge`` plans on a ``jaxinv.graph.Graph``. Starting from
 what is known (the outputs, constants, integer closure values), knowledge
 *propagates* along a worklist: an equation whose inputs are all known is
 **recomputed**; an equation whose outputs are known, and whose rule can solve
-its unknown inputs (:func:`jaxinv.probe.probe`), is **inverted**; and partial
-knowledge (which *elements* of an array are known, :mod:`jaxinv.partial`)
+its unknown inputs (``jaxinv.probe.probe``), is **inverted**; and partial
+knowledge (which *elements* of an array are known, ``jaxinv.partial``)
 moves through selections and elementwise equations until an array's pieces
-cover it. Each known value gets a :class:`Source` saying how the backward pass
-recovers it. When nothing moves, :mod:`jaxinv.save_policy` chooses what to
-save, and :meth:`Knowledge.save` makes it known.
+cover it. Each known value gets a ``Source`` saying how the backward pass
+recovers it. When nothing moves, ``jaxinv.save_policy`` chooses what to
+save, and ``Knowledge.save`` makes it known.
 
-Example::
-
+Example:
+    ```python
     k = Knowledge(graph, registry.inverse_rules, allow_saving=True)
     k.start(); k.propagate()
     k.unknown()          # what is still missing
+    ```
 """
 
 from __future__ import annotations
@@ -50,7 +51,7 @@ class SourceKind(str, enum.Enum):
 
 @dataclasses.dataclass(frozen=True)
 class Source:
-    """How a variable is known in the backward pass (see :class:`SourceKind`)."""
+    """How a variable is known in the backward pass (see ``SourceKind``)."""
     kind: SourceKind
     eqn: int | None = None
     known: tuple[bool, ...] | None = None
@@ -62,11 +63,11 @@ REBUILT = (SourceKind.INVERT, SourceKind.RECOMPUTE, SourceKind.ASSEMBLE)
 
 
 class Knowledge:
-    """The planning state over one :class:`Graph` (see module docstring).
+    """The planning state over one ``Graph`` (see module docstring).
 
     ``table``: the inverse rules the plan may use; ``allow_saving=False``
     (``jaxinv.inverse``, loop bodies): any save but a given input's raises
-    :class:`NotInvertibleError`.
+    ``NotInvertibleError``.
     """
 
     def __init__(self, graph: Graph, table: dict, allow_saving: bool):
@@ -113,7 +114,7 @@ class Knowledge:
         return trial
 
     def fact_of(self, v) -> frozenset:
-        """What is proven about ``v`` (see :meth:`Graph.fact_of`)."""
+        """What is proven about ``v`` (see ``Graph.fact_of``)."""
         return self.graph.fact_of(v)
 
     def dead(self, v) -> bool:
@@ -149,7 +150,7 @@ class Knowledge:
 
     def probe_now(self, e, known=None) -> str | None:
         """Can ``e``'s rule solve its inputs given ``known`` (default: what is
-        known now)? None if so, else the reason (:func:`jaxinv.probe.probe`)."""
+        known now)? None if so, else the reason (``jaxinv.probe.probe``)."""
         known = tuple(map(self.known, e.invars)) if known is None else known
         return probe(e, known, [self.fact_of(v) for v in e.invars], self.table,
                      tuple(map(self.known, e.outvars)), [self.fact_of(v) for v in e.outvars])
@@ -208,7 +209,7 @@ class Knowledge:
         return self.partial.get(v)
 
     def selection(self, i: int):
-        """Equation ``i``'s :class:`jaxinv.partial.Selection`, or None (cached)."""
+        """Equation ``i``'s ``jaxinv.partial.Selection``, or None (cached)."""
         if i not in self._selections:
             self._selections[i] = partial.selection(self.eqns[i], self.graph.concrete)
         return self._selections[i]
@@ -307,7 +308,7 @@ class Knowledge:
     def save(self, v: Var, reason: str) -> None:
         """Make ``v`` known by keeping it in the forward pass (a given input:
         for free). Without ``allow_saving``, anything else raises
-        :class:`NotInvertibleError` naming the stuck equation."""
+        ``NotInvertibleError`` naming the stuck equation."""
         if v in self.sources:
             return
         if v in self.free:  # a known input: using it costs nothing

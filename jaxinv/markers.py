@@ -35,10 +35,11 @@ nonzero_p = _identity_marker("jaxinv_nonzero")
 def nonzero(x):
     """Return ``x`` unchanged, marked as nonzero (or nonsingular) for jaxinv.
 
-    Example::
-
+    Example:
+        ```python
         scale = jaxinv.nonzero(1.0 + jax.nn.softplus(s))
         y = x * scale          # jaxinv now rebuilds x = y / scale
+        ```
     """
     return jax.tree_util.tree_map(nonzero_p.bind, x)
 
@@ -58,11 +59,12 @@ def anchor(x):
     blocks between two anchors, at the cost of one stored activation per anchor.
     ``anchor`` has no inverse rule on purpose: the planner saves its input.
 
-    Example::
-
+    Example:
+        ```python
         for i in range(depth):
             x = block(params[i], x)
             if (i + 1) % 10 == 0:
                 x = jaxinv.anchor(x)     # store every 10th activation
+        ```
     """
     return jax.tree_util.tree_map(anchor_p.bind, x)

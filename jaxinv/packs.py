@@ -1,12 +1,12 @@
 """Rule packs: named, versioned sets of rules, and how they fill the tables.
 
-A :class:`RulePack` records rules (inverse, fused ivjp, principal branch,
+A ``RulePack`` records rules (inverse, fused ivjp, principal branch,
 nonzero facts, documented refusals) together with the *examples* that declare
-where each rule must work (:mod:`jaxinv.domains`). Installing a pack writes its
-rules into the tables of :mod:`jaxinv.registry`. The built-in packs
+where each rule must work (``jaxinv.domains``). Installing a pack writes its
+rules into the tables of ``jaxinv.registry``. The built-in packs
 (``jaxinv/rules/*.py``) are installed by ``import jaxinv``; third-party packs are
 found through the entry-point group ``jaxinv.rule_packs`` and loaded lazily,
-the first time jaxinv plans a function (or :func:`rule_packs` is called).
+the first time jaxinv plans a function (or ``rule_packs`` is called).
 
 Precedence, per primitive and per kind of rule (inverse, ivjp, ...):
 
@@ -17,9 +17,9 @@ Precedence, per primitive and per kind of rule (inverse, ivjp, ...):
 4. then the pack whose name sorts first.
 
 When two packs provide the same kind of rule for a primitive, a
-:class:`RulePackConflictWarning` names both and the winner. A pack that fails
+``RulePackConflictWarning`` names both and the winner. A pack that fails
 to load, or that does not support the installed JAX, is reported with a
-:class:`RulePackWarning` and in :func:`rule_packs`, never breaks ``import jaxinv``.
+``RulePackWarning`` and in ``rule_packs``, never breaks ``import jaxinv``.
 """
 
 from __future__ import annotations
@@ -46,11 +46,30 @@ KINDS = ("inverse", "ivjp", "principal", "ildj", "elementwise", "nonzero", "nons
 
 
 class RulePackWarning(UserWarning):
-    """A rule pack could not be loaded, or does not support this JAX."""
+    """A rule pack could not be loaded, or does not support this JAX.
+
+    Example:
+        ```python
+        import warnings
+        warnings.simplefilter("error", jaxinv.RulePackWarning)   # a broken pack fails loudly
+        ```
+    """
 
 
 class RulePackConflictWarning(UserWarning):
-    """Two rule packs register the same kind of rule for one primitive."""
+    """Two rule packs register the same kind of rule for one primitive.
+
+    The warning names both packs and the winner (the higher ``priority``,
+    then a third-party pack over a built-in one, then the name that sorts
+    first); ``jaxinv.rule_packs()`` shows which provides what.
+
+    Example:
+        ```python
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", jaxinv.RulePackConflictWarning)
+            jaxinv.install_rule_pack(my_faster_exp_pack)    # third-party: wins over the built-in exp
+        ```
+    """
 
 
 @dataclasses.dataclass
@@ -102,12 +121,13 @@ class RulePack:
     ``jax_versions`` is a version specifier such as ``">=0.10,<0.11"`` (``None``:
     any); installing the pack under another JAX skips it with a warning.
 
-    Example::
-
+    Example:
+        ```python
         from jaxinv import RulePack, Example, reals
         pack = RulePack("my_pack", version="0.1.0", jax_versions=">=0.10")
         pack.defunary(my_exp_p, jnp.log, examples=Example(my_exp, reals(-5, 5)))
         jaxinv.install_rule_pack(pack)     # or publish it under the entry point group
+        ```
     """
 
     def __init__(self, name: str, version: str = "0.0.0", *, jax_versions: str | None = None,
@@ -148,9 +168,10 @@ class RulePack:
     def coverage(self) -> dict[str, int]:
         """How many primitives get each kind of rule from this pack.
 
-        Example::
-
+        Example:
+            ```python
             jaxinv.rule_packs()[0].coverage()   # {'inverse': 38, 'ivjp': 12, ...}
+            ```
         """
         return {kind: sum(r.provides(kind) for r in self.rules.values()) for kind in KINDS}
 
@@ -172,13 +193,14 @@ class RulePack:
         With ``principal_branch=True`` the rule inverts a non-injective primitive
         on a chosen branch; only ``jaxinv.inverse`` uses it, never the gradient
         path. ``examples`` declare where the rule must work (checked by
-        :mod:`jaxinv.testing`).
+        ``jaxinv.testing``).
 
-        Example::
-
+        Example:
+            ```python
             double_p = jax.extend.core.Primitive("double")
             ...
             jaxinv.register_inverse(double_p, lambda invals, outvals: [outvals[0] / 2])
+            ```
         """
         self._set(prim, "principal" if principal_branch else "inverse", rule, examples, notes)
         return rule
@@ -187,13 +209,14 @@ class RulePack:
                       notes: str = "") -> IvjpRule:
         """Register ``rule(invals, outvals, out_cts, **params) -> (invals, in_cts)``.
 
-        Example::
-
+        Example:
+            ```python
             def exp_ivjp(invals, outvals, out_cts, **params):
                 (y,), (ct,) = outvals, out_cts
                 return [jnp.log(y)], [ct * y]
 
             jaxinv.register_ivjp(lax.exp_p, exp_ivjp)
+            ```
         """
         self._set(prim, "ivjp", rule, examples, notes)
         return rule
@@ -205,10 +228,11 @@ class RulePack:
         Without ``rule``: the log-det is 0 (permutations, copies, unit-triangular
         maps such as ``cumsum``).
 
-        Example::
-
+        Example:
+            ```python
             pack.register_ildj(lax.concatenate_p)          # a permutation: 0
             pack.register_ildj(my_scale_p, lambda invals, outvals, *, s: -y.size * jnp.log(abs(s)))
+            ```
         """
         self._set(prim, "ildj", rule if rule is not None else zero_ildj)
 
@@ -217,9 +241,10 @@ class RulePack:
         output element, so ``jaxinv.ildj`` derives its log-det from the inverse
         rule by forward mode (``defunary`` and ``defbinary`` do this).
 
-        Example::
-
+        Example:
+            ```python
             pack.register_elementwise(lax.integer_pow_p)
+            ```
         """
         self._set(prim, "elementwise", True)
 
@@ -229,28 +254,31 @@ class RulePack:
         ``rule(nonzero_in, **params) -> bool`` gets one bool per input; the
         default says "always" (as for ``exp``). Used by ``require_nonzero``.
 
-        Example::
-
+        Example:
+            ```python
             pack.register_nonzero(lax.exp_p)                                # exp(x) != 0
             pack.register_nonzero(lax.mul_p, lambda nz, **_: all(nz))       # a * b
+            ```
         """
         self._set(prim, "nonzero", rule if rule is not None else _always)
 
     def register_nonsingular(self, prim: Primitive) -> None:
         """Declare that ``prim``'s output, as a matrix, is nonsingular (a marker).
 
-        Example::
-
+        Example:
+            ```python
             pack.register_nonsingular(jaxinv.markers.nonzero_p)
+            ```
         """
         self._set(prim, "nonsingular", True)
 
     def register_not_invertible(self, prim: Primitive, reason: str) -> None:
         """Document why ``prim`` has no inverse: the planner's error says so.
 
-        Example::
-
+        Example:
+            ```python
             pack.register_not_invertible(lax.reduce_precision_p, "it rounds away mantissa bits")
+            ```
         """
         self._set(prim, "not_invertible", reason)
 
@@ -261,18 +289,20 @@ class RulePack:
         only way to keep memory flat (the zero-divisor policy's sibling, see
         docs/design.md).
 
-        Example::
-
+        Example:
+            ```python
             pack.register_saturating(lax.tanh_p, "tanh(x) rounds to ±1 for |x| > 9 in float32")
+            ```
         """
         self._set(prim, "saturates", where)
 
     def declare_examples(self, prim: Primitive, *examples: Example) -> None:
         """Add examples (where the rules for ``prim`` must work) after registering.
 
-        Example::
-
+        Example:
+            ```python
             pack.declare_examples(lax.add_p, Example(jnp.add, reals(), reals(shape=())))
+            ```
         """
         self._entry(prim).examples.extend(examples)
 
@@ -288,12 +318,13 @@ class RulePack:
         unless a nonzero rule is registered first, and the primitive
         elementwise (its log-det for ``jaxinv.ildj`` is derived from ``inverse``).
         ``saturates`` declares the inverse ill-conditioned where the output
-        saturates (see :meth:`register_saturating`).
+        saturates (see ``register_saturating``).
 
-        Example::
-
+        Example:
+            ```python
             defunary(lax.exp_p, jnp.log, ct=lambda x, y, ct: ct * y,
                      examples=Example(jnp.exp, reals(-10, 10)))
+            ```
         """
         inv = _accepting(inverse)
 
@@ -327,9 +358,10 @@ class RulePack:
         ``None`` for a side that cannot be solved. A solver that divides by its
         known operand calls ``require_nonzero`` on it.
 
-        Example::
-
+        Example:
+            ```python
             defbinary(lax.add_p, lambda y, b: y - b, lambda y, a: y - a)
+            ```
         """
         solvers = [_accepting(s) if s is not None else None for s in (solve_lhs, solve_rhs)]
 
@@ -355,9 +387,10 @@ class RulePack:
         Its inverse is its own linear transpose, applied to the outputs; the
         fused ivjp applies the same transpose to the cotangents.
 
-        Example::
-
+        Example:
+            ```python
             defpermutation(lax.rev_p, examples=Example(lambda x: lax.rev(x, (0,)), reals()))
+            ```
         """
 
         def undo(y, params):
@@ -444,11 +477,12 @@ def install_rule_pack(pack: RulePack, *, origin: str | None = None) -> RulePack:
     """Install ``pack``: its rules enter the tables, subject to precedence.
 
     A pack that does not support the installed JAX is skipped with a
-    :class:`RulePackWarning`. Installing twice is a no-op.
+    ``RulePackWarning``. Installing twice is a no-op.
 
-    Example::
-
+    Example:
+        ```python
         jaxinv.install_rule_pack(my_pack)
+        ```
     """
     if not isinstance(pack, RulePack):
         raise TypeError(f"install_rule_pack expects a jaxinv.RulePack, got {type(pack).__name__}")
@@ -474,9 +508,10 @@ def install_rule_pack(pack: RulePack, *, origin: str | None = None) -> RulePack:
 def provider(prim: Primitive, kind: str = "inverse") -> RulePack | None:
     """The installed pack whose ``kind`` rule for ``prim`` is in the tables.
 
-    Example::
-
+    Example:
+        ```python
         provider(lax.exp_p).name    # 'jaxinv.elementwise'
+        ```
     """
     candidates = sorted((p for p in _installed if prim in p.rules and p.rules[prim].provides(kind)), key=_precedence)
     return candidates[0] if candidates else None
@@ -494,9 +529,10 @@ def declared_examples(prim: Primitive, kind: str = "inverse") -> list[Example]:
 def uninstall_rule_pack(pack: RulePack) -> None:
     """Take ``pack``'s rules out of the tables (the others' come back).
 
-    Example::
-
+    Example:
+        ```python
         jaxinv.uninstall_rule_pack(my_pack)
+        ```
     """
     if pack in _installed:
         _installed.remove(pack)
@@ -516,14 +552,15 @@ def load_entry_point_packs(*, reload: bool = False) -> None:
     """Load the packs published under the ``jaxinv.rule_packs`` entry-point
     group (once; ``JAXINV_DISABLE_PLUGINS=1`` turns this off).
 
-    An entry point names a :class:`RulePack` or a function returning one. A
+    An entry point names a ``RulePack`` or a function returning one. A
     pack that fails to import or build is recorded as ``failed`` with the
-    error and a :class:`RulePackWarning`; jaxinv carries on without it.
+    error and a ``RulePackWarning``; jaxinv carries on without it.
 
-    Example (in the pack's ``pyproject.toml``)::
-
-        [project.entry-points."jaxinv.rule_packs"]
-        my_pack = "my_package.rules:PACK"
+    Example (in the pack's ``pyproject.toml``):
+    ```toml
+    [project.entry-points."jaxinv.rule_packs"]
+    my_pack = "my_package.rules:PACK"
+    ```
     """
     global _plugins_loaded
     if _plugins_loaded and not reload:
@@ -560,14 +597,15 @@ def load_entry_point_packs(*, reload: bool = False) -> None:
 def rule_packs() -> list[RulePack]:
     """Every rule pack jaxinv knows, loaded or not, with the JAX releases it
     supports, its status on this JAX (``loaded``, ``failed``, ``skipped``, with
-    the reason) and :meth:`RulePack.coverage`.
+    the reason) and ``RulePack.coverage``.
 
-    Example::
-
+    Example:
+        ```python
         >>> for pack in jaxinv.rule_packs():
         ...     print(pack.name, pack.status, pack.coverage()["inverse"])
         jaxinv.elementwise loaded 40
         ...
+        ```
     """
     load_entry_point_packs()
     return [p for p in _known if p is not direct or p.rules]
@@ -576,14 +614,29 @@ def rule_packs() -> list[RulePack]:
 # --------------------------------------------------------------------------
 # the public one-line helpers: methods of the pack of direct registrations
 
-register_inverse = direct.register_inverse
-register_ivjp = direct.register_ivjp
-register_nonzero = direct.register_nonzero
-register_ildj = direct.register_ildj
-register_not_invertible = direct.register_not_invertible
-defunary = direct.defunary
-defbinary = direct.defbinary
-defpermutation = direct.defpermutation
+def _direct(method: Callable) -> Callable:
+    """``method`` of the pack of direct registrations, as a module-level
+    function with the method's docstring and its signature without ``self``
+    (what ``help`` and the API reference show)."""
+    bound = getattr(direct, method.__name__)
+
+    def call(*args, **kwargs):
+        return bound(*args, **kwargs)
+
+    call.__name__ = call.__qualname__ = method.__name__
+    call.__doc__ = method.__doc__
+    call.__signature__ = inspect.signature(bound)
+    return call
+
+
+register_inverse = _direct(RulePack.register_inverse)
+register_ivjp = _direct(RulePack.register_ivjp)
+register_nonzero = _direct(RulePack.register_nonzero)
+register_ildj = _direct(RulePack.register_ildj)
+register_not_invertible = _direct(RulePack.register_not_invertible)
+defunary = _direct(RulePack.defunary)
+defbinary = _direct(RulePack.defbinary)
+defpermutation = _direct(RulePack.defpermutation)
 
 
 # --------------------------------------------------------------------------

@@ -15,14 +15,14 @@ it does know, and moves masks through two kinds of equations:
   ``dynamic_update_slice``/``scatter`` with constant indices, ``select_n``
   with a constant predicate, and ``mul`` by a constant 0/1 mask. Which input
   element each output element copies is found once, at plan time, by running
-  the equation on integer *tags* (:func:`selection`); knowledge then moves
+  the equation on integer *tags* (``selection``); knowledge then moves
   forward (outputs from inputs) and backward (inputs from outputs).
 * **elementwise** equations: an output element is known where its inputs are;
   an input element is solved by the primitive's inverse rule where the output
   and the other inputs are known.
 
 A value whose mask fills up is known: the planner records it with a
-``Source`` of kind ``ASSEMBLE`` listing the :class:`Piece` steps to replay.
+``Source`` of kind ``ASSEMBLE`` listing the ``Piece`` steps to replay.
 
 At run time a partial value is a full-shaped array that is *zero* outside its
 mask. A selection's backward step is the transpose of the (linear) selection,
@@ -75,7 +75,7 @@ SELECTION_PRIMITIVES = frozenset({*_STATIC_INPUTS, P.dynamic_update_slice_p, P.s
 
 
 class PieceKind:
-    """How a :class:`Piece` learns elements of its value."""
+    """How a ``Piece`` learns elements of its value."""
     SELECT_FORWARD = "select_forward"      # the value is an output of a selection
     SELECT_BACKWARD = "select_backward"    # the value is a data input of a selection
     ELEMENTWISE_FORWARD = "elementwise_forward"
@@ -84,7 +84,7 @@ class PieceKind:
 
 @dataclasses.dataclass(frozen=True, eq=False)
 class Selection:
-    """What a selection equation copies where (found by :func:`selection`).
+    """What a selection equation copies where (found by ``selection``).
 
     ``data``: the inputs whose elements are copied; ``statics``: the concrete
     values of the other inputs; ``tags[o]``: for each element of output
@@ -161,13 +161,14 @@ def is_mask(value) -> bool:
 
 
 def selection(e, concrete: Callable[[Any], Any]) -> Selection | None:
-    """The :class:`Selection` of equation ``e``, or None if it is not one
+    """The ``Selection`` of equation ``e``, or None if it is not one
     (``concrete(v)`` gives an input's value at plan time, or None).
 
-    Example::
-
+    Example:
+        ```python
         sel = selection(eqn_of_x_slice, lambda v: None)
         sel.tags[0]     # 1 + the flat index into x of each element of x[:, :8]
+        ```
     """
     prim = e.primitive
     if prim is P.mul_p:
@@ -237,12 +238,12 @@ def compress(mask: np.ndarray) -> np.ndarray:
 class Piece:
     """One step that teaches the backward pass some elements of ``var``.
 
-    Equation ``eqn`` is evaluated in direction ``kind`` (a :class:`PieceKind`)
+    Equation ``eqn`` is evaluated in direction ``kind`` (a ``PieceKind``)
     on its other values: those in ``full`` whole, those in ``partial`` as the
     partial values built by the earlier pieces. The result is valid on
     ``mask`` (elements of ``var``) and zero elsewhere; ``new`` are the
     elements no earlier piece taught (a log-det counts only those). Masks are
-    kept compressed (:func:`compress`): a plan holds many pieces.
+    kept compressed (``compress``): a plan holds many pieces.
     """
     var: Var
     eqn: int

@@ -2,18 +2,18 @@
 
 Three parts, each in its own module:
 
-* :mod:`jaxinv.graph`: the jaxpr and what is static about it (producers,
+* ``jaxinv.graph``: the jaxpr and what is static about it (producers,
   users, live equations, constants and their values, proven facts);
-* :mod:`jaxinv.knowledge`: what is known of each value and how knowledge
+* ``jaxinv.knowledge``: what is known of each value and how knowledge
   spreads (recompute forward, invert from outputs, assemble from pieces);
-* :mod:`jaxinv.save_policy`: the ordered strategies choosing what to save
+* ``jaxinv.save_policy``: the ordered strategies choosing what to save
   when knowledge stops spreading.
 
-:func:`make_plan` runs them: propagate, save, propagate, ... until every
+``make_plan`` runs them: propagate, save, propagate, ... until every
 needed value is known; then drops every saved intermediate the rest of the
 plan rebuilds in one local step, and decides once, for each loop, whether its
 gradient comes from its fused reversible rule (``Plan.fused``) or from JAX's
-own VJP (:func:`loop_differentiated_by_jax`): the backward pass and
+own VJP (``loop_differentiated_by_jax``): the backward pass and
 ``jaxinv.explain`` both read that decision. The plan is static: it is made
 once per jaxpr, at trace time.
 """
@@ -79,10 +79,11 @@ def make_plan(closed: ClosedJaxpr, known_inputs: Sequence[bool], *, input_values
     nonzero (a zero there is a point outside f's invertible domain; no
     gradient is at stake).
 
-    Example::
-
+    Example:
+        ```python
         plan = make_plan(jax.make_jaxpr(f)(x), [False])
         plan.saved   # what the forward pass keeps
+        ```
     """
     with registry.principal_branches(principal_branch), \
             registry.well_conditioned(allow_saving and not principal_branch):  # bodies planned by rules: the same mode
@@ -150,7 +151,7 @@ def _recomputed_from_held(k: Knowledge, v) -> bool:
 
 def _may_be_rebuilt_without(k: Knowledge, v) -> bool:
     """Whether a plan not saving ``v`` could rebuild it locally (see
-    :func:`_locally_rebuilt`): no equation reading ``v`` can solve for it
+    ``_locally_rebuilt``): no equation reading ``v`` can solve for it
     with what is known now (knowing less cannot help), and its producer's
     inputs are known only through ``v`` itself (a RevNet's last output,
     saved for a squared-error loss), then no trial is run: at depth 256

@@ -3,14 +3,15 @@
 Rules stay in one convention (``rule(invals, outvals, **params)`` with None
 for the unknowns) and need no separate "can you?" function: the planner runs
 the rule under ``jax.eval_shape`` on abstract values, with the facts it proved
-(:mod:`jaxinv.facts`) attached; a ``NotInvertibleError`` (or any exception, or
+(``jaxinv.facts``) attached; a ``NotInvertibleError`` (or any exception, or
 a result of the wrong shape: a broadcast operand) means "cannot". Results are
 cached by primitive, shapes, pattern, facts and params.
 
-Example::
-
+Example:
+    ```python
     probe(eqn, known=(False, True), facts=[frozenset(), frozenset({NONZERO})], table=registry.inverse_rules)
     # None: `x * c` is solvable for x when c is proven nonzero
+    ```
 """
 
 from __future__ import annotations

@@ -6,7 +6,7 @@ Three tables map a ``jax.extend.core.Primitive`` to a rule, in the spirit of
 * ``inverse_rules[prim](invals, outvals, **params) -> invals``: ``invals`` lists
   the equation's inputs, with the known ones as arrays and ``None`` for the ones
   to solve for; ``outvals`` lists its (known) outputs. Return every input. Raise
-  :class:`NotInvertibleError` when this pattern of unknowns cannot be solved.
+  ``NotInvertibleError`` when this pattern of unknowns cannot be solved.
 * ``ivjp_rules[prim](invals, outvals, out_cts, **params) -> (invals, in_cts)``:
   the same, plus the input cotangents, in one (cheaper or more accurate) step.
   Optional: without one, the interpreter uses the inverse rule and then the
@@ -20,14 +20,14 @@ Three tables map a ``jax.extend.core.Primitive`` to a rule, in the spirit of
   ``jaxinv.ildj``). Elementwise primitives (``elementwise_primitives``) need
   none: it is derived from their inverse rule by forward mode.
 
-The tables are filled by rule packs (:mod:`jaxinv.packs`): never write to them
+The tables are filled by rule packs (``jaxinv.packs``): never write to them
 directly; ``jaxinv.register_inverse`` and friends, or a ``RulePack``, do it and
 keep precedence and caches right.
 
 Rules see concrete arrays or tracers, never jaxpr variables, and may be called
 while jaxinv plans (with abstract tracers) to find out whether a pattern of
 unknowns is solvable, so they must not depend on values to decide that; the
-exceptions are :func:`require_nonzero` and :func:`require_nonsingular`, which
+exceptions are ``require_nonzero`` and ``require_nonsingular``, which
 consult what the planner proved.
 """
 
@@ -71,6 +71,18 @@ class NotInvertibleError(ValueError):
 
     Carries the primitive's name, the reason and the user's source line, e.g.
     ``sin at model.py:12 (block): sin is not injective``.
+
+    Raised by ``jaxinv.inverse`` when an input cannot be rebuilt; raised by a
+    rule to say "this pattern of unknowns cannot be solved" (the planner then
+    saves instead).
+
+    Example:
+        ```python
+        try:
+            jaxinv.inverse(jnp.sin)(y)
+        except jaxinv.NotInvertibleError as e:
+            print(e.primitive, e.source, e.reason)
+        ```
     """
 
     def __init__(self, reason: str, primitive: str | None = None, source: str | None = None):
@@ -97,7 +109,16 @@ class NotInvertibleError(ValueError):
 class RuleError(TypeError):
     """A rule is defined or used wrongly (e.g. a ``custom_ivjp`` rule closing over
     a traced value). Unlike other exceptions from a rule, it is not read as
-    "cannot invert" while planning: it reaches the user."""
+    "cannot invert" while planning: it reaches the user.
+
+    Example:
+        ```python
+        def rule(invals, outvals):
+            if len(invals) != 2:
+                raise jaxinv.RuleError(f"expected two inputs, got {len(invals)}")
+            ...
+        ```
+    """
 
 
 # --------------------------------------------------------------------------
@@ -111,13 +132,14 @@ def input_avals() -> Sequence[jax.ShapeDtypeStruct]:
     """Inside a rule: the shapes and dtypes of the equation's inputs, known or not.
 
     Rules see ``None`` for an unknown input; this tells them its shape (needed
-    by ``reshape``'s inverse, say). The interpreter and :mod:`jaxinv.testing`
+    by ``reshape``'s inverse, say). The interpreter and ``jaxinv.testing``
     set it around every rule call.
 
-    Example::
-
+    Example:
+        ```python
         register_inverse(lax.reshape_p,
             lambda invals, outvals, **p: [outvals[0].reshape(input_avals()[0].shape)])
+        ```
     """
     avals = _input_avals.get()
     if avals is None:
@@ -137,7 +159,7 @@ def _setting(var: contextvars.ContextVar, value):
 
 @contextlib.contextmanager
 def solving(in_avals: Sequence[Any]):
-    """Set what :func:`input_avals` returns while a rule runs."""
+    """Set what ``input_avals`` returns while a rule runs."""
     with _setting(_input_avals, [jax.ShapeDtypeStruct(a.shape, a.dtype) for a in in_avals]):
         yield
 
@@ -159,14 +181,15 @@ def _require(x: Any, facts_needed: tuple[Fact, ...], what: str, hint: str) -> An
 def require_fact(x: Any, fact: Fact | str, reason: str) -> Any:
     """Inside a rule: unless the planner proved ``fact`` about ``x`` (one of
     the rule's arguments), refuse with ``reason`` while jaxinv plans; free at
-    run time. Facts the planner proves (:mod:`jaxinv.facts`): ``NONZERO``,
-    ``nonsingular_over(ndim, axes)`` (see :func:`require_nonsingular`),
+    run time. Facts the planner proves (``jaxinv.facts``): ``NONZERO``,
+    ``nonsingular_over(ndim, axes)`` (see ``require_nonsingular``),
     ``iota_along(d)``, ``selects(k)`` (a constant predicate equal to ``k``
     everywhere); their text form (``"selects:1"``) is accepted too.
 
-    Example::
-
+    Example:
+        ```python
         require_fact(pred, facts.selects(1), "the predicate must select the unknown case everywhere")
+        ```
     """
     facts = _proven.get()
     if facts is not None and as_fact(fact) not in facts.get(id(x), frozenset()):
@@ -183,30 +206,32 @@ def require_nonzero(x: Any, what: str = "the known operand") -> Any:
     """Assert, inside an inverse rule, that ``x`` (an input the rule divides by)
     is provably nonzero; returns ``x``.
 
-    While jaxinv plans, this raises :class:`NotInvertibleError` unless the planner
+    While jaxinv plans, this raises ``NotInvertibleError`` unless the planner
     proved ``x`` nonzero (a literal without zeros, an output of ``exp`` or
-    ``logistic``, a value marked with :func:`jaxinv.nonzero`, ...), so the
+    ``logistic``, a value marked with ``jaxinv.nonzero``, ...), so the
     equation's inputs are saved instead of divided by a possible zero. At run
     time it is free. Call it on the rule's *argument*, not on a value derived
     from it.
 
-    Example::
-
+    Example:
+        ```python
         defbinary(lax.mul_p, lambda y, b: y / require_nonzero(b),
                              lambda y, a: y / require_nonzero(a))
+        ```
     """
     return _require(x, (NONZERO,), what, "mark it with jaxinv.nonzero to assert it is")
 
 
 def require_nonsingular(x: Any, what: str = "the known matrix", axes: tuple[int, int] = (-2, -1)) -> Any:
-    """Like :func:`require_nonzero`, for an array a rule solves with as a matrix
+    """Like ``require_nonzero``, for an array a rule solves with as a matrix
     over ``axes`` (batched over the others): it must be a well-conditioned
     concrete constant over those axes, or marked with ``jaxinv.nonzero``.
 
-    Example::
-
+    Example:
+        ```python
         w = require_nonsingular(invals[1])                  # a (..., n, n) matrix
         k = require_nonsingular(kernel, axes=(0, 1))        # an OIHW 1x1 kernel
+        ```
     """
     needed = (NONSINGULAR,)
     if hasattr(x, "ndim") and x.ndim >= 2:
@@ -233,17 +258,26 @@ def principal_branches(allowed: bool):
     (principal branches, divisors assumed nonzero) or the gradient's. The
     planner sets it while it plans, the interpreter while it runs a plan.
 
-    Example::
-
+    Example:
+        ```python
         with principal_branches(plan.principal_branch):
             ...   # a scan rule plans its body in the same mode
+        ```
     """
     with _setting(_principal, allowed):
         yield
 
 
 def principal_branches_allowed() -> bool:
-    """Inside a rule: whether bodies are planned in ``jaxinv.inverse``'s mode."""
+    """Inside a rule: whether bodies are planned in ``jaxinv.inverse``'s mode
+    (non-injective primitives inverted on their principal branch). A rule that
+    plans a body of its own (a loop's) passes it on.
+
+    Example:
+        ```python
+        table = inverse_table(principal_branch=principal_branches_allowed())
+        ```
+    """
     return _principal.get()
 
 
@@ -257,10 +291,11 @@ def well_conditioned(required: bool):
     depends on its operands can refuse where it could lose precision. The
     planner sets it while it plans.
 
-    Example::
-
+    Example:
+        ```python
         with well_conditioned(True):
             ...   # logaddexp(x, c) with a nonzero c refuses: its input is saved
+        ```
     """
     with _setting(_conditioned, required):
         yield
@@ -268,7 +303,16 @@ def well_conditioned(required: bool):
 
 def well_conditioned_required() -> bool:
     """Inside a rule: whether the planner would rather save than invert
-    where inverting could lose precision (see :func:`well_conditioned`)."""
+    where inverting could lose precision (see ``well_conditioned``).
+
+    Example:
+        ```python
+        def logaddexp_inverse(invals, outvals):
+            if well_conditioned_required():
+                raise NotInvertibleError("log(exp(y) - exp(c)) loses precision where y is close to c")
+            ...
+        ```
+    """
     return _conditioned.get()
 
 
@@ -278,7 +322,7 @@ _merged_tables: dict[Any, dict] = {}
 
 
 def tables_changed() -> None:
-    """Forget everything derived from the tables (called by :mod:`jaxinv.packs`)."""
+    """Forget everything derived from the tables (called by ``jaxinv.packs``)."""
     _probe_cache.clear()
     _merged_tables.clear()
 
@@ -286,7 +330,13 @@ def tables_changed() -> None:
 def inverse_table(principal_branch: bool = False, well_conditioned: bool = False) -> dict:
     """The inverse rules the planner may use: with ``principal_branch=True``
     (``jaxinv.inverse`` only) the principal-branch rules are added; with
-    ``well_conditioned=True`` (the gradient path) the saturating ones are left out."""
+    ``well_conditioned=True`` (the gradient path) the saturating ones are left out.
+
+    Example:
+        ```python
+        rule = inverse_table(principal_branch=True).get(lax.sin_p)   # asin: jaxinv.inverse only
+        ```
+    """
     if well_conditioned and not principal_branch:
         if "conditioned" not in _merged_tables:
             _merged_tables["conditioned"] = {p: r for p, r in inverse_rules.items() if p not in saturating}
@@ -310,3 +360,7 @@ def _or_principal(rule: InverseRule, principal: InverseRule) -> InverseRule:
         except NotInvertibleError:
             return principal(invals, outvals, **params)
     return either
+
+
+# What a rule may call (the API reference documents each name); the tables are filled through jaxinv.packs.
+__all__ = ["NotInvertibleError", "RuleError", "input_avals", "inverse_table", "principal_branches_allowed", "require_fact", "require_nonsingular", "require_nonzero", "well_conditioned_required"]

@@ -1,8 +1,8 @@
 """A planned function packaged for JAX's transformations.
 
-:class:`Reversible` bundles a plan with the four plain-JAX functions the
+``Reversible`` bundles a plan with the four plain-JAX functions the
 ``invertible`` primitives need: ``call``, ``forward`` (outputs and residuals),
-``backward`` (cotangents by reconstruction) and ``jvp``. :class:`Batched` is the
+``backward`` (cotangents by reconstruction) and ``jvp``. ``Batched`` is the
 same for a ``vmap``-ed call: its functions are the parent's under ``jax.vmap``.
 None of these functions binds the ``invertible`` primitives themselves, so
 ``vmap`` of them never recurses into our own batching rules.

@@ -1,18 +1,18 @@
 """The save policy: what to keep when knowledge stops spreading.
 
-When propagation (:mod:`jaxinv.knowledge`) can go no further, something must
-be saved in the forward pass. :data:`STRATEGIES` is the ordered list of ways
+When propagation (``jaxinv.knowledge``) can go no further, something must
+be saved in the forward pass. ``STRATEGIES`` is the ordered list of ways
 to choose it; each is tried in turn on the equations next to the known region,
 and the first that finds something wins (the values it names are saved, and
 propagation resumes). Each strategy is documented once, in its docstring:
 
-1. :func:`stored_by_anchor`
-2. :func:`unread_outputs`
-3. :func:`parameters_next_to_known`
-4. :func:`parameters_unlocking_an_inversion`
-5. :func:`cheapest_unlocking_subset`
-6. :func:`loop_weights`
-7. :func:`inputs_of_the_last_stuck_equation`
+1. ``stored_by_anchor``
+2. ``unread_outputs``
+3. ``parameters_next_to_known``
+4. ``parameters_unlocking_an_inversion``
+5. ``cheapest_unlocking_subset``
+6. ``loop_weights``
+7. ``inputs_of_the_last_stuck_equation``
 
 Throughout, a *parameter* is a function input (or a short chain computed from
 one input alone, given values aside: ``W / |W|``, a dropout mask from its
@@ -20,12 +20,13 @@ key) as opposed to *data*, a join of several inputs (``x @ W``) or a value
 being rebuilt from the outputs. Saving a parameter costs nothing per block
 that the caller does not hold already; saving data is an activation.
 
-Example::
-
+Example:
+    ```python
     while k.missing:
         if not choose_saves(k):
             ...          # nothing left to try
         k.propagate()
+    ```
 """
 
 from __future__ import annotations
@@ -249,7 +250,7 @@ def choose_saves(k: Knowledge) -> bool:
 def parameter_roots(k: Knowledge, v: Var, given_join: bool = False) -> set[Var] | None:
     """The unknown function inputs ``v`` is computed from, if it is a
     *parameter*: computed (within PARAMETER_CHAIN_LIMIT equations, plus known
-    values and given integer arrays, see :func:`_index_roots`) from one input
+    values and given integer arrays, see ``_index_roots``) from one input
     alone, or from given inputs only.
     ``W / |W|``, ``2b + b`` and ``P @ L @ U`` with a constant permutation
     ``P`` are parameters; ``x @ W`` joins two inputs: data. With

@@ -22,10 +22,11 @@ gradient has a kink anyway:
 * ``reduce_max(x)``: the first largest element (one ``argmax`` reduction) is
   always chosen, and so is any element equal to the maximum.
 
-Example::
-
+Example:
+    ```python
     fn = stable_vjp.function_for(eqn)   # None for other primitives
     _, f_vjp = jax.vjp(lambda x: fn(x, **eqn.params), x)
+    ```
 """
 
 from __future__ import annotations

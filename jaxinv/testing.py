@@ -10,18 +10,19 @@ A rule is right when, called the way the interpreter calls it,
 eagerly, under ``jax.jit`` and under ``jax.vmap``, in float32 and float64, on
 random inputs drawn (with hypothesis) from the domains its pack declares, and
 it decides what it can solve from shapes alone (it runs on abstract values
-while jaxinv plans). A failure raises :class:`RuleCheckError` whose message
+while jaxinv plans). A failure raises ``RuleCheckError`` whose message
 names the pack, primitive, example, pattern, mode and dtype, the worst element,
 the inputs, and a line that reproduces it.
 
-Example::
-
+Example:
+    ```python
     from jaxinv.testing import check_rule_pack, check_inverse_rule
     check_rule_pack(my_pack)                          # every rule, every example
     check_inverse_rule(lax.exp_p, jnp.ones(3), accuracy=None)   # one call, by hand
+    ```
 
-Needs ``hypothesis`` (``pip install jaxinv[test]``) for :func:`check_rule` and
-:func:`check_rule_pack`.
+Needs ``hypothesis`` (``pip install jaxinv[test]``) for ``check_rule`` and
+``check_rule_pack``.
 """
 
 from __future__ import annotations
@@ -47,12 +48,27 @@ BATCH = 3  # examples per vmap call
 
 
 class RuleCheckError(AssertionError):
-    """A rule failed the conformance checks; the message says how to reproduce it."""
+    """A rule failed the conformance checks; the message says how to reproduce it.
+
+    Example:
+        ```python
+        with pytest.raises(jaxinv.testing.RuleCheckError, match="exp"):
+            check_rule(lax.exp_p, inverse=lambda invals, outvals: [outvals[0]])   # a wrong inverse
+        ```
+    """
 
 
 @dataclasses.dataclass
 class CheckReport:
-    """What was checked for one primitive, and what went wrong."""
+    """What was checked for one primitive, and what went wrong.
+
+    Example:
+        ```python
+        report = check_rule(lax.exp_p)
+        print(report)              # inverse rule for `exp`: 24 checks passed (...)
+        report.raise_if_failed()   # RuleCheckError listing every failure, if any
+        ```
+    """
 
     primitive: str
     pack: str = ""
@@ -64,6 +80,7 @@ class CheckReport:
 
     @property
     def ok(self) -> bool:
+        """Whether every check passed."""
         return not self.failures
 
     def __str__(self) -> str:
@@ -73,6 +90,7 @@ class CheckReport:
         return f"{head}: {len(self.failures)} failure(s)\n" + "\n\n".join(self.failures)
 
     def raise_if_failed(self) -> "CheckReport":
+        """This report, or ``RuleCheckError`` with every failure if any check failed."""
         if self.failures:
             raise RuleCheckError(str(self))
         return self
@@ -544,10 +562,11 @@ def check_inverse_rule(prim: Primitive, *example_invals, rule=None, solve=None, 
     index tuples) each listed pattern must be solved. ``dtypes`` re-runs with
     the floating inputs cast to each dtype (float64 under ``jax.enable_x64``).
 
-    Example::
-
+    Example:
+        ```python
         check_inverse_rule(lax.exp_p, jnp.linspace(-3, 3, 6), accuracy=None)
         check_inverse_rule(lax.add_p, x, y, solve=[(0,), (1,)])
+        ```
     """
     rule = rule if rule is not None else _table_rule(registry.inverse_rules, prim, "inverse")
     return _check_given(prim, example_invals, params, rule, None, solve, modes, dtypes, tolerance, "inverse")
@@ -559,9 +578,10 @@ def check_ivjp_rule(prim: Primitive, *example_invals, rule=None, solve=None, mod
     inputs it rebuilds against the true ones, its cotangents against
     ``jax.vjp`` of the primitive, for random output cotangents.
 
-    Example::
-
+    Example:
+        ```python
         check_ivjp_rule(lax.tanh_p, jnp.linspace(-2, 2, 6), accuracy=None)
+        ```
     """
     rule = rule if rule is not None else _table_rule(registry.ivjp_rules, prim, "ivjp")
     inverse = registry.inverse_rules.get(prim, _ivjp_as_inverse(rule))
@@ -674,11 +694,12 @@ def check_rule(prim: Primitive, examples: Example | Sequence[Example] | None = N
     (or is elementwise), its term is compared, in float64, with ``slogdet`` of
     the inverse's Jacobian (``logdet=(ildj_rule, elementwise)`` overrides).
 
-    Example::
-
+    Example:
+        ```python
         from jaxinv.testing import check_rule
         check_rule(lax.exp_p)
         check_rule(my_p, Example(my_fn, reals(-1, 1)), inverse=my_inverse)
+        ```
     """
     packs.load_entry_point_packs()
     kind = "principal" if principal_branch else "inverse"
@@ -740,13 +761,14 @@ def _check_example(report, prim, example, inverse, ivjp, dtype, modes, max_examp
 def check_rule_pack(pack: "packs.RulePack", *, max_examples: int = 5, dtypes: Sequence[str] = DTYPES,
                     modes: Sequence[str] = MODES) -> list[CheckReport]:
     """Check every rule of ``pack`` (installed or not) on its declared examples;
-    raise one :class:`RuleCheckError` listing every failure.
+    raise one ``RuleCheckError`` listing every failure.
 
-    Example::
-
+    Example:
+        ```python
         from jaxinv.testing import check_rule_pack
         import my_package
         check_rule_pack(my_package.PACK)
+        ```
     """
     reports, failed = [], []
     for prim in pack.primitives:
@@ -772,3 +794,6 @@ def check_rule_pack(pack: "packs.RulePack", *, max_examples: int = 5, dtypes: Se
         raise RuleCheckError(f"rule pack {pack.name!r}: {len(failed)} rule(s) failed\n\n" + "\n\n".join(failed))
     return reports
 
+
+# The public surface (the API reference documents each name).
+__all__ = ["CheckReport", "RuleCheckError", "check_inverse_rule", "check_ivjp_rule", "check_rule", "check_rule_pack"]

@@ -19,7 +19,7 @@ class Traced:
 
     The plan's inputs are ``consts + flat_args``: ``consts`` are the values the
     function closes over (known in the backward pass, never reconstructed).
-    ``plan`` is None after :func:`trace_only`, until :func:`plan_traced`.
+    ``plan`` is None after ``trace_only``, until ``plan_traced``.
     """
     plan: Plan | None
     consts: list
@@ -42,10 +42,11 @@ class Traced:
 def trace(f: Callable, args: tuple, *, has_aux: bool = False, for_inverse: bool = False) -> Traced:
     """Trace ``f(*args)`` to a flat jaxpr and plan it.
 
-    Example::
-
+    Example:
+        ```python
         t = trace(lambda x: jnp.exp(x) * 2, (x,))
         t.plan.saved   # []
+        ```
     """
     return plan_traced(trace_only(f, args, has_aux=has_aux), for_inverse=for_inverse)
 
@@ -53,11 +54,12 @@ def trace(f: Callable, args: tuple, *, has_aux: bool = False, for_inverse: bool 
 def trace_only(f: Callable, args: tuple, *, has_aux: bool = False) -> Traced:
     """Trace ``f(*args)``, without planning (to check its outputs first).
 
-    Example::
-
+    Example:
+        ```python
         t = trace_only(f, (x,))
         t.out_avals        # [ShapedArray(float32[3])]
         t = plan_traced(t, for_inverse=True)
+        ```
     """
     flat_args, in_tree = tree_flatten(args)
     store = {}
@@ -80,12 +82,13 @@ def trace_only(f: Callable, args: tuple, *, has_aux: bool = False) -> Traced:
 
 
 def plan_traced(t: Traced, *, for_inverse: bool = False) -> Traced:
-    """Plan a function traced by :func:`trace_only` (for ``jaxinv.inverse`` with
+    """Plan a function traced by ``trace_only`` (for ``jaxinv.inverse`` with
     ``for_inverse``: nothing saved, principal branches allowed).
 
-    Example::
-
+    Example:
+        ```python
         t = plan_traced(trace_only(f, (x,)), for_inverse=True)
+        ```
     """
     n_args = len(t.closed.in_avals)
     known = [True] * t.num_consts + [False] * n_args

@@ -30,3 +30,27 @@ def test_rules_md_lists_every_builtin_rule():
     for pack in BUILTIN_PACKS:
         for prim in pack.primitives:
             assert f"| `{prim.name}` | {pack.name} |" in text, prim.name
+
+
+def test_docs_stand_alone():
+    """The project's docs name no file outside the repository (the design is
+    recorded in docs/design.md, not in a file of the project's first plans),
+    and every relative link in them leads to a file that exists."""
+    import re
+    files = sorted({ROOT / "README.md", ROOT / "CONTRIBUTING.md", *ROOT.glob("examples/*/README.md"),
+                    *(ROOT / "docs").rglob("*.md")})
+    generated = (ROOT / "docs" / "_tools" / "hooks.py").read_text()  # figures the site's build adds
+    problems = []
+    for f in files:
+        text = f.read_text()
+        if re.search(r"shared/|ARCHITECTURE\.md", text):
+            problems.append(f"{f.relative_to(ROOT)} names a file of the project's first plans")
+        for target in re.findall(r"\]\(([^)\s]+)\)", text):
+            if re.match(r"[a-z]+:|#", target):
+                continue
+            path = (f.parent / target.split("#")[0]).resolve()
+            if not path.is_relative_to(ROOT):
+                problems.append(f"{f.relative_to(ROOT)} links outside the repository: {target}")
+            elif not path.exists() and not (path.parent == ROOT / "docs" / "images" and path.name in generated):
+                problems.append(f"{f.relative_to(ROOT)} links to a missing file: {target}")
+    assert not problems, "\n".join(problems)

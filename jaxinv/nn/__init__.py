@@ -1,18 +1,19 @@
 """``jaxinv.nn``: invertible layers, functional and framework-agnostic.
 
-Every layer keeps the contract of :class:`jaxinv.nn.Layer` (``init``,
+Every layer keeps the contract of ``jaxinv.nn.Layer`` (``init``,
 ``apply``, ``inverse``, ``forward_and_log_det``, ``inverse_and_log_det``) and
 is built so that jaxinv rebuilds its input from its output: ``jaxinv.grad``
 through a deep stack keeps activation memory flat in depth. Flax NNX and
-Equinox wrappers live in :mod:`jaxinv.nn.flax` and :mod:`jaxinv.nn.equinox`
+Equinox wrappers live in ``jaxinv.nn.flax`` and ``jaxinv.nn.equinox``
 (imported on demand).
 
-Example::
-
+Example:
+    ```python
     from jaxinv import nn
     flow = nn.Sequential((nn.ActNorm(), nn.InvertibleDense(), nn.AffineCoupling()))
     params = flow.init(key, x)
     z, log_det = flow.forward_and_log_det(params, x)
+    ```
 """
 
 from jaxinv.nn.base import Layer

@@ -1,18 +1,19 @@
-"""The contract every invertible layer of :mod:`jaxinv.nn` keeps.
+"""The contract every invertible layer of ``jaxinv.nn`` keeps.
 
 Layers are small frozen dataclasses holding hyperparameters only; parameters
 are pytrees passed explicitly, so a layer works in plain JAX, Flax NNX and
 Equinox alike. The first axis of ``x`` is the batch; log-determinants are per
 example (shape ``(batch,)``), like distrax's bijectors.
 
-Example::
-
+Example:
+    ```python
     layer = AffineCoupling(hidden=64)
     params = layer.init(key, x)
     y = layer.apply(params, x)
     x_again = layer.inverse(params, y)
     y, log_det = layer.forward_and_log_det(params, x)     # log|det dy/dx| per example
     x, ildj = layer.inverse_and_log_det(params, y)        # log|det dx/dy| = -log_det
+    ```
 """
 
 from __future__ import annotations
@@ -29,7 +30,29 @@ Params = Any
 class Layer:
     """Base class: subclasses define ``init``, ``forward_and_log_det`` and
     ``inverse_and_log_det``; ``apply``/``inverse`` drop the log-det (override
-    them when the log-det costs extra work)."""
+    them when the log-det costs extra work).
+
+    A layer is a frozen dataclass of hyperparameters; its parameters are a
+    pytree ``init`` returns and every other method takes. Written this way, a
+    layer works functionally and inside ``jaxinv.nn.flax.Invertible`` or
+    ``jaxinv.nn.equinox.Invertible`` alike.
+
+    Example:
+        ```python
+        @dataclasses.dataclass(frozen=True)
+        class Scale(jaxinv.nn.Layer):
+            def init(self, key, x):
+                return {"log_s": jnp.zeros(x.shape[-1:])}
+
+            def forward_and_log_det(self, params, x):
+                log_s = params["log_s"]
+                return x * jnp.exp(log_s), jnp.broadcast_to(jnp.sum(log_s), x.shape[:1])
+
+            def inverse_and_log_det(self, params, y):
+                log_s = params["log_s"]
+                return y * jnp.exp(-log_s), jnp.broadcast_to(-jnp.sum(log_s), y.shape[:1])
+        ```
+    """
 
     def init(self, key: jax.Array, x: jax.Array) -> Params:
         """Parameters for inputs shaped like ``x`` (data-dependent layers, such

@@ -9,16 +9,17 @@ already rebuilt, so a deep stack of couplings keeps nothing but its
 parameters and outputs for the backward pass.
 
 A residual function or conditioner is given as a *module*: any object with
-``init(key, x) -> params`` and ``apply(params, x) -> y`` (:class:`MLP`, a
-:class:`jaxinv.nn.base.Layer`, a ``flax.linen`` module), or a pair of
+``init(key, x) -> params`` and ``apply(params, x) -> y`` (``MLP``, a
+``jaxinv.nn.base.Layer``, a ``flax.linen`` module), or a pair of
 functions ``(init_fn, apply_fn)``.
 
-Example::
-
+Example:
+    ```python
     layer = AffineCoupling()                                  # default MLP conditioner
     params = layer.init(jax.random.PRNGKey(0), x)             # starts as the identity
     y, log_det = layer.forward_and_log_det(params, x)
     x_again = layer.inverse(params, y)
+    ```
 """
 
 from __future__ import annotations
@@ -47,11 +48,12 @@ class MLP:
     in Glow), small values keep a deep stack of residual couplings near the
     identity. Params are a tuple of ``(w, b)`` pairs, in the input's dtype.
 
-    Example::
-
+    Example:
+        ```python
         mlp = MLP(hidden=(32,), out=6)
         p = mlp.init(jax.random.PRNGKey(0), jnp.ones((4, 3)))
         mlp.apply(p, jnp.ones((4, 3))).shape        # (4, 6)
+        ```
     """
     hidden: tuple[int, ...] = (64,)
     out: int | None = None
@@ -63,6 +65,7 @@ class MLP:
             object.__setattr__(self, "hidden", (self.hidden,))
 
     def init(self, key: jax.Array, x: jax.Array) -> Params:
+        """``((w, b), ...)`` per layer, for inputs shaped like ``x``."""
         dtype = jnp.result_type(x)
         sizes = [x.shape[-1], *self.hidden, self.out if self.out is not None else x.shape[-1]]
         keys = jax.random.split(key, len(sizes) - 1)
@@ -75,6 +78,7 @@ class MLP:
         return tuple(params)
 
     def apply(self, params: Params, x: jax.Array) -> jax.Array:
+        """The perceptron's output on the last axis of ``x``."""
         for i, (w, b) in enumerate(params):
             x = x @ w + b
             if i < len(params) - 1:
@@ -123,7 +127,7 @@ class AdditiveCoupling(Layer):
     are modules (see the module docstring) called as ``F(params_f, x2)`` and
     ``G(params_g, y1)``, initialised on the half they read (``f.init(key, x2)``,
     ``g.init(key, x1)``); ``F`` must map ``x2``'s shape to ``x1``'s and ``G``
-    the reverse. ``None`` (default) uses an :class:`MLP` with ``hidden``
+    the reverse. ``None`` (default) uses an ``MLP`` with ``hidden``
     widths, its last layer scaled by ``init_scale`` (so that a deep stack starts
     near the identity and stays well conditioned). ``split`` is the size of ``x1`` (default: half the last axis,
     rounded down). Params: ``{"f": params_f, "g": params_g}``.
@@ -131,8 +135,8 @@ class AdditiveCoupling(Layer):
     jaxinv inverts the plainly written block: ``G(y1)`` is recomputed from the
     known ``y1`` before ``add`` is inverted, then ``F(x2)`` from the rebuilt ``x2``.
 
-    Example::
-
+    Example:
+        ```python
         layer = AdditiveCoupling(hidden=(32,))
         params = layer.init(jax.random.PRNGKey(0), x)         # x: (batch, 8)
         y = layer.apply(params, x)
@@ -142,6 +146,7 @@ class AdditiveCoupling(Layer):
         dense = (lambda key, h: jax.random.normal(key, (h.shape[-1], h.shape[-1])) * 0.1,
                  lambda w, h: jnp.tanh(h @ w))
         layer = AdditiveCoupling(f=dense, g=dense)
+        ```
     """
     f: Any = None
     g: Any = None
@@ -210,16 +215,17 @@ class AffineCoupling(Layer):
     ``conditioner`` is a module (see the module docstring) mapping the
     conditioning half (``..., d_c``) to ``(..., 2 * d_t)`` for a transformed
     half of width ``d_t``: shift first, raw scale second. ``None`` (default)
-    uses an :class:`MLP` with ``hidden`` widths and a zero last layer, so the
+    uses an ``MLP`` with ``hidden`` widths and a zero last layer, so the
     layer starts as ``y2 = sigmoid(2) * x2`` (Glow) or the identity
     (``scale="exp"``). Params: ``{"conditioner": params}``.
 
-    Example::
-
+    Example:
+        ```python
         layer = AffineCoupling(hidden=(32,), swap=True, scale="exp", clamp=2.0)
         params = layer.init(jax.random.PRNGKey(0), x)          # x: (batch, 8)
         y, log_det = layer.forward_and_log_det(params, x)      # log_det: (batch,)
         x_again, ildj = layer.inverse_and_log_det(params, y)   # ildj == -log_det
+        ```
     """
     conditioner: Any = None
     hidden: tuple[int, ...] = (64,)

@@ -1,20 +1,21 @@
 """Elementwise invertible layers: Glow's ActNorm and an invertible leaky ReLU.
 
-* :class:`ActNorm` is an affine map per channel, ``y = (x + b) * exp(log_s)``:
+* ``ActNorm`` is an affine map per channel, ``y = (x + b) * exp(log_s)``:
   jaxinv inverts the ``add`` (``b`` known) and the ``mul`` (its factor is an
   ``exp`` output, so provably nonzero) equation by equation.
-* :class:`LeakyReLU` is a bijection for ``negative_slope > 0``, but written as
+* ``LeakyReLU`` is a bijection for ``negative_slope > 0``, but written as
   ``jnp.where(x >= 0, x, a * x)`` its branch depends on the unknown ``x``, which
-  no per-equation rule can invert. Its core is a :class:`jaxinv.custom_ivjp`
+  no per-equation rule can invert. Its core is a ``jaxinv.custom_ivjp``
   whose rule reads the branch off the output (``y >= 0`` exactly when
   ``x >= 0``): ``x = where(y >= 0, y, y / a)``, ``ct_x = where(y >= 0, ct, a * ct)``,
   and whose log-det (for ``jaxinv.ildj``) is ``-log(a)`` per negative output.
 
-Example::
-
+Example:
+    ```python
     layers = [ActNorm(), LeakyReLU(0.1)]
     params = [layer.init(key, x) for layer in layers]       # ActNorm: from x's statistics
     y = layers[1].apply(params[1], layers[0].apply(params[0], x))
+    ```
 """
 
 from __future__ import annotations
@@ -57,12 +58,13 @@ class ActNorm(Layer):
     data statistics are read, and nothing is ever updated behind your back
     (no "initialised" flag, no second data-dependent step).
 
-    Example::
-
+    Example:
+        ```python
         layer = ActNorm()
         params = layer.init(jax.random.PRNGKey(0), x)        # x: (batch, h, w, c)
         y, log_det = layer.forward_and_log_det(params, x)    # y: per-channel mean 0, std 1
         x_again = layer.inverse(params, y)
+        ```
     """
     eps: float = 1e-6
 
@@ -139,18 +141,19 @@ class LeakyReLU(Layer):
 
     ``log|det| = log(negative_slope) * #(x < 0)`` per example; no params
     (``init`` returns ``{}``). The inverse is ``x = y`` where ``y >= 0``, else
-    ``y / negative_slope``. The core is a :class:`jaxinv.custom_ivjp` with that
+    ``y / negative_slope``. The core is a ``jaxinv.custom_ivjp`` with that
     inverse, its log-det and a fused ivjp (``ct_x = where(y >= 0, ct, slope * ct)``),
     so jaxinv's backward pass rebuilds ``x`` from ``y`` (a plain ``jnp.where`` on
     ``x`` would force it to save ``x``: the branch taken depends on the unknown)
     and ``jaxinv.inverse_and_ildj`` / ``jaxinv.ildj`` invert it too.
 
-    Example::
-
+    Example:
+        ```python
         layer = LeakyReLU(negative_slope=0.1)
         params = layer.init(jax.random.PRNGKey(0), x)       # {}
         y, log_det = layer.forward_and_log_det(params, x)   # log_det = log(0.1) * #(x < 0)
         x_again = layer.inverse(params, y)
+        ```
     """
     negative_slope: float = 0.01
 

@@ -1,42 +1,43 @@
-"""Equinox modules for :mod:`jaxinv.nn` layers (``pip install jaxinv[equinox]``).
+"""Equinox modules for ``jaxinv.nn`` layers (``pip install jaxinv[equinox]``).
 
-:class:`Invertible` wraps any :class:`jaxinv.nn.Layer` (one layer or a whole
+``Invertible`` wraps any ``jaxinv.nn.Layer`` (one layer or a whole
 reversible stack) as an ``eqx.Module`` whose ``params`` field holds the layer's
 parameter pytree, so ``eqx.filter_grad``/``eqx.filter_value_and_grad``,
 ``eqx.filter_jit`` and optax see ordinary array leaves. Calls go through
-:func:`jaxinv.invertible` applied to the layer's pure function, so gradients
+``jaxinv.invertible`` applied to the layer's pure function, so gradients
 use the reversible backward pass for the wrapped part: its activations are
 rebuilt from its output instead of being stored.
 
-Example (an Equinox classifier around a reversible stack)::
+Example (an Equinox classifier around a reversible stack):
+```python
+import equinox as eqx, optax
+from jaxinv.nn.equinox import Invertible
 
-    import equinox as eqx, optax
-    from jaxinv.nn.equinox import Invertible
+class Classifier(eqx.Module):
+    embed: eqx.nn.Linear
+    body: Invertible
+    head: eqx.nn.Linear
 
-    class Classifier(eqx.Module):
-        embed: eqx.nn.Linear
-        body: Invertible
-        head: eqx.nn.Linear
+    def __init__(self, stack, x, *, key):
+        k1, k2, k3 = jax.random.split(key, 3)
+        self.embed = eqx.nn.Linear(64, 32, key=k1)
+        self.body = Invertible(stack, jax.vmap(self.embed)(x), key=k2)
+        self.head = eqx.nn.Linear(32, 10, key=k3)
 
-        def __init__(self, stack, x, *, key):
-            k1, k2, k3 = jax.random.split(key, 3)
-            self.embed = eqx.nn.Linear(64, 32, key=k1)
-            self.body = Invertible(stack, jax.vmap(self.embed)(x), key=k2)
-            self.head = eqx.nn.Linear(32, 10, key=k3)
+    def __call__(self, x):                       # x: (batch, 64)
+        return jax.vmap(self.head)(self.body(jax.vmap(self.embed)(x)))
 
-        def __call__(self, x):                       # x: (batch, 64)
-            return jax.vmap(self.head)(self.body(jax.vmap(self.embed)(x)))
+model = Classifier(stack, x[:64], key=jax.random.key(0))
+optim = optax.adam(1e-3)
+opt_state = optim.init(eqx.filter(model, eqx.is_inexact_array))
 
-    model = Classifier(stack, x[:64], key=jax.random.key(0))
-    optim = optax.adam(1e-3)
-    opt_state = optim.init(eqx.filter(model, eqx.is_inexact_array))
-
-    @eqx.filter_jit
-    def step(model, opt_state, x, labels):
-        loss_fn = lambda m: optax.softmax_cross_entropy_with_integer_labels(m(x), labels).mean()
-        loss, grads = eqx.filter_value_and_grad(loss_fn)(model)    # the body's backward is jaxinv's
-        updates, opt_state = optim.update(grads, opt_state, eqx.filter(model, eqx.is_inexact_array))
-        return eqx.apply_updates(model, updates), opt_state, loss
+@eqx.filter_jit
+def step(model, opt_state, x, labels):
+    loss_fn = lambda m: optax.softmax_cross_entropy_with_integer_labels(m(x), labels).mean()
+    loss, grads = eqx.filter_value_and_grad(loss_fn)(model)    # the body's backward is jaxinv's
+    updates, opt_state = optim.update(grads, opt_state, eqx.filter(model, eqx.is_inexact_array))
+    return eqx.apply_updates(model, updates), opt_state, loss
+```
 
 Parameters are created once, in the constructor, by the layer's
 ``init(key, x)`` (data-dependent layers such as ActNorm read ``x`` there).
@@ -56,10 +57,10 @@ __all__ = ["Invertible"]
 
 
 class Invertible(RunsLayer, eqx.Module):
-    """An ``eqx.Module`` running a :class:`jaxinv.nn.Layer` with reversible gradients.
+    """An ``eqx.Module`` running a ``jaxinv.nn.Layer`` with reversible gradients.
 
     Args:
-      layer: any :class:`jaxinv.nn.Layer` (a frozen dataclass of hyperparameters;
+      layer: any ``jaxinv.nn.Layer`` (a frozen dataclass of hyperparameters;
         a static field of the module).
       x: an example input, batch first; ``layer.init(key, x)`` creates the
         parameters from its shape (and, for data-dependent layers, its values).
@@ -68,6 +69,13 @@ class Invertible(RunsLayer, eqx.Module):
         activation): handy for comparing memory and gradients.
       params: the layer's parameters, instead of ``x`` and ``key``
         (``Invertible(layer, params=params)``).
+
+    Example:
+        ```python
+        stack = jaxinv.nn.rev_sequential(jaxinv.nn.AdditiveCoupling(hidden=(32,)), depth=8)
+        body = Invertible(stack, jnp.ones((4, 16)), key=jax.random.key(0))
+        grads = eqx.filter_grad(lambda m, x: jnp.sum(m(x) ** 2))(body, x)   # reversible backward pass
+        ```
     """
 
     layer: Layer = eqx.field(static=True)

@@ -1,37 +1,38 @@
-"""Flax NNX modules for :mod:`jaxinv.nn` layers (``pip install jaxinv[flax]``).
+"""Flax NNX modules for ``jaxinv.nn`` layers (``pip install jaxinv[flax]``).
 
-:class:`Invertible` wraps any :class:`jaxinv.nn.Layer` (one layer or a whole
+``Invertible`` wraps any ``jaxinv.nn.Layer`` (one layer or a whole
 reversible stack) as an ``nnx.Module`` whose parameters are ``nnx.Param``\\ s,
 so it mixes with ordinary NNX layers, ``nnx.Optimizer``, ``nnx.jit`` and
-``nnx.grad``. Calls go through :func:`jaxinv.invertible` applied to the layer's
+``nnx.grad``. Calls go through ``jaxinv.invertible`` applied to the layer's
 pure function, so ``nnx.grad``/``jax.grad`` of any loss use the reversible
 backward pass for the wrapped part: its activations are rebuilt from its output
 instead of being stored, and its memory stays flat in depth.
 
-Example (an NNX classifier around a reversible stack)::
+Example (an NNX classifier around a reversible stack):
+```python
+import optax
+from flax import nnx
+from jaxinv.nn.flax import Invertible
 
-    import optax
-    from flax import nnx
-    from jaxinv.nn.flax import Invertible
+class Classifier(nnx.Module):
+    def __init__(self, stack, x, *, rngs):
+        self.embed = nnx.Linear(64, 32, rngs=rngs)
+        self.body = Invertible(stack, self.embed(x), rngs=rngs)    # init from an example input
+        self.head = nnx.Linear(32, 10, rngs=rngs)
 
-    class Classifier(nnx.Module):
-        def __init__(self, stack, x, *, rngs):
-            self.embed = nnx.Linear(64, 32, rngs=rngs)
-            self.body = Invertible(stack, self.embed(x), rngs=rngs)    # init from an example input
-            self.head = nnx.Linear(32, 10, rngs=rngs)
+    def __call__(self, x):
+        return self.head(self.body(self.embed(x)))
 
-        def __call__(self, x):
-            return self.head(self.body(self.embed(x)))
+model = Classifier(stack, x[:64], rngs=nnx.Rngs(0))
+optimizer = nnx.Optimizer(model, optax.adam(1e-3), wrt=nnx.Param)
 
-    model = Classifier(stack, x[:64], rngs=nnx.Rngs(0))
-    optimizer = nnx.Optimizer(model, optax.adam(1e-3), wrt=nnx.Param)
-
-    @nnx.jit
-    def step(model, optimizer, x, labels):
-        loss_fn = lambda m: optax.softmax_cross_entropy_with_integer_labels(m(x), labels).mean()
-        loss, grads = nnx.value_and_grad(loss_fn)(model)    # the body's backward is jaxinv's
-        optimizer.update(model, grads)
-        return loss
+@nnx.jit
+def step(model, optimizer, x, labels):
+    loss_fn = lambda m: optax.softmax_cross_entropy_with_integer_labels(m(x), labels).mean()
+    loss, grads = nnx.value_and_grad(loss_fn)(model)    # the body's backward is jaxinv's
+    optimizer.update(model, grads)
+    return loss
+```
 
 Parameters are created once, in the constructor, by the layer's
 ``init(key, x)`` (data-dependent layers such as ActNorm read ``x`` there).
@@ -66,10 +67,10 @@ def _is_variable(v) -> bool:
 
 
 class Invertible(RunsLayer, nnx.Module):
-    """An ``nnx.Module`` running a :class:`jaxinv.nn.Layer` with reversible gradients.
+    """An ``nnx.Module`` running a ``jaxinv.nn.Layer`` with reversible gradients.
 
     Args:
-      layer: any :class:`jaxinv.nn.Layer` (a frozen dataclass of hyperparameters).
+      layer: any ``jaxinv.nn.Layer`` (a frozen dataclass of hyperparameters).
       x: an example input, batch first; ``layer.init(key, x)`` creates the
         parameters from its shape (and, for data-dependent layers, its values).
       rngs: an ``nnx.Rngs``; the key comes from its ``params`` stream.
@@ -80,6 +81,13 @@ class Invertible(RunsLayer, nnx.Module):
 
     The parameters live in ``self.params``, a pytree shaped like the layer's
     params whose leaves are ``nnx.Param`` (integer leaves: ``nnx.Variable``).
+
+    Example:
+        ```python
+        stack = jaxinv.nn.rev_sequential(jaxinv.nn.AdditiveCoupling(hidden=(32,)), depth=8)
+        body = Invertible(stack, jnp.ones((4, 16)), rngs=nnx.Rngs(0))
+        grads = nnx.grad(lambda m, x: jnp.sum(m(x) ** 2))(body, x)   # reversible backward pass
+        ```
     """
 
     def __init__(self, layer: Layer, x: jax.Array | None = None, *, rngs: nnx.Rngs | None = None,

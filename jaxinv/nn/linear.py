@@ -8,22 +8,23 @@ square matrix ``W``: ``y = x @ W``. Their log-determinant is
 
 How jaxinv inverts them in a reversible backward pass:
 
-* :class:`InvertibleDense` / :class:`InvertibleConv1x1` build ``W`` from their
-  parameters and mark it with :func:`jaxinv.nonzero` (read as "nonsingular":
+* ``InvertibleDense`` / ``InvertibleConv1x1`` build ``W`` from their
+  parameters and mark it with ``jaxinv.nonzero`` (read as "nonsingular":
   its LU factors have a unit and an ``exp``-diagonal, so it is by
   construction). jaxinv's ``dot_general`` / ``conv_general_dilated`` rules then
   solve ``x = y W^-1`` instead of saving ``x``; ``W`` is recomputed from the
   parameters.
-* :class:`Householder` is a :class:`jaxinv.custom_ivjp` whose rule applies the
+* ``Householder`` is a ``jaxinv.custom_ivjp`` whose rule applies the
   reflections in reverse order (each is its own inverse): no solve at all; its
   log-det (for ``jaxinv.ildj``) is 0, the map being orthogonal.
 
-Example::
-
+Example:
+    ```python
     layer = InvertibleConv1x1()
     params = layer.init(jax.random.PRNGKey(0), x)       # x: (batch, h, w, c)
     y, log_det = layer.forward_and_log_det(params, x)
     x_again = layer.inverse(params, y)
+    ```
 """
 
 from __future__ import annotations
@@ -202,13 +203,13 @@ class InvertibleDense(_LU):
     recomputed from ``seed`` (not a parameter, see below); params are
     ``{"lu": (features, features)}``, the three factors packed as LAPACK does
     (strictly lower triangle: ``L``; strictly upper: ``U``; diagonal:
-    ``log_s``; :meth:`factors` unpacks them). ``init`` starts from a random
+    ``log_s``; ``factors`` unpacks them). ``init`` starts from a random
     orthogonal matrix, so the layer is well conditioned (``log_det == 0``).
     ``log|det| = sum(log_s)`` per position (one for ``(batch, features)``;
     ``x`` may have more axes between the batch and the features).
 
     jaxinv rebuilds ``x`` from ``y`` by solving with ``W`` (``W`` is marked
-    with :func:`jaxinv.nonzero`, nonsingular by construction); ``inverse``
+    with ``jaxinv.nonzero``, nonsingular by construction); ``inverse``
     itself uses two triangular solves.
 
     Why ``P`` is recomputed, not stored: params are plain pytrees for
@@ -217,12 +218,13 @@ class InvertibleDense(_LU):
     buffer, ``sign(diag U)``, is not needed either: ``init`` absorbs those
     signs into the columns of its random orthogonal start (still orthogonal).
 
-    Example::
-
+    Example:
+        ```python
         layer = InvertibleDense(8)
         params = layer.init(jax.random.PRNGKey(0), x)       # x: (batch, 8)
         y, log_det = layer.forward_and_log_det(params, x)   # log_det: (batch,)
         x_again = layer.inverse(params, y)
+        ```
     """
     features: int = None  # type: ignore[assignment]
     seed: int = 0
@@ -250,19 +252,20 @@ class InvertibleConv1x1(_LU):
     """Glow's invertible 1x1 convolution on NHWC images (Kingma & Dhariwal
     2018): at every pixel ``y[b, i, j] = x[b, i, j] @ W``, with the LU
     parametrisation ``W = P @ L @ (U + diag(exp(log_s)))`` of
-    :class:`InvertibleDense` (same params, same fixed ``P`` from ``seed``).
+    ``InvertibleDense`` (same params, same fixed ``P`` from ``seed``).
 
     ``log|det| = H * W * sum(log_s)`` per example. The forward is a
     ``lax.conv_general_dilated`` with a 1x1 ``HWIO`` kernel marked with
-    :func:`jaxinv.nonzero`, which jaxinv's convolution rule inverts by solving
+    ``jaxinv.nonzero``, which jaxinv's convolution rule inverts by solving
     with ``W`` at every pixel. ``init`` starts from a random rotation.
 
-    Example::
-
+    Example:
+        ```python
         layer = InvertibleConv1x1()
         params = layer.init(jax.random.PRNGKey(0), x)       # x: (batch, h, w, c)
         y, log_det = layer.forward_and_log_det(params, x)   # log_det = h * w * sum(log_s)
         x_again = layer.inverse(params, y)
+        ```
     """
     seed: int = 0
 
@@ -357,17 +360,18 @@ class Householder(Layer):
     normal at init; a zero vector is not a reflection). Applied one reflection
     at a time (``O(k n)`` per row, never forming ``W``). The inverse applies
     the reflections in reverse order, each being its own inverse; the core is
-    a :class:`jaxinv.custom_ivjp` with that rule and a log-det of 0, so
+    a ``jaxinv.custom_ivjp`` with that rule and a log-det of 0, so
     jaxinv's backward pass rebuilds ``x`` the same way (and
     ``ct_x = ct_y @ W^T`` likewise) and ``jaxinv.inverse_and_ildj`` inverts
     it; so is the inverse, so a flow runs backwards reversibly too.
 
-    Example::
-
+    Example:
+        ```python
         layer = Householder(features=8, n_reflections=4)
         params = layer.init(jax.random.PRNGKey(0), x)        # x: (batch, 8)
         y = layer.apply(params, x)                            # |y| == |x| per row
         x_again = layer.inverse(params, y)
+        ```
     """
     features: int = None  # type: ignore[assignment]
     n_reflections: int = 2

@@ -6,11 +6,12 @@ written with ``reshape``, ``transpose`` and (for Haar) a ``dot_general`` by a
 constant orthogonal 4x4 matrix: jaxinv inverts each of these equations
 structurally, so nothing is saved for the backward pass.
 
-Example::
-
+Example:
+    ```python
     squeeze = Squeeze()                       # (8, 16, 16, 3) -> (8, 8, 8, 12)
     y = squeeze.apply({}, x)
     x_again = squeeze.inverse({}, y)
+    ```
 """
 
 from __future__ import annotations
@@ -65,11 +66,12 @@ class Squeeze(Layer):
     block. Written as reshape / transpose / reshape, which jaxinv inverts
     structurally (nothing saved).
 
-    Example::
-
+    Example:
+        ```python
         layer = Squeeze(factor=2)
         y = layer.apply({}, jnp.zeros((8, 16, 16, 3)))      # (8, 8, 8, 12)
         x = layer.inverse({}, y)                             # (8, 16, 16, 3)
+        ```
     """
     factor: int = 2
 
@@ -127,15 +129,16 @@ class HaarDownsampling(Layer):
     ``LL = (a + b + c + d) / 2`` (the average, times 2), ``LH = (a - b + c - d) / 2``
     (differences along the width), ``HL = (a + b - c - d) / 2`` (along the height),
     ``HH = (a - b - c + d) / 2``. The 1/2 makes the 4x4 matrix orthogonal, its
-    own inverse. Written as a :class:`Squeeze` and a ``dot_general`` by that
+    own inverse. Written as a ``Squeeze`` and a ``dot_general`` by that
     constant matrix, both of which jaxinv inverts (nothing saved).
 
-    Example::
-
+    Example:
+        ```python
         layer = HaarDownsampling()
         y = layer.apply({}, x)                   # x: (8, 16, 16, 3) -> y: (8, 8, 8, 12)
         low_pass = y[..., :3]                    # 2 x the 2x2 average pooling of x
         x_again = layer.inverse({}, y)
+        ```
     """
 
     def init(self, key: jax.Array, x: jax.Array) -> Params:

@@ -1,7 +1,7 @@
-"""Stacks of invertible layers: :class:`Sequential` (any layers, unrolled) and
-:class:`RevSequential` (one layer repeated, run with ``lax.scan``).
+"""Stacks of invertible layers: ``Sequential`` (any layers, unrolled) and
+``RevSequential`` (one layer repeated, run with ``lax.scan``).
 
-Both are :class:`jaxinv.nn.base.Layer`\\ s: a stack's log-det is the sum of its
+Both are ``jaxinv.nn.base.Layer``\\ s: a stack's log-det is the sum of its
 layers', its inverse runs the layers' inverses in reverse order.
 
 ``Sequential`` unrolls: its jaxpr, and so tracing and compile time, grow with
@@ -10,8 +10,8 @@ parameters of ``depth`` copies of one layer along a leading axis and scans
 over them; jaxinv inverts the scan by a reverse scan of the inverted body, so
 memory *and* compile time stay flat in depth.
 
-Example::
-
+Example:
+    ```python
     flow = Sequential((AffineCoupling(), AffineCoupling(swap=True), AdditiveCoupling()))
     params = flow.init(jax.random.PRNGKey(0), x)                # a tuple, one entry per layer
     y, log_det = flow.forward_and_log_det(params, x)
@@ -19,6 +19,7 @@ Example::
     deep = rev_sequential(ReversibleTransformerBlock(32, 4, 64), depth=48)
     params = deep.init(jax.random.PRNGKey(0), x)                # leaves with a leading axis of 48
     grads = jaxinv.grad(lambda p, x: jnp.sum(deep.apply(p, x) ** 2))(params, x)
+    ```
 """
 
 from __future__ import annotations
@@ -47,12 +48,13 @@ class Sequential(Layer):
     ``init`` initialises each layer on the previous layer's output at
     initialisation, so data-dependent inits (ActNorm) see their real inputs.
 
-    Example::
-
+    Example:
+        ```python
         flow = Sequential((AffineCoupling(hidden=(32,)), AffineCoupling(hidden=(32,), swap=True)))
         params = flow.init(jax.random.PRNGKey(0), x)
         y, log_det = flow.forward_and_log_det(params, x)
         x_again = flow.inverse(params, y)
+        ```
     """
     layers: tuple[Layer, ...]
 
@@ -116,12 +118,13 @@ class RevSequential(Layer):
 
     ``unroll`` is passed to ``lax.scan`` (speed vs compile time).
 
-    Example::
-
+    Example:
+        ```python
         stack = RevSequential(AffineCoupling(hidden=(32,), swap=True), depth=16)
         params = stack.init(jax.random.PRNGKey(0), x)
         y, log_det = stack.forward_and_log_det(params, x)
         g = jaxinv.grad(lambda p, x: jnp.sum(stack.apply(p, x) ** 2))(params, x)
+        ```
     """
     layer: Layer
     depth: int
@@ -186,10 +189,11 @@ def rev_sequential(layer: Layer, depth: int, unroll: int = 1) -> RevSequential:
     """``depth`` scanned copies of ``layer``: shorthand for
     ``RevSequential(layer, depth, unroll)``.
 
-    Example::
-
+    Example:
+        ```python
         net = rev_sequential(AdditiveCoupling(hidden=(64,)), depth=32)
         params = net.init(jax.random.PRNGKey(0), x)
         y = net.apply(params, x)
+        ```
     """
     return RevSequential(layer, depth, unroll)

@@ -2,10 +2,11 @@
 Mangalam et al. 2022), in plain ``jax.numpy``.
 
 The features are two streams of ``d_model`` each; attention and the MLP are
-the two residual functions of a RevNet coupling::
-
-    y1 = x1 + Attention(LayerNorm(x2))
-    y2 = x2 + MLP(LayerNorm(y1))
+the two residual functions of a RevNet coupling:
+```python
+y1 = x1 + Attention(LayerNorm(x2))
+y2 = x2 + MLP(LayerNorm(y1))
+```
 
 jaxinv inverts it as written: ``MLP(LayerNorm(y1))`` is recomputed from the
 known ``y1``, subtracted to give ``x2``, then the attention branch is
@@ -13,12 +14,13 @@ recomputed from ``x2`` to give ``x1``. Nothing inside attention or the MLP is
 ever inverted (softmax, GELU and the normalisation are not injective, and need
 not be), so a stack keeps only its parameters and outputs.
 
-Example::
-
+Example:
+    ```python
     block = ReversibleTransformerBlock(d_model=32, n_heads=4, d_ff=64)
     x = jnp.zeros((2, 10, 64))                    # (batch, seq, 2 * d_model)
     params = block.init(jax.random.PRNGKey(0), x)
     y = block.apply(params, x)
+    ```
 """
 
 from __future__ import annotations
@@ -38,10 +40,11 @@ __all__ = ["ReversibleTransformerBlock", "layer_norm", "multi_head_attention"]
 def layer_norm(params: Params, x: jax.Array, eps: float = 1e-5) -> jax.Array:
     """Layer normalisation over the last axis; ``params = (scale, bias)``.
 
-    Example::
-
+    Example:
+        ```python
         d = 8
         y = layer_norm((jnp.ones(d), jnp.zeros(d)), x)      # x: (..., 8)
+        ```
     """
     scale, bias = params
     mean = jnp.mean(x, axis=-1, keepdims=True)
@@ -53,11 +56,12 @@ def multi_head_attention(params: Params, x: jax.Array, n_heads: int, causal: boo
     """Multi-head self-attention on ``x`` of shape ``(batch, seq, d)``;
     ``params = {"wq", "wk", "wv", "wo": (d, d) matrices}``.
 
-    Example::
-
+    Example:
+        ```python
         ks = jax.random.split(jax.random.PRNGKey(0), 4)
         p = {n: jax.random.normal(k, (16, 16)) / 4 for n, k in zip(("wq", "wk", "wv", "wo"), ks)}
         y = multi_head_attention(p, jnp.ones((2, 5, 16)), n_heads=4, causal=True)   # (2, 5, 16)
+        ```
     """
     b, s, d = x.shape
     if d % n_heads:
@@ -94,13 +98,14 @@ class ReversibleTransformerBlock(Layer):
     (``jnp.concatenate([h, h], -1)``), as Reformer and Rev-ViT do, and
     average the streams at the end.
 
-    Example::
-
+    Example:
+        ```python
         block = ReversibleTransformerBlock(d_model=16, n_heads=2, d_ff=32, causal=True)
         x = jax.random.normal(jax.random.PRNGKey(1), (2, 5, 32))
         params = block.init(jax.random.PRNGKey(0), x)
         y = block.apply(params, x)
         x_again = block.inverse(params, y)
+        ```
     """
     d_model: int
     n_heads: int

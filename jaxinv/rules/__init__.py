@@ -1,5 +1,5 @@
 """The built-in rule packs: one module per family, each only registers rules
-into its ``pack`` (a :class:`jaxinv.RulePack`); importing this package
+into its ``pack`` (a ``jaxinv.RulePack``); importing this package
 installs them all.
 """
 

@@ -18,7 +18,7 @@ A call is recognised in two steps:
    that moved the function) is not one of them.
 2. *structure*, the proof: the registered public function is traced again at
    the call's own input types, and the body of the ``custom_jvp_call`` it binds
-   must equal the call's body, equation by equation (:func:`structurally_equal`);
+   must equal the call's body, equation by equation (``structurally_equal``);
    under ``vmap`` the body is compared with the function's own, batched alike.
    A signature alone is not enough: on JAX 0.5.3 ``jnp.logaddexp2`` and
    ``jnp.logaddexp`` were defined at one site, and softplus was inverted with
@@ -30,8 +30,8 @@ A call that fails either step (a look-alike, a body batched other than over
 leading axes, a retrace that fails) is not recognised: its body is inverted by
 the per-primitive rules, which invert it correctly or refuse.
 
-``custom_jvp_call``'s inverse rule (:mod:`jaxinv.rules.control_flow`) asks
-:func:`known_inverse` first and inverts the body otherwise. The rules here are
+``custom_jvp_call``'s inverse rule (``jaxinv.rules.control_flow``) asks
+``known_inverse`` first and inverts the body otherwise. The rules here are
 true inverses (these functions are injective), so they serve gradients too;
 their cotangents still come from the function's own custom JVP.
 """
@@ -65,12 +65,13 @@ _reference_bodies: dict[tuple, ClosedJaxpr | None] = {}
 def register_function_inverse(fn: Callable, example_args: tuple, rule: FunctionInverse) -> FunctionInverse:
     """Invert the ``custom_jvp`` function that ``fn(*example_args)`` binds with
     ``rule(invals, outvals) -> invals`` (the call's inputs, ``None`` for the
-    unknown ones; raise :class:`NotInvertibleError` for a pattern it cannot solve).
+    unknown ones; raise ``NotInvertibleError`` for a pattern it cannot solve).
 
-    Example::
-
+    Example:
+        ```python
         register_function_inverse(jax.scipy.special.logit, (0.5,),
                                   lambda invals, outvals: [lax.logistic(outvals[0])])
+        ```
     """
     global _by_signature
     _registered.append((fn, tuple(example_args), rule))
@@ -87,11 +88,12 @@ def signature(call_jaxpr, jvp_fun) -> tuple[str, str] | None:
     """Where a ``custom_jvp_call``'s function and JVP rule were defined (None if
     JAX did not record it): a fast filter, not a proof of identity.
 
-    Example::
-
+    Example:
+        ```python
         eqn = jax.make_jaxpr(jnp.logaddexp)(1.0, 2.0).eqns[0]
         signature(eqn.params["call_jaxpr"], eqn.params["jvp_jaxpr_fun"])
         # ('logaddexp at .../jax/_src/lax/other.py:261', '_logaddexp_jvp at .../jax/_src/lax/other.py:282')
+        ```
     """
     fun_src = _src(getattr(call_jaxpr, "jaxpr", call_jaxpr))
     jvp_src = _src(jvp_fun)
@@ -168,10 +170,11 @@ def known_inverse(call_jaxpr, jvp_fun) -> FunctionInverse | None:
     its signature must match, and its body must equal the one the function
     binds at the call's input types (directly, or under ``vmap``).
 
-    Example::
-
+    Example:
+        ```python
         eqn = jax.make_jaxpr(jax.nn.softplus)(1.0).eqns[0].params["jaxpr"].eqns[0]
         known_inverse(eqn.params["call_jaxpr"], eqn.params["jvp_jaxpr_fun"])  # logaddexp's rule
+        ```
     """
     sig = signature(call_jaxpr, jvp_fun)
     candidates = _table().get(sig, ()) if sig is not None else ()
@@ -197,11 +200,12 @@ def structurally_equal(a, b) -> bool:
     the same way), operands (variables by position of definition, literals by
     value and type) and output types.
 
-    Example::
-
+    Example:
+        ```python
         f = lambda x: jnp.sin(x) * 2.0
         structurally_equal(jax.make_jaxpr(f)(1.0), jax.make_jaxpr(f)(3.0))         # True
         structurally_equal(jax.make_jaxpr(f)(1.0), jax.make_jaxpr(jnp.cos)(1.0))   # False
+        ```
     """
     if isinstance(a, ClosedJaxpr) != isinstance(b, ClosedJaxpr):
         return False

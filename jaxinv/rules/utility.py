@@ -4,7 +4,7 @@ jaxinv's own primitives: the ``nonzero`` marker and ``custom_ivjp`` calls.
 * Identity-like primitives (``optimization_barrier``, ``sharding_constraint``,
   ``checkpoint_name``'s ``name``, ``stop_gradient``): the input is the output.
 * ``jit`` / ``pjit``, ``closed_call``, ``call`` and ``remat`` (``jax.checkpoint``)
-  need no rule: :mod:`jaxinv.flatten` inlines their bodies, so the planner sees
+  need no rule: ``jaxinv.flatten`` inlines their bodies, so the planner sees
   (and inverts) across their borders.
 * PRNG: ``random_bits``, ``random_split``, ``random_fold_in`` (and the
   arithmetic that turns bits into a dropout mask) are hashes of the key; they are
