@@ -236,6 +236,9 @@ def update_readme(readme: pathlib.Path, text: str) -> None:
     readme.write_text(content[:start] + "\n" + text + "\n" + content[end:])
 
 
+PLOT_COLUMNS = 3
+
+
 def plot(records: list[dict[str, Any]], out_dir: pathlib.Path) -> list[pathlib.Path]:
     """memory.png (temp memory vs depth) and time_ratio.png (time / jax.grad vs
     depth), one panel per network. Needs matplotlib (``pip install jaxinv[bench]``)."""
@@ -250,8 +253,13 @@ def plot(records: list[dict[str, Any]], out_dir: pathlib.Path) -> list[pathlib.P
     paths = []
     for name, field, ylabel, log in [("memory.png", "temp_bytes", "XLA temp memory (MiB)", True),
                                       ("time_ratio.png", "time_ratio", "wall time / jax.grad", False)]:
-        fig, axes = plt.subplots(1, len(groups), figsize=(4.2 * len(groups), 3.6), squeeze=False)
-        for ax, ((network, mode), rows) in zip(axes[0], groups.items()):
+        columns = min(len(groups), PLOT_COLUMNS)  # a grid, so that each panel stays readable on a page
+        rows_of_panels = -(-len(groups) // columns)
+        fig, axes = plt.subplots(rows_of_panels, columns, figsize=(4.2 * columns, 3.6 * rows_of_panels),
+                                 squeeze=False)
+        for ax in axes.flat[len(groups):]:
+            ax.set_visible(False)
+        for ax, ((network, mode), rows) in zip(axes.flat, groups.items()):
             for method in methods:
                 pts = sorted((r["depth"], r) for r in rows if r["method"] == method)
                 if not pts:

@@ -78,6 +78,12 @@ class BlockCheck:
     input: its gradient) and the float64 reference; ``baseline_angle_deg``:
     the same for plain AD in the working dtype. None where no
     cotangent reaches the value.
+
+    Example:
+        ```python
+        worst = max(report.rows, key=lambda row: row.rel_error or 0.0)
+        print(worst.name, worst.how, worst.rel_error)
+        ```
     """
     name: str
     kind: str
@@ -97,7 +103,13 @@ class ReconstructionReport:
     together with the reference; ``baseline_grad_angle_deg`` is plain
     AD in the working dtype against the same reference. ``grads`` is
     jaxinv's gradient (a tuple, one entry per argument), ``reference_grads``
-    the reference's (in ``reference_dtype``).
+    the reference's (in ``reference_dtype``). ``str()`` is the table.
+
+    Example:
+        ```python
+        report = jaxinv.check_reconstruction(net, params, x)
+        assert report.ok, report          # the gradient within angle_tol degrees of float64's
+        ```
     """
     rows: list[BlockCheck]
     grad_angle_deg: float

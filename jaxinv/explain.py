@@ -16,7 +16,20 @@ from jaxinv.tracing import trace
 
 @dataclasses.dataclass
 class Row:
-    """One equation (or the function's inputs) and the fate of its values."""
+    """One equation (or the function's inputs) and the fate of its values.
+
+    ``index`` is the equation's number in the flat jaxpr (``None`` for the
+    function's inputs), ``source`` the user's line, ``fate`` what the backward
+    pass does with its values (``"reconstructed"``, ``"recomputed"``,
+    ``"saved"``, ``"output"``, ...), ``detail`` how or why, and
+    ``saved_bytes`` what saving them costs.
+
+    Example:
+        ```python
+        saved = [row for row in jaxinv.explain(f, x).rows if row.fate == "saved"]
+        print(saved[0].primitive, saved[0].source, saved[0].detail)
+        ```
+    """
     index: int | None          # equation number; None for the function's inputs
     primitive: str
     source: str
@@ -30,7 +43,18 @@ class Explanation:
     """The plan for one function, equation by equation.
 
     ``saved_bytes`` is what the forward pass keeps for the backward pass
-    besides the outputs and closure values.
+    besides the outputs and closure values; ``saved_input_bytes`` the part of
+    it that is the function's own inputs (referenced, not copied);
+    ``loops_differentiated_by_jax`` counts loops whose body is not invertible
+    (JAX's scan VJP stores one value per iteration while the backward pass
+    runs, memory ``saved_bytes`` does not count). ``str()`` is the table.
+
+    Example:
+        ```python
+        explanation = jaxinv.explain(revnet, params, x1, x2)
+        print(explanation)                                  # the table
+        assert explanation.saved_activation_bytes == 0      # flat in depth
+        ```
     """
     rows: list[Row]
     saved_bytes: int
