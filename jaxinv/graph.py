@@ -245,8 +245,9 @@ class Graph:
         if v not in self._concrete_facts:
             value = self.concrete(v) if v in self.producer else None
             # A constant's facts are what its value shows (a 0/1 mask is not
-            # nonzero, even for jaxinv.inverse, which assumes the rest is).
-            self._concrete_facts[v] = None if value is None else self.facts[v] | F.of_value(value)
+            # nonzero, even for jaxinv.inverse, which assumes the rest is). Its
+            # value decides "nonzero" even against a rule: exp(-200) is 0 in float32.
+            self._concrete_facts[v] = None if value is None else (self.facts[v] - {F.NONZERO}) | F.of_value(value)
         if self._concrete_facts[v] is not None:
             return self._concrete_facts[v]
         if self.assume_nonzero and v not in self.concrete_inputs:

@@ -123,7 +123,8 @@ class RulePack:
 
     Example:
         ```python
-        from jaxinv import RulePack, Example, reals
+        from jaxinv import RulePack, Example
+        from jaxinv.domains import reals
         pack = RulePack("my_pack", version="0.1.0", jax_versions=">=0.10")
         pack.defunary(my_exp_p, jnp.log, examples=Example(my_exp, reals(-5, 5)))
         jaxinv.install_rule_pack(pack)     # or publish it under the entry point group
@@ -315,8 +316,11 @@ class RulePack:
         ``inverse(y, **params) -> x``; the optional fused ``ct(x, y, ct_y,
         **params) -> ct_x`` registers an ivjp too. ``inverse``/``ct`` receive
         only the params they name. Also declares "nonzero iff the input is",
-        unless a nonzero rule is registered first, and the primitive
-        elementwise (its log-det for ``jaxinv.ildj`` is derived from ``inverse``).
+        unless a nonzero rule is registered first: true when ``prim(0) == 0``
+        (``tanh``, ``sinh``); for any other primitive register its nonzero rule
+        first (``log``: never, as ``log(1) == 0``), or the planner may divide by
+        a zero. And declares the primitive elementwise (its log-det for
+        ``jaxinv.ildj`` is derived from ``inverse``).
         ``saturates`` declares the inverse ill-conditioned where the output
         saturates (see ``register_saturating``).
 

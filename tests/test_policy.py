@@ -71,6 +71,18 @@ def test_zero_constant_closed_over_is_not_a_divisor():
     assert _fate_of_inputs(lambda x: jnp.sinh(x * nonzero_c), X) == ["reconstructed"]
 
 
+def test_a_given_factor_that_underflowed_to_zero_is_not_a_divisor():
+    """exp(c) is nonzero by its rule, but exp(-200) is 0 in float32: where c is
+    a given value, its value decides, and x is saved, not rebuilt as 0 / 0."""
+    c = jnp.array([-200.0, 0.5, 1.0, -1.0])
+    h = lambda x, c: (x * jnp.exp(c), jnp.sin(x))   # sin needs x in the backward pass
+    loss = lambda x, c: sum(jnp.sum(y) for y in h(x, c))
+    g = jaxinv.grad(loss)(X, c)
+    assert bool(jnp.all(jnp.isfinite(g)))
+    assert_trees_close(g, jax.grad(loss)(X, c))
+    assert jaxinv.explain(h, X, c, argnums=0).rows[0].fate == "saved"
+
+
 def test_dropout_is_replayed_from_its_key():
     """Random ops are recomputed from the saved key: only the key is saved,
     the mask never is, and the activations are reconstructed."""
