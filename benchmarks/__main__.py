@@ -22,9 +22,10 @@ import pathlib
 import sys
 
 import jax
+from tqdm import tqdm
 
 from benchmarks.report import markdown, plot, summary, targets, update_readme
-from benchmarks.sweep import SWEEPS, ProgressBar, run_sweep, total_steps
+from benchmarks.sweep import SWEEPS, run_sweep, total_steps
 
 
 def main(argv=None) -> int:
@@ -44,9 +45,11 @@ def main(argv=None) -> int:
     out = args.out or pathlib.Path(__file__).parent / "results" / ("smoke" if args.smoke else jax.default_backend())
     out.mkdir(parents=True, exist_ok=True)
     repeats = args.repeats or (2 if args.smoke else 15)
-    bar = ProgressBar(total_steps(configs))
-    bar.update("compiling...")
-    records = run_sweep(configs, repeats=repeats, time_budget_s=1.0 if args.smoke else 10.0, progress=bar.step)
+    with tqdm(total=total_steps(configs), desc=f"{sweep} benchmark", unit="depth", file=sys.stderr) as bar:
+        def step(label: str) -> None:
+            bar.set_postfix_str(label, refresh=False)
+            bar.update()
+        records = run_sweep(configs, repeats=repeats, time_budget_s=1.0 if args.smoke else 10.0, progress=step)
 
     checked = [] if args.smoke else targets(records)
     command = "python -m benchmarks" + (" --smoke" if args.smoke else "")

@@ -41,7 +41,7 @@ import numpy as np
 
 from benchmarks.methods import METHODS, Method
 from benchmarks.networks import Network
-from jaxinv.compat import enable_x64
+from jaxinv._src.compat import enable_x64
 
 
 def residual_bytes(method: Method, net: Network, params, x) -> int:

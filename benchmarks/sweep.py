@@ -2,14 +2,12 @@
 
 Example::
 
-    records = run_sweep(SWEEPS["full"], progress=ProgressBar(total_steps(SWEEPS["full"])))
+    records = run_sweep(SWEEPS["smoke"], progress=print)   # progress(label) after each network and depth
 """
 
 from __future__ import annotations
 
 import dataclasses
-import sys
-import time
 from typing import Any, Callable
 
 import jax
@@ -74,28 +72,6 @@ SWEEPS = {
 
 def total_steps(configs) -> int:
     return sum(len(c.depths) for c in configs)
-
-
-class ProgressBar:
-    """A one-line progress bar on stderr (no dependency)."""
-
-    def __init__(self, total: int, width: int = 30, stream=None):
-        self.total, self.done, self.width = total, 0, width
-        self.stream = stream or sys.stderr
-        self.start = time.perf_counter()
-
-    def update(self, label: str) -> None:
-        filled = self.width * self.done // max(self.total, 1)
-        elapsed = time.perf_counter() - self.start
-        self.stream.write(f"\r[{'#' * filled}{'.' * (self.width - filled)}] {self.done}/{self.total} "
-                          f"{elapsed:5.0f}s  {label:<48}")
-        self.stream.flush()
-
-    def step(self, label: str) -> None:
-        self.done += 1
-        self.update(label)
-        if self.done == self.total:
-            self.stream.write("\n")
 
 
 def measure_depth(config: Config, depth: int, repeats: int, time_budget_s: float,

@@ -16,14 +16,14 @@ import sys
 
 from jaxinv import packs
 from jaxinv._version import __version__
-from jaxinv.compat import PRIMITIVES_SINCE, SUPPORTED_JAX
-from jaxinv.partial import SELECTION_PRIMITIVES
+from jaxinv._src.compat import PRIMITIVES_SINCE, SUPPORTED_JAX
+from jaxinv._src.partial import SELECTION_PRIMITIVES
 from jaxinv.rules import BUILTIN_PACKS
 
 HERE = pathlib.Path(__file__).resolve().parent
 TARGET = HERE / "rules.md"
 
-# Call-like primitives: no rule, their bodies are inlined (jaxinv/flatten.py).
+# Call-like primitives: no rule, their bodies are inlined (jaxinv/_src/flatten.py).
 INLINED = {
     "jit (pjit)": "body inlined: the planner sees across its border",
     "closed_call, call, core_call": "body inlined",
@@ -110,7 +110,7 @@ def render() -> str:
         "",
         "## Partial knowledge: equations that move known elements",
         "",
-        "The planner also tracks which *elements* of an array it knows (`jaxinv.partial`), so code that "
+        "The planner also tracks which *elements* of an array it knows (`jaxinv._src.partial`), so code that "
         "splits and reassembles activations by indexing is rebuilt piece by piece, and an array whose pieces "
         "are all known is known. Selections (each output element copies one input element, found by running "
         "the equation on integer tags at plan time) move knowledge both ways: "

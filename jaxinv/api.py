@@ -2,23 +2,17 @@
 
 from __future__ import annotations
 
-from typing import Any, Callable, Sequence
+from typing import Callable, Sequence
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 from jax.tree_util import register_pytree_node_class, tree_flatten, tree_leaves, tree_structure, tree_unflatten
 
-from jaxinv import interpreter
+from jaxinv._src import interpreter
 from jaxinv.registry import NotInvertibleError, RuleError
-from jaxinv.tracing import Traced, plan_traced, trace, trace_only
-
-
-def _zeros_like_input(x):
-    aval = jax.typeof(x) if hasattr(jax, "typeof") else jax.core.get_aval(x)
-    if jnp.issubdtype(aval.dtype, jnp.inexact):
-        return jnp.zeros(aval.shape, aval.dtype)
-    return np.zeros(aval.shape, jax.dtypes.float0)
+from jaxinv._src.tracing import Traced, plan_traced, trace, trace_only
+from jaxinv._src.dtypes import zero_cotangent
+from jaxinv._src.dtypes import is_float
 
 
 @register_pytree_node_class
@@ -54,8 +48,8 @@ class VJPFunction:
         inputs = self.consts + [None] * len(self.arg_avals)
         cts = interpreter.backward(t.plan, inputs, self.residuals, self.outs, flat_ct + [None] * n_aux)
         arg_cts = cts[t.num_consts:]
-        arg_cts = [c if c is not None else _zeros_like_input(a) for c, a in zip(arg_cts, self.arg_avals)]
-        arg_cts = [c.astype(a.dtype) if c.dtype != a.dtype and jnp.issubdtype(a.dtype, jnp.inexact) else c
+        arg_cts = [c if c is not None else zero_cotangent(a) for c, a in zip(arg_cts, self.arg_avals)]
+        arg_cts = [c.astype(a.dtype) if c.dtype != a.dtype and is_float(a) else c
                    for c, a in zip(arg_cts, self.arg_avals)]
         return tree_unflatten(t.in_tree, arg_cts)
 
@@ -69,7 +63,7 @@ def _cotangent_like(ct, y, name: str):
     if got.shape != want.shape:
         raise ValueError(f"the cotangent for {name} has shape {got.shape}, but the output has shape "
                          f"{want.shape}: {fix}")
-    if got.dtype == want.dtype or not jnp.issubdtype(want.dtype, jnp.inexact):
+    if got.dtype == want.dtype or not is_float(want):
         return ct
     if got.weak_type and jnp.result_type(ct, want.dtype) == want.dtype:
         return jnp.asarray(ct, want.dtype)
@@ -135,7 +129,7 @@ def _check_differentiable(args, nums, allow_int: bool) -> None:
     names = _leaf_names(tuple(args[i] for i in nums), "argument", [i % len(args) for i in nums])
     for x, name in zip(tree_leaves([args[i] for i in nums]), names):
         dtype = jnp.result_type(x)
-        if not jnp.issubdtype(dtype, jnp.inexact) and not allow_int:
+        if not is_float(dtype) and not allow_int:
             raise TypeError(f"grad requires real- or complex-valued inputs (input dtype that is a sub-dtype "
                             f"of np.inexact), but got {dtype.name} for {name}. If you want to use Boolean- "
                             "or integer-valued inputs, use vjp or set allow_int to True.")
@@ -163,7 +157,7 @@ def value_and_grad(f: Callable, argnums: int | Sequence[int] = 0, has_aux: bool 
         if len(leaves) != 1 or jnp.shape(leaves[0]) != ():
             raise TypeError("grad requires a function with a scalar output, got shape "
                             f"{[jnp.shape(l) for l in leaves]}")
-        if not jnp.issubdtype(jnp.result_type(leaves[0]), jnp.inexact):
+        if not is_float(leaves[0]):
             raise TypeError(f"grad requires a real- or complex-valued output, got {jnp.result_type(leaves[0])}")
         grads = fn(jax.tree_util.tree_map(jnp.ones_like, out))
         grads = grads[0] if isinstance(argnums, int) else tuple(grads)

@@ -38,6 +38,7 @@ Example:
 
 from __future__ import annotations
 
+import functools
 import contextlib
 import dataclasses
 import math
@@ -50,16 +51,15 @@ import jax.numpy as jnp
 import numpy as np
 from jax.ad_checkpoint import checkpoint_name
 from jax.extend import source_info_util
-from jax.extend.core import Literal, Var
-from jax.extend.core import primitives as P
+from jax.extend.core import Var
 from jax.tree_util import tree_flatten, tree_leaves, tree_unflatten
 
-from jaxinv import interpreter
-from jaxinv.compat import enable_x64, jit_p, literal_value, name_p
-from jaxinv.flatten import eval_eqn, flatten, inline_rules
+from jaxinv._src import interpreter
+from jaxinv._src.compat import enable_x64, jit_p, name_p
+from jaxinv._src.flatten import atom_value, eval_eqn, flatten, inline_rules, trace_flat
 from jaxinv.markers import anchor_p
-from jaxinv.graph import is_float
-from jaxinv.tracing import trace
+from jaxinv._src.dtypes import is_float, zero_cotangent
+from jaxinv._src.tracing import trace
 
 # checkpoint_name labels jaxinv gives to the outputs of the user's jit-ed blocks
 _JIT_PREFIX = "jaxinv.check:"
@@ -232,7 +232,7 @@ def _eval_marking(jaxpr, consts, args, counts: Counter) -> list:
     user's jit-ed function. A jaxpr that is a single call (``f`` itself jit-ed or
     ``jaxinv.invertible``) is entered."""
     env: dict = {}
-    read = lambda v: literal_value(v) if isinstance(v, Literal) else env[v]
+    read = functools.partial(atom_value, env)
     env.update(zip(jaxpr.constvars, consts))
     env.update(zip(jaxpr.invars, args))
     single = len(jaxpr.eqns) == 1
@@ -258,15 +258,9 @@ def _marked(f: Callable) -> Callable:
 
     def g(*args):
         flat, tree = tree_flatten(args)
-        store = {}
-
-        def flat_f(*leaves):
-            out_leaves, store["tree"] = tree_flatten(f(*tree_unflatten(tree, leaves)))
-            return out_leaves
-
-        closed = jax.make_jaxpr(flat_f)(*flat)
+        closed, out_tree = trace_flat(f, flat, tree)
         outs = _eval_marking(closed.jaxpr, closed.consts, flat, Counter())
-        return tree_unflatten(store["tree"], outs)
+        return tree_unflatten(out_tree, outs)
 
     return g
 
@@ -312,47 +306,23 @@ def _user_names(jaxpr) -> bool:
 # ---------------------------------------------------------------- the measurement
 
 
-class _RecordingEnv(dict):
-    """The sweep's environment, remembering the first value written for each
-    watched variable (the sweep drops values once it has passed them)."""
+class _Recorder:
+    """Watches jaxinv's backward sweep (its ``SweepObserver``): the first value
+    it holds for each watched variable (it drops values once it has passed
+    them), and the cotangents reaching the watched equations' outputs."""
 
-    def __init__(self, initial: dict, watch: set, log: dict):
-        super().__init__()
-        self.watch, self.log = watch, log
-        self.update(initial)
-
-    def __setitem__(self, k, v):
-        if k in self.watch and k not in self.log:
-            self.log[k] = v
-        super().__setitem__(k, v)
-
-    def update(self, *args, **kwargs):
-        for k, v in dict(*args, **kwargs).items():
-            self[k] = v
-
-    def setdefault(self, k, v=None):
-        if k not in self:
-            self[k] = v
-        return self[k]
-
-
-class _RecordingSweep(interpreter._Sweep):
-    """jaxinv's backward sweep, recording the rebuilt values and the cotangents
-    of watched variables."""
-
-    def __init__(self, plan, inputs, residuals, outvals, watch: set, watch_eqns: set):
-        super().__init__(plan, inputs, residuals, outvals)
+    def __init__(self, watch: set, watch_eqns: set):
+        self.watch, self.watch_eqns = watch, watch_eqns
         self.rebuilt: dict = {}
         self.cts: dict = {}
-        self.watch_eqns = watch_eqns
-        self.env = _RecordingEnv(self.env, watch, self.rebuilt)
 
-    def eqn_vjp(self, i, out_ct, active_in):
+    def value(self, v, x) -> None:
+        if v in self.watch and v not in self.rebuilt:
+            self.rebuilt[v] = x
+
+    def cotangents(self, i, outvars, cts) -> None:
         if i in self.watch_eqns:
-            for v, ct in zip(self.eqns[i].outvars, out_ct):
-                if ct is not None:
-                    self.cts[v] = ct
-        return super().eqn_vjp(i, out_ct, active_in)
+            self.cts.update((v, ct) for v, ct in zip(outvars, cts) if ct is not None)
 
 
 def _evaluate(closed, inputs) -> tuple[dict, list]:
@@ -361,7 +331,7 @@ def _evaluate(closed, inputs) -> tuple[dict, list]:
     jaxpr = closed.jaxpr
     env: dict = dict(zip(jaxpr.constvars, closed.consts))
     env.update(zip(jaxpr.invars, inputs))
-    read = lambda v: literal_value(v) if isinstance(v, Literal) else env[v]
+    read = functools.partial(atom_value, env)
     for e in jaxpr.eqns:
         env.update(zip(e.outvars, eval_eqn(e, [read(v) for v in e.invars])))
     return env, [read(v) for v in jaxpr.outvars]
@@ -373,7 +343,7 @@ def _backprop(closed, env, out_cts, watch_eqns) -> tuple[list, dict]:
     stored values. Returns the inputs' cotangents (None for zero) and the
     cotangents of the watched equations' outputs."""
     jaxpr = closed.jaxpr
-    read = lambda v: literal_value(v) if isinstance(v, Literal) else env[v]
+    read = functools.partial(atom_value, env)
     active = {v for v in jaxpr.invars if is_float(v.aval)}
     for e in jaxpr.eqns:
         if any(isinstance(v, Var) and v in active for v in e.invars):
@@ -401,13 +371,13 @@ def _backprop(closed, env, out_cts, watch_eqns) -> tuple[list, dict]:
 
 def _default_loss(out):
     return sum(jnp.sum(jnp.square(jnp.abs(y))) for y in tree_leaves(out)
-               if jnp.issubdtype(jnp.result_type(y), jnp.inexact))
+               if is_float(y))
 
 
 def _output_cts(loss, out_tree, outs, num_out) -> list:
     """d loss / d output, one entry per flat output (None: not a float, or aux)."""
     vals = list(outs[:num_out])
-    idx = [j for j, y in enumerate(vals) if jnp.issubdtype(jnp.result_type(y), jnp.inexact)]
+    idx = [j for j, y in enumerate(vals) if is_float(y)]
 
     def total(floats):
         full = list(vals)
@@ -423,17 +393,11 @@ def _output_cts(loss, out_tree, outs, num_out) -> list:
 
 
 def _flat(f: Callable, args: tuple):
-    """``f`` traced at ``args`` to one flat jaxpr, as ``jaxinv.tracing.trace``
+    """``f`` traced at ``args`` to one flat jaxpr, as ``jaxinv._src.tracing.trace``
     does (closure values lifted to leading inputs): ``(closed, consts, out_tree)``."""
     flat_args, in_tree = tree_flatten(args)
-    store = {}
-
-    def flat_f(*leaves):
-        out_leaves, store["tree"] = tree_flatten(f(*tree_unflatten(in_tree, leaves)))
-        return out_leaves
-
-    traced = jax.make_jaxpr(flat_f)(*flat_args)
-    return flatten(traced), list(traced.consts), store["tree"]
+    traced, out_tree = trace_flat(f, flat_args, in_tree)
+    return flatten(traced), list(traced.consts), out_tree
 
 
 def check_reconstruction(f: Callable, *args, loss: Callable | None = None, reference_dtype=jnp.float64,
@@ -478,21 +442,21 @@ def check_reconstruction(f: Callable, *args, loss: Callable | None = None, refer
     residuals = [truth[v] for v in plan.saved]
     out_cts = _output_cts(loss, t.out_tree, outs, t.num_out)
     known = [*t.consts, *[None] * len(flat_args)]
-    sweep = _RecordingSweep(plan, known, residuals, outs, set(watch_vars) | set(arg_vars), watch_eqns)
-    arg_cts = sweep.run(out_cts)[nc:]
-    missing = [v for v in (*watch_vars, *arg_vars) if v not in sweep.rebuilt and v in plan.sources]
+    recorder = _Recorder(set(watch_vars) | set(arg_vars), watch_eqns)
+    arg_cts = interpreter._Sweep(plan, known, residuals, outs, observer=recorder).run(out_cts)[nc:]
+    missing = [v for v in (*watch_vars, *arg_vars) if v not in recorder.rebuilt and v in plan.sources]
     if missing:  # values no cotangent needed: rebuild them by a plain reconstruction
         plain = interpreter._Sweep(plan, known, residuals, outs)
         for v in reversed(missing):
-            sweep.rebuilt[v] = plain.value(v)
+            recorder.rebuilt[v] = plain.value(v)
 
     # plain AD in the working dtype, and in reference_dtype
     base_in, base_w = _backprop(plan.closed, truth, out_cts, watch_eqns)
     jit_named = jit_blocks and any(e.primitive is name_p and str(e.params["name"]).startswith(_JIT_PREFIX)
                                    for e in jaxpr.eqns)
     ref_args, ref_w = _reference(marked if jit_named else f, args, reference_dtype, groups, jit_blocks, loss)
-    float_args = [j for j, x in enumerate(flat_args) if jnp.issubdtype(jnp.result_type(x), jnp.inexact)]
-    or_zero = lambda c, j: c if c is not None else _zero_like(flat_args[j])
+    float_args = [j for j, x in enumerate(flat_args) if is_float(x)]
+    or_zero = lambda c, j: c if c is not None else zero_cotangent(flat_args[j])
     mine_g = {j: or_zero(arg_cts[j], j) for j in float_args}
     base_g = {j: or_zero(base_in[nc + j], j) for j in float_args}
     ref_g = {j: ref_args[j] if ref_args[j] is not None else np.zeros(np.shape(flat_args[j])) for j in float_args}
@@ -503,8 +467,8 @@ def check_reconstruction(f: Callable, *args, loss: Callable | None = None, refer
         idx = list(range(start, start + len(tree_leaves(arg))))
         start += len(idx)
         kinds = [plan.sources[arg_vars[j]].kind if arg_vars[j] in plan.sources else "unused" for j in idx]
-        have = [j for j in idx if arg_vars[j] in sweep.rebuilt]
-        err = rel_error([sweep.rebuilt[arg_vars[j]] for j in have], [flat_args[j] for j in have]) if have else None
+        have = [j for j in idx if arg_vars[j] in recorder.rebuilt]
+        err = rel_error([recorder.rebuilt[arg_vars[j]] for j in have], [flat_args[j] for j in have]) if have else None
         fl = [j for j in idx if j in ref_g]
         ang = angle_deg([mine_g[j] for j in fl], [ref_g[j] for j in fl]) if fl else None
         bang = angle_deg([base_g[j] for j in fl], [ref_g[j] for j in fl]) if fl else None
@@ -512,9 +476,9 @@ def check_reconstruction(f: Callable, *args, loss: Callable | None = None, refer
     for k, g in enumerate(groups):
         vs = [jaxpr.eqns[i].outvars[0] for i in g.eqns]
         kinds = [plan.sources[v].kind if v in plan.sources else "unused" for v in vs]
-        have = [v for v in vs if v in sweep.rebuilt]
-        err = rel_error([sweep.rebuilt[v] for v in have], [truth[v] for v in have]) if have else None
-        mine, base, ref = [sweep.cts.get(v) for v in vs], [base_w.get(v) for v in vs], ref_w[k]
+        have = [v for v in vs if v in recorder.rebuilt]
+        err = rel_error([recorder.rebuilt[v] for v in have], [truth[v] for v in have]) if have else None
+        mine, base, ref = [recorder.cts.get(v) for v in vs], [base_w.get(v) for v in vs], ref_w[k]
         if all(c is not None for c in (*mine, *base, *ref)):
             ang, bang = angle_deg(mine, ref), angle_deg(base, ref)
         else:
@@ -531,14 +495,10 @@ def check_reconstruction(f: Callable, *args, loss: Callable | None = None, refer
         grad_rel_error=rel_error(mine_all, ref_all) if float_args else 0.0,
         baseline_grad_angle_deg=angle_deg([base_g[j] for j in float_args], ref_all) if float_args else 0.0,
         dtype=dtype, reference_dtype=str(np.dtype(reference_dtype)), angle_tol=angle_tol,
-        grads=tree_unflatten(in_tree, [mine_g.get(j, _zero_like(x)) for j, x in enumerate(flat_args)]),
-        reference_grads=tree_unflatten(in_tree, [ref_g.get(j, _zero_like(x)) for j, x in enumerate(flat_args)]))
+        grads=tree_unflatten(in_tree, [mine_g.get(j, zero_cotangent(x)) for j, x in enumerate(flat_args)]),
+        reference_grads=tree_unflatten(in_tree, [ref_g.get(j, zero_cotangent(x)) for j, x in enumerate(flat_args)]))
 
 
-def _zero_like(x):
-    if jnp.issubdtype(jnp.result_type(x), jnp.inexact):
-        return jnp.zeros(jnp.shape(x), jnp.result_type(x))
-    return np.zeros(jnp.shape(x), jax.dtypes.float0)
 
 
 _KIND_NAMES = {"invert": "rebuilt", "assemble": "rebuilt", "recompute": "recomputed", "saved": "saved", "output": "output",

@@ -26,7 +26,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import inspect
-from typing import Any, Callable
+from typing import Callable
 
 import jax
 import jax.numpy as jnp
@@ -34,10 +34,11 @@ from jax.extend.core import ClosedJaxpr, Primitive
 from jax.interpreters import ad, batching, mlir
 from jax.tree_util import tree_flatten, tree_unflatten
 
-from jaxinv import interpreter
-from jaxinv.flatten import register_inline
-from jaxinv.plan import make_plan
+from jaxinv._src import interpreter
+from jaxinv._src.flatten import register_inline, trace_flat
+from jaxinv._src.plan import make_plan
 from jaxinv.registry import NotInvertibleError, RuleError
+from jaxinv._src.dtypes import is_float
 
 custom_ivjp_call_p = Primitive("custom_ivjp_call")
 custom_ivjp_call_p.multiple_results = True
@@ -127,20 +128,12 @@ class custom_ivjp:
             if bound.kwargs:
                 raise TypeError(f"{self.fun.__name__}: keyword-only arguments are not supported by custom_ivjp")
         flat_args, in_tree = tree_flatten(args)
-        store = {}
-
-        def flat_fun(*flat):
-            out = self.fun(*tree_unflatten(in_tree, flat))
-            flat_out, store["tree"] = tree_flatten(out)
-            return flat_out
-
-        closed = jax.make_jaxpr(flat_fun)(*flat_args)
+        closed, out_tree = trace_flat(self.fun, flat_args, in_tree)
         consts = list(closed.consts)
         body = _closure_converted(closed)
-        rule = _Rule(self, in_tree, store["tree"], closed.in_avals,
-                     tuple(isinstance(c, jax.core.Tracer) for c in consts))
+        rule = _Rule(self, in_tree, out_tree, closed.in_avals, tuple(isinstance(c, jax.core.Tracer) for c in consts))
         outs = custom_ivjp_call_p.bind(*consts, *flat_args, body=body, num_consts=len(consts), rule=rule)
-        return tree_unflatten(store["tree"], outs)
+        return tree_unflatten(out_tree, outs)
 
 
 def _closure_converted(closed: ClosedJaxpr) -> ClosedJaxpr:
@@ -312,12 +305,12 @@ class _Check:
             raise RuleError(f"{self.rule} returned {kind} of shape {tuple(got.shape)} for {self.arg(i)} "
                             f"of shape {tuple(want.shape)}")
         if got.dtype == want.dtype or (kind == "a cotangent" and got.dtype == jax.dtypes.float0
-                                       and not jnp.issubdtype(want.dtype, jnp.inexact)):
+                                       and not is_float(want)):
             return x
         if got.weak_type and jnp.result_type(x, want.dtype) == want.dtype:
             return jnp.asarray(x, want.dtype)
         hint = " (an integer input's cotangent is None or float0)" if (
-            kind == "a cotangent" and not jnp.issubdtype(want.dtype, jnp.inexact)) else ""
+            kind == "a cotangent" and not is_float(want)) else ""
         raise RuleError(f"{self.rule} returned {kind} of dtype {got.dtype} for {self.arg(i)} "
                         f"of dtype {want.dtype}{hint}")
 
@@ -343,7 +336,6 @@ def _jvp(primals, tangents, *, body, num_consts, rule):
 
 
 def _batch(args, dims, *, body, num_consts, rule):
-    size = next(a.shape[d] for a, d in zip(args, dims) if d is not None)
     args = [a if d is None else jnp.moveaxis(a, d, 0) for a, d in zip(args, dims)]
     in_axes = [None if d is None else 0 for d in dims]
     specs = [jax.ShapeDtypeStruct(a.shape, a.dtype) for a in args]

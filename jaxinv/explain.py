@@ -8,10 +8,10 @@ from typing import Callable, Sequence
 from jax.extend.core import Var
 
 from jaxinv.api import differentiating
-from jaxinv.graph import eqn_name, nbytes, source_line
-from jaxinv.knowledge import SourceKind
-from jaxinv.plan import loop_differentiated_by_jax
-from jaxinv.tracing import trace
+from jaxinv._src.graph import eqn_name, nbytes, source_line
+from jaxinv._src.knowledge import SourceKind
+from jaxinv._src.plan import loop_differentiated_by_jax
+from jaxinv._src.tracing import trace
 
 
 @dataclasses.dataclass

@@ -23,14 +23,14 @@ from typing import Callable
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 from jax.extend.core import Primitive
 from jax.interpreters import ad, batching, mlir
 from jax.tree_util import tree_flatten, tree_unflatten
 
-from jaxinv.flatten import register_inline
-from jaxinv.reversible import Batched, Reversible, _is_float
-from jaxinv.tracing import trace
+from jaxinv._src.flatten import register_inline
+from jaxinv._src.dtypes import is_float, zero_cotangent
+from jaxinv._src.reversible import Batched, Reversible
+from jaxinv._src.tracing import trace
 
 invertible_call_p = Primitive("invertible_call")
 invertible_call_p.multiple_results = True
@@ -77,11 +77,7 @@ def _call_abstract_eval(*avals, rev, emit_residuals):
 
 
 def _tangent_or_zero_like(t, aval):
-    if type(t) is ad.Zero:
-        if _is_float(aval):
-            return jnp.zeros(aval.shape, aval.dtype)
-        return np.zeros(aval.shape, jax.dtypes.float0)
-    return t
+    return zero_cotangent(aval) if type(t) is ad.Zero else t
 
 
 def _call_jvp(primals, tangents, *, rev, emit_residuals):
@@ -92,14 +88,14 @@ def _call_jvp(primals, tangents, *, rev, emit_residuals):
     both = invertible_call_p.bind(*primals, rev=rev, emit_residuals=True)
     n_out = len(rev.out_avals)
     outs, res = both[:n_out], both[n_out:]
-    float_in = [i for i, a in enumerate(rev.in_avals) if _is_float(a)]
+    float_in = [i for i, a in enumerate(rev.in_avals) if is_float(a)]
     if all(type(tangents[i]) is ad.Zero for i in float_in):
         return outs, [ad.Zero(a.to_tangent_aval()) for a in rev.out_avals]
     known = list(primals[:rev.num_known])
     lin_tangents = [ad.instantiate_zeros(tangents[i]) for i in float_in]
     t_float = invertible_lin_p.bind(*known, *res, *outs, *lin_tangents, rev=rev)
     t_iter = iter(t_float)
-    t_out = [next(t_iter) if _is_float(a) else ad.Zero(a.to_tangent_aval()) for a in rev.out_avals]
+    t_out = [next(t_iter) if is_float(a) else ad.Zero(a.to_tangent_aval()) for a in rev.out_avals]
     return outs, t_out
 
 
@@ -135,17 +131,17 @@ def _split_lin(args, rev):
 
 def _full_tangents(float_tangents, rev):
     it = iter(float_tangents)
-    return [next(it) if _is_float(a) else np.zeros(a.shape, jax.dtypes.float0) for a in rev.in_avals]
+    return [next(it) if is_float(a) else zero_cotangent(a) for a in rev.in_avals]
 
 
 def _lin_impl(*args, rev):
     known, res, outs, tangents = _split_lin(args, rev)
     t_out = rev.jvp(known, res, outs, _full_tangents(tangents, rev))
-    return [t for t, a in zip(t_out, rev.out_avals) if _is_float(a)]
+    return [t for t, a in zip(t_out, rev.out_avals) if is_float(a)]
 
 
 def _lin_abstract_eval(*avals, rev):
-    return [a for a in rev.out_avals if _is_float(a)]
+    return [a for a in rev.out_avals if is_float(a)]
 
 
 def _lin_transpose(cts, *args, rev):
@@ -153,21 +149,21 @@ def _lin_transpose(cts, *args, rev):
     cts_it = iter(cts)
     full_cts = []
     for a in rev.out_avals:
-        c = next(cts_it) if _is_float(a) else None
+        c = next(cts_it) if is_float(a) else None
         full_cts.append(None if c is None or type(c) is ad.Zero else c)
     if all(c is None for c in full_cts):
         in_cts = [None] * len(rev.in_avals)
     else:
         in_cts = rev.backward(known, res, outs, full_cts)
     float_cts = [c if c is not None else ad.Zero(a.to_tangent_aval())
-                 for c, a in zip(in_cts, rev.in_avals) if _is_float(a)]
+                 for c, a in zip(in_cts, rev.in_avals) if is_float(a)]
     return [None] * (len(args) - len(tangents)) + float_cts
 
 
 def _lin_jvp(primals, tangents, *, rev):
     fn = lambda *a: _lin_impl(*a, rev=rev)
     avals = [*rev.in_avals[:rev.num_known], *rev.res_avals, *rev.out_avals,
-             *[a for a in rev.in_avals if _is_float(a)]]
+             *[a for a in rev.in_avals if is_float(a)]]
     tangents = [_tangent_or_zero_like(t, a) for t, a in zip(tangents, avals)]
     return jax.jvp(fn, list(primals), tangents)
 

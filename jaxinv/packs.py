@@ -29,12 +29,12 @@ import importlib.metadata
 import inspect
 import math
 import os
-import re
 import warnings
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any, Callable, Sequence
 
 import jax
 from jax.extend.core import Primitive
+from packaging.specifiers import InvalidSpecifier, SpecifierSet
 
 from jaxinv import registry
 from jaxinv.domains import Example
@@ -261,7 +261,7 @@ class RulePack:
             pack.register_nonzero(lax.mul_p, lambda nz, **_: all(nz))       # a * b
             ```
         """
-        self._set(prim, "nonzero", rule if rule is not None else _always)
+        self._set(prim, "nonzero", rule if rule is not None else always_nonzero)
 
     def register_nonsingular(self, prim: Primitive) -> None:
         """Declare that ``prim``'s output, as a matrix, is nonsingular (a marker).
@@ -343,7 +343,7 @@ class RulePack:
         if principal_branch:
             return
         if not self._entry(prim).provides("nonzero"):
-            self.register_nonzero(prim, _first)
+            self.register_nonzero(prim, nonzero_if_first)
         if ct is not None:
             cot = _accepting(ct)
 
@@ -410,7 +410,7 @@ class RulePack:
 
         self.register_inverse(prim, inverse_rule, examples=examples, notes=notes)
         self.register_ivjp(prim, ivjp_rule)
-        self.register_nonzero(prim, _first)
+        self.register_nonzero(prim, nonzero_if_first)
         self.register_ildj(prim)
 
 
@@ -419,12 +419,26 @@ def zero_ildj(invals, outvals, **_):
     return 0.0
 
 
-def _always(nonzero_in, **_):
+# What nonzero rules (``register_nonzero``: ``rule(nonzero_in, **params) -> bool``)
+# most often say, given which inputs are provably nonzero.
+def always_nonzero(nonzero_in, **_) -> bool:
+    """``exp``: nonzero whatever its input."""
     return True
 
 
-def _first(nonzero_in, **_):
+def never_nonzero(nonzero_in, **_) -> bool:
+    """``log``: may be zero whatever its input (``log(1) == 0``)."""
+    return False
+
+
+def nonzero_if_first(nonzero_in, **_) -> bool:
+    """``neg``, ``a / b``: nonzero where the first input is."""
     return nonzero_in[0]
+
+
+def nonzero_if_all(nonzero_in, **_) -> bool:
+    """``a * b``: nonzero where every input is."""
+    return all(nonzero_in)
 
 
 # --------------------------------------------------------------------------
@@ -647,33 +661,15 @@ defpermutation = _direct(RulePack.defpermutation)
 # version specifiers (">=0.10,<0.11", "==0.10.*"), without a dependency
 
 
-def _version_tuple(text: str) -> tuple[int, ...]:
-    return tuple(int(m) for m in re.findall(r"\d+", text.split("+")[0].split("dev")[0].split("rc")[0]))
-
-
 def _version_matches(version: str, spec: str | None) -> bool:
+    """Whether ``version`` (JAX's, pre-releases included) meets ``spec`` (PEP 440, e.g. ``">=0.10,<0.11"``)."""
     if not spec:
         return True
-    have = _version_tuple(version)
-    for clause in (c.strip() for c in spec.split(",") if c.strip()):
-        m = re.fullmatch(r"(>=|<=|==|!=|~=|>|<)\s*([\w.*]+)", clause)
-        if not m:
-            raise ValueError(f"unreadable JAX version specifier {clause!r} (use e.g. '>=0.10,<0.11')")
-        op, want = m.groups()
-        if want.endswith(".*"):
-            prefix = _version_tuple(want[:-2])
-            same = have[:len(prefix)] == prefix
-            if (op == "==" and not same) or (op == "!=" and same):
-                return False
-            continue
-        w = _version_tuple(want)
-        n = max(len(have), len(w))
-        h, w = have + (0,) * (n - len(have)), w + (0,) * (n - len(w))
-        ok = {">=": h >= w, "<=": h <= w, ">": h > w, "<": h < w, "==": h == w, "!=": h != w,
-              "~=": h >= w and h[:len(_version_tuple(want)) - 1] == w[:len(_version_tuple(want)) - 1]}[op]
-        if not ok:
-            return False
-    return True
+    try:
+        specifiers = SpecifierSet(spec)
+    except InvalidSpecifier:
+        raise ValueError(f"unreadable JAX version specifier {spec!r} (use e.g. '>=0.10,<0.11')") from None
+    return specifiers.contains(version, prereleases=True)
 
 
 install_rule_pack(direct)

@@ -40,7 +40,7 @@ from typing import Any, Callable, Sequence
 import jax
 from jax.extend.core import Primitive
 
-from jaxinv.facts import NONSINGULAR, NONZERO, Fact, as_fact, nonsingular_over
+from jaxinv._src.facts import NONSINGULAR, NONZERO, Fact, as_fact, nonsingular_over
 
 InverseRule = Callable[..., Sequence[Any]]
 IvjpRule = Callable[..., tuple[Sequence[Any], Sequence[Any]]]
@@ -181,7 +181,7 @@ def _require(x: Any, facts_needed: tuple[Fact, ...], what: str, hint: str) -> An
 def require_fact(x: Any, fact: Fact | str, reason: str) -> Any:
     """Inside a rule: unless the planner proved ``fact`` about ``x`` (one of
     the rule's arguments), refuse with ``reason`` while jaxinv plans; free at
-    run time. Facts the planner proves (``jaxinv.facts``): ``NONZERO``,
+    run time. Facts the planner proves (``jaxinv._src.facts``): ``NONZERO``,
     ``nonsingular_over(ndim, axes)`` (see ``require_nonsingular``),
     ``iota_along(d)``, ``selects(k)`` (a constant predicate equal to ``k``
     everywhere); their text form (``"selects:1"``) is accepted too.
@@ -316,15 +316,29 @@ def well_conditioned_required() -> bool:
     return _conditioned.get()
 
 
-# Planner's cache of probe results; cleared whenever a rule is (re)registered.
-_probe_cache: dict[Any, Any] = {}
 _merged_tables: dict[Any, dict] = {}
+# Caches derived from the tables elsewhere (the planner's probe results):
+# cleared whenever a rule is (re)registered.
+_derived_caches: list[dict] = [_merged_tables]
+
+
+def derived_cache() -> dict:
+    """A new cache of results derived from the tables, emptied whenever they change.
+
+    Example:
+        ```python
+        _probe_results = registry.derived_cache()    # in the planner's probe module
+        ```
+    """
+    cache: dict = {}
+    _derived_caches.append(cache)
+    return cache
 
 
 def tables_changed() -> None:
     """Forget everything derived from the tables (called by ``jaxinv.packs``)."""
-    _probe_cache.clear()
-    _merged_tables.clear()
+    for cache in _derived_caches:
+        cache.clear()
 
 
 def inverse_table(principal_branch: bool = False, well_conditioned: bool = False) -> dict:

@@ -27,8 +27,8 @@ Needs ``hypothesis`` (``pip install jaxinv[test]``) for ``check_rule`` and
 
 from __future__ import annotations
 
+import functools
 import dataclasses
-import itertools
 from typing import Any, Callable, Sequence
 
 import jax
@@ -36,10 +36,12 @@ import jax.numpy as jnp
 import numpy as np
 from jax.extend.core import Literal, Primitive
 
-from jaxinv import facts, packs, registry
-from jaxinv.compat import bind_equation, enable_x64, literal_value
+from jaxinv import packs, registry
+from jaxinv._src import facts
+from jaxinv._src.compat import bind_equation, enable_x64
 from jaxinv.domains import Booleans, Example, Fixed, Integers, Nonsingular, Reals, as_domain
-from jaxinv.flatten import eval_eqn, flatten
+from jaxinv._src.flatten import atom_value, eval_eqn, flatten, hashable_params
+from jaxinv._src.dtypes import is_float, zero_cotangent
 from jaxinv.registry import NotInvertibleError
 
 MODES = ("jit", "vmap")  # add "eager" to also run each rule op by op
@@ -126,7 +128,7 @@ def _equation(prim: Primitive, fn: Callable, args: Sequence[Any]) -> _Equation:
     closed, consts, index, fixed = _traced[key]
     env = dict(zip(closed.jaxpr.invars, [*consts, *leaves]))
     env.update(zip(closed.jaxpr.constvars, closed.consts))
-    read = lambda v: literal_value(v) if isinstance(v, Literal) else env[v]
+    read = functools.partial(atom_value, env)
     for eqn in closed.jaxpr.eqns[:index]:
         env.update(zip(eqn.outvars, eval_eqn(eqn, [read(v) for v in eqn.invars])))
     eqn = closed.jaxpr.eqns[index]
@@ -153,13 +155,11 @@ def _name(fn) -> str:
     return f"{getattr(fn, '__name__', repr(fn))}{where}"
 
 
-def _is_float(x) -> bool:
-    return jnp.issubdtype(jnp.result_type(x), jnp.inexact)
 
 
 def _tolerance(dtype, scale: float) -> dict:
     dtype = np.dtype(dtype)
-    if not jnp.issubdtype(dtype, jnp.inexact):
+    if not is_float(dtype):
         return dict(rtol=0.0, atol=0.0)
     eps = float(jnp.finfo(dtype).eps)
     return dict(rtol=4000 * eps * scale, atol=400 * eps * scale)
@@ -180,7 +180,7 @@ def _compare(what: str, got, want, scale: float) -> str | None:
                 "(a rule must return each input with its exact shape and dtype)")
     g, w = np.asarray(got), np.asarray(want)
     tol = _tolerance(want_dtype, scale)
-    if jnp.issubdtype(want_dtype, jnp.inexact):
+    if is_float(want_dtype):
         g64 = g.astype(np.complex128 if np.iscomplexobj(g) else np.float64)
         w64 = w.astype(np.complex128 if np.iscomplexobj(w) else np.float64)
         with np.errstate(invalid="ignore"):  # inf - inf: equal infinities are compared below
@@ -252,12 +252,9 @@ def _compiled_call(rule, eqn0: _Equation, with_cts: bool, how: str, axes=None):
 
 
 def _params_key(params):
-    try:
-        key = tuple(sorted(params.items()))
-        hash(key)
-        return key
-    except TypeError:
-        return id(params)
+    """``params`` as a cache key: their value when hashable, else their identity."""
+    key = hashable_params(params)
+    return key if key is not None else id(params)
 
 
 def _run_modes(rule, eqns: list[_Equation], pattern, modes, cts_list=None):
@@ -358,7 +355,7 @@ _reference: dict = {}
 
 def _reference_cts(eqn: _Equation, cts) -> list:
     """``jax.vjp`` of the primitive at the true inputs (None for integer inputs)."""
-    floats = tuple(i for i, a in enumerate(eqn.avals) if jnp.issubdtype(a.dtype, jnp.inexact))
+    floats = tuple(i for i, a in enumerate(eqn.avals) if is_float(a))
     ref = [None] * len(eqn.invals)
     if not floats:
         return ref
@@ -378,14 +375,14 @@ def _reference_cts(eqn: _Equation, cts) -> list:
             outs, vjp = jax.vjp(f, *xs)
             full = [jnp.zeros_like(o) if c is None else c for c, o in zip(cts, outs)]
             try:
-                return vjp([c if _is_float(o) else np.zeros(np.shape(o), jax.dtypes.float0)
+                return vjp([c if is_float(o) else zero_cotangent(o)
                             for c, o in zip(full, outs)])
             except ValueError:
                 # JAX cannot reverse-differentiate some primitives (a while
                 # loop with a traced trip count): ct_x = J^T ct, J by forward mode.
                 jac = jax.jacfwd(f, argnums=tuple(range(len(xs))))(*xs)
                 return [sum(jnp.tensordot(c, jac[o][j], axes=np.ndim(c))
-                            for o, c in enumerate(full) if _is_float(outs[o])) for j in range(len(xs))]
+                            for o, c in enumerate(full) if is_float(outs[o])) for j in range(len(xs))]
 
         fn = _reference[key] = jax.jit(vjp_at)
     for i, ct in zip(floats, fn(list(eqn.invals), list(cts))):
@@ -396,7 +393,7 @@ def _reference_cts(eqn: _Equation, cts) -> list:
 def _random_cts(eqn: _Equation, rng) -> list:
     cts = []
     for o in eqn.outvals():
-        if _is_float(o):
+        if is_float(o):
             c = rng.standard_normal(np.shape(o))
             if jnp.issubdtype(jnp.result_type(o), jnp.complexfloating):
                 c = c + 1j * rng.standard_normal(np.shape(o))
@@ -415,7 +412,7 @@ def _check_batch(report: CheckReport, eqns: list[_Equation], inverse, ivjp, solv
     rng = np.random.default_rng(seed)
     cts_list = [_random_cts(e, rng) for e in eqns] if ivjp is not None else None
     refs = [_reference_cts(e, c) for e, c in zip(eqns, cts_list)] if ivjp is not None else None
-    dtype = next((np.dtype(jnp.result_type(v)).name for v in eqn0.invals if _is_float(v)), "no float")
+    dtype = next((np.dtype(jnp.result_type(v)).name for v in eqn0.invals if is_float(v)), "no float")
 
     def fail(msg, pattern, mode, k, kind):
         report.failures.append(
@@ -471,12 +468,12 @@ def _check_batch(report: CheckReport, eqns: list[_Equation], inverse, ivjp, solv
 def _check_log_det(eqn: _Equation, inverse, logdet, pattern, scale) -> str | None:
     """The log-det term against ``slogdet`` of the inverse's Jacobian (float
     unknowns with respect to float outputs, when that Jacobian is square)."""
-    from jaxinv.interpreter import ildj_term
+    from jaxinv._src.interpreter import ildj_term
 
     ildj_rule, elementwise = logdet
     outs = eqn.outvals()
-    unknown = [i for i in pattern if _is_float(eqn.invals[i])]
-    varied = [j for j, o in enumerate(outs) if _is_float(o)]
+    unknown = [i for i in pattern if is_float(eqn.invals[i])]
+    varied = [j for j, o in enumerate(outs) if is_float(o)]
     complex_ = any(jnp.issubdtype(jnp.result_type(v), jnp.complexfloating) for v in [*eqn.invals, *outs])
     n_in = sum(np.size(eqn.invals[i]) for i in unknown)
     if complex_ or not unknown or n_in != sum(np.size(outs[j]) for j in varied):
@@ -548,7 +545,7 @@ def _compare_cts(got, ref, eqn: _Equation, scale) -> str | None:
 
 
 def _cast_floats(values, dtype):
-    return [jnp.asarray(v, dtype) if _is_float(v) and not jnp.issubdtype(jnp.result_type(v), jnp.complexfloating)
+    return [jnp.asarray(v, dtype) if is_float(v) and not jnp.issubdtype(jnp.result_type(v), jnp.complexfloating)
             else v for v in values]
 
 
@@ -590,7 +587,7 @@ def check_ivjp_rule(prim: Primitive, *example_invals, rule=None, solve=None, mod
 
 def _ivjp_as_inverse(ivjp):
     def inverse(invals, outvals, **params):
-        cts = [jnp.zeros_like(o) if o is not None and _is_float(o) else None for o in outvals]
+        cts = [jnp.zeros_like(o) if o is not None and is_float(o) else None for o in outvals]
         return ivjp(invals, outvals, cts, **params)[0]
     return inverse
 

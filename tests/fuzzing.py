@@ -36,7 +36,7 @@ from jax import lax
 import jaxinv
 from jaxinv import packs, registry
 from jaxinv.domains import Booleans, Example, Fixed, Integers, Nonsingular, Reals, as_domain
-from jaxinv.compat import enable_x64, jaxprs_in_params
+from jaxinv._src.compat import enable_x64, jaxprs_in_params
 
 DTYPE = np.dtype(np.float64)  # the catalogue is built in float64; programs run in float64 or float32
 INNER = 0.8                    # affine maps aim at the middle 80% of a domain (room for vmap's perturbed copies)

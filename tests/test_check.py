@@ -16,9 +16,9 @@ from jax.ad_checkpoint import checkpoint_name
 import jaxinv
 from jaxinv.check import angle_deg, check_reconstruction, rel_error
 from jaxinv.markers import anchor, anchor_p
-from jaxinv.tracing import trace
+from jaxinv._src.tracing import trace
 from helpers import assert_trees_close, coupling, revnet_input, revnet_params, tree_bytes
-from jaxinv.compat import enable_x64
+from jaxinv._src.compat import enable_x64
 
 EPS = float(jnp.finfo(jnp.float32).eps)
 WIDTH = 8   # of the test networks' activations

@@ -18,7 +18,7 @@ import jaxinv
 from jaxinv import packs, registry
 from jaxinv.domains import Example, reals
 from jaxinv.testing import RuleCheckError, check_inverse_rule, check_ivjp_rule, check_rule, check_rule_pack
-from jaxinv.compat import enable_x64
+from jaxinv._src.compat import enable_x64
 
 
 def _registered():

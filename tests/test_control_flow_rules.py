@@ -13,7 +13,7 @@ from jax.tree_util import tree_leaves
 
 import helpers
 import jaxinv
-from jaxinv.flatten import flatten
+from jaxinv._src.flatten import flatten
 
 
 def assert_trees_close(got, want, tol=1e-5):

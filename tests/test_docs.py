@@ -3,8 +3,8 @@
 import runpy
 import pathlib
 
-from jaxinv import compat
-from jaxinv.compat import PRIMITIVES_SINCE, available
+from jaxinv._src import compat
+from jaxinv._src.compat import PRIMITIVES_SINCE, available
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 

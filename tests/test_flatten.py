@@ -1,14 +1,14 @@
-"""Tracing to one flat jaxpr (jaxinv.flatten) and the nonzero marker (jaxinv.markers)."""
+"""Tracing to one flat jaxpr (jaxinv._src.flatten) and the nonzero marker (jaxinv.markers)."""
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 import jaxinv
-from jaxinv.flatten import flatten
+from jaxinv._src.flatten import flatten
 from jaxinv.markers import nonzero_p
-from jaxinv.plan import source_line
-from jaxinv.tracing import trace
+from jaxinv._src.graph import source_line
+from jaxinv._src.tracing import trace
 
 X = jnp.linspace(0.1, 1.0, 4)
 

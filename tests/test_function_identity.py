@@ -26,7 +26,7 @@ import pytest
 
 import jaxinv
 from jaxinv.rules.functions import known_inverse, signature, structurally_equal
-from jaxinv.compat import enable_x64, jaxprs_in_params
+from jaxinv._src.compat import enable_x64, jaxprs_in_params
 
 LN2 = float(np.log(2.0))
 

@@ -33,7 +33,7 @@ import jaxinv
 from fuzzing import Program, catalogue, programs
 from helpers import assert_trees_close
 from jaxinv import registry
-from jaxinv.compat import enable_x64
+from jaxinv._src.compat import enable_x64
 
 LONG = "JAXINV_FUZZ_PROGRAMS" in os.environ
 # The suite's profile is fixed (derandomized) and does not shrink (a failing

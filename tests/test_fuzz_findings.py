@@ -9,7 +9,7 @@ import numpy as np
 
 import jaxinv
 from helpers import assert_trees_close
-from jaxinv.compat import enable_x64
+from jaxinv._src.compat import enable_x64
 
 
 def test_inverse_of_a_function_returning_a_one_tuple_takes_its_element():

@@ -23,7 +23,7 @@ from jax import lax
 
 import jaxinv
 from helpers import tree_bytes
-from jaxinv.compat import enable_x64
+from jaxinv._src.compat import enable_x64
 
 WIDTH = 8          # features per half
 BATCH = 4

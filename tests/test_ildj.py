@@ -12,7 +12,7 @@ from jax import lax
 import jaxinv
 from jaxinv.domains import Example, reals
 from jaxinv.testing import RuleCheckError, check_rule
-from jaxinv.compat import enable_x64
+from jaxinv._src.compat import enable_x64
 
 
 def reference_ildj(f, x):

@@ -18,9 +18,9 @@ import pytest
 from jax import lax
 
 from jaxinv import registry
-from jaxinv.compat import jaxprs_in_params
-from jaxinv.flatten import flatten
-from jaxinv.partial import SELECTION_PRIMITIVES
+from jaxinv._src.compat import jaxprs_in_params
+from jaxinv._src.flatten import flatten
+from jaxinv._src.partial import SELECTION_PRIMITIVES
 
 X = jnp.linspace(0.1, 0.9, 24, dtype=jnp.float32).reshape(4, 6)
 
@@ -98,7 +98,7 @@ def test_literals_read_as_numbers_rules_can_compute_with():
     # comparisons; rules read every literal through compat.literal_value
     from jax.extend.core import Literal
 
-    from jaxinv.compat import literal_value
+    from jaxinv._src.compat import literal_value
     jaxpr = jax.make_jaxpr(lambda x: x * 2.0 + 1)(jnp.ones(3)).jaxpr
     literals = [v for e in jaxpr.eqns for v in e.invars if isinstance(v, Literal)]
     assert len(literals) == 2

@@ -24,7 +24,7 @@ from jaxinv.nn.sequential import RevSequential, Sequential, rev_sequential
 from jaxinv.nn.transformer import ReversibleTransformerBlock, layer_norm, multi_head_attention
 
 from helpers import assert_trees_close, tree_bytes
-from jaxinv.compat import enable_x64
+from jaxinv._src.compat import enable_x64
 
 KEY = jax.random.PRNGKey(0)
 FLAT = jax.random.normal(jax.random.PRNGKey(1), (3, 6))        # (batch, features)
@@ -285,7 +285,7 @@ STACKS = {
     "Sequential(transformer)": (lambda d: Sequential((ReversibleTransformerBlock(4, 2, 8),) * d), SEQ),
 }
 # The planner gives up on a scan with more than 6 unknown inputs at the function's border
-# (jaxinv.plan: cheapest_unlocking_subset's limit): the default MLP's 8 and the transformer's
+# (jaxinv._src.plan: cheapest_unlocking_subset's limit): the default MLP's 8 and the transformer's
 # 12 parameter leaves make it save the stack's input and use JAX's scan VJP instead.
 STACKS_OVER_LIMIT = {
     "rev_sequential(additive)": (lambda d: rev_sequential(AdditiveCoupling(hidden=(8,)), d), FLAT),

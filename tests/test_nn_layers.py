@@ -21,7 +21,7 @@ from jaxinv.nn.linear import Householder, InvertibleConv1x1, InvertibleDense
 from jaxinv.nn.reshape import HaarDownsampling, Squeeze
 
 from helpers import assert_trees_close
-from jaxinv.compat import enable_x64
+from jaxinv._src.compat import enable_x64
 
 # name -> (layer, input shape (batch first)). Mostly the shapes of the flow
 # tested below (a squeezed (2, 4, 4, 2) image: (2, 2, 2, 8)), so XLA compiles

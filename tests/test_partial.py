@@ -16,8 +16,8 @@ from jax import lax
 from jax.extend.core import Literal
 
 import jaxinv
-from jaxinv import partial
-from jaxinv.flatten import eval_eqn
+from jaxinv._src import partial
+from jaxinv._src.flatten import eval_eqn
 from helpers import assert_trees_close
 
 X = jnp.linspace(-1.0, 1.0, 24).reshape(4, 6)

@@ -21,10 +21,11 @@ from jax.extend.core import Literal
 from jax.extend.core import primitives as P
 
 import jaxinv.rules  # noqa: F401  (registers the built-in packs)
-from jaxinv import facts, registry
-from jaxinv.compat import available, split_p, stack_p, tile_p, unstack_p
+from jaxinv import registry
+from jaxinv._src import facts
+from jaxinv._src.compat import available, split_p, stack_p, tile_p, unstack_p
 from jaxinv.registry import NotInvertibleError
-from jaxinv.compat import enable_x64
+from jaxinv._src.compat import enable_x64
 
 F32, F64 = np.dtype(np.float32), np.dtype(np.float64)
 DTYPES = pytest.mark.parametrize("dtype", [F32, F64], ids=["f32", "f64"])
@@ -409,7 +410,7 @@ def test_a_singular_1x1_conv_kernel_is_never_divided_by():
 
 
 def test_constant_facts_are_per_axis_pair():
-    from jaxinv.facts import nonsingular_over, of_value, selects
+    from jaxinv._src.facts import nonsingular_over, of_value, selects
     w = np.ones((3, 3, 1, 1)) + 2 * np.eye(3)[:, :, None, None]
     assert nonsingular_over(4, (0, 1)) in of_value(w)
     assert nonsingular_over(4, (0, 1)) not in of_value(np.ones((3, 3, 1, 1)))

@@ -8,7 +8,7 @@ import pytest
 from jax import lax
 
 from helpers import assert_trees_close
-from jaxinv import stable_vjp
+from jaxinv._src import stable_vjp
 
 TIES = jnp.asarray([[1.0, 3.0, 3.0, -2.0], [0.5, 0.5, 0.5, 0.5], [-1.0, 2.0, 0.0, 2.0]])
 

@@ -7,7 +7,7 @@ import pytest
 
 import jaxinv
 from helpers import assert_trees_close, coupling, revnet, revnet_input, revnet_loss, revnet_params, tree_bytes
-from jaxinv.compat import enable_x64
+from jaxinv._src.compat import enable_x64
 
 KEY = jax.random.key(0)
 X = jnp.linspace(0.1, 1.0, 6, dtype=jnp.float32)

@@ -5,7 +5,7 @@ block followed by a squashing ``tanh`` (the function ``coupling`` below). The
 diagram is read off a real run, never drawn by hand:
 
 * the **nodes** are the function's inputs and the equations of the flat jaxpr
-  jaxinv plans (``jaxinv.tracing.trace``, the same trace ``jaxinv.explain``
+  jaxinv plans (``jaxinv._src.tracing.trace``, the same trace ``jaxinv.explain``
   makes), numbered as in ``explain``'s table, each coloured by the fate
   ``explain`` reports for its value: reconstructed (by inverting a later
   equation, or assembled from pieces), recomputed, saved, output;
@@ -38,8 +38,8 @@ import jax.numpy as jnp
 from jax.extend.core import Literal
 
 import jaxinv
-from jaxinv.knowledge import SourceKind
-from jaxinv.tracing import trace
+from jaxinv._src.knowledge import SourceKind
+from jaxinv._src.tracing import trace
 
 
 # The example: an affine coupling (Real NVP) with a bounded log-scale, then a

@@ -48,7 +48,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from jaxinv.compat import variable_value
+from jaxinv._src.compat import variable_value
 from jaxinv.nn.base import Layer, RunsLayer
 
 __all__ = ["Invertible"]

@@ -2,9 +2,9 @@
 switch, custom_jvp and custom_vjp calls.
 
 These rules recurse into the interpreter (a loop body is planned and run like
-any jaxpr), so this pack sits above ``jaxinv.interpreter`` rather than
+any jaxpr), so this pack sits above ``jaxinv._src.interpreter`` rather than
 below it; it still only registers. ``jit``, ``closed_call`` and ``remat`` need
-no rule: their bodies are inlined (``jaxinv.flatten``).
+no rule: their bodies are inlined (``jaxinv._src.flatten``).
 
 * ``scan``: the body must rebuild its carry (and any unknown ``xs`` slice) from
   its outputs with nothing saved; the ivjp is a *reverse scan of the inverted
@@ -38,11 +38,13 @@ from jax import lax
 from jax.extend.core import ClosedJaxpr, Literal
 from jax.extend.core import primitives as P
 
-from jaxinv import interpreter, registry
-from jaxinv.flatten import flatten, has_calls
-from jaxinv.plan import make_plan
+from jaxinv import registry
+from jaxinv._src import interpreter
+from jaxinv._src.flatten import as_closed, flatten, has_calls
+from jaxinv._src.plan import make_plan
 from jaxinv._version import __version__
-from jaxinv.compat import literal_value, SUPPORTED_JAX
+from jaxinv._src.compat import literal_value, SUPPORTED_JAX
+from jaxinv._src.dtypes import is_float
 from jaxinv.domains import Example, booleans, fixed, integers, reals
 from jaxinv.packs import RulePack
 from jaxinv.registry import NotInvertibleError
@@ -50,10 +52,6 @@ from jaxinv.rules.functions import known_inverse
 
 pack = RulePack("jaxinv.control_flow", __version__, jax_versions=SUPPORTED_JAX, builtin=True,
                 description="loops, cond/switch and custom-derivative calls, inverted through their bodies")
-
-
-def _closed(j) -> ClosedJaxpr:
-    return j if isinstance(j, ClosedJaxpr) else ClosedJaxpr(j, ())
 
 
 def _body_plan(body: ClosedJaxpr, known: tuple[bool, ...]):
@@ -75,8 +73,6 @@ def _body_plan_in_mode(body: ClosedJaxpr, known: tuple[bool, ...], principal_bra
     return plan
 
 
-def _is_float(x) -> bool:
-    return jnp.issubdtype(jnp.result_type(x), jnp.inexact)
 
 
 def _zero_if_none(ct, like):
@@ -96,7 +92,7 @@ def _scan_setup(invals, num_consts, num_carry, jaxpr):
         raise NotInvertibleError("a scan's constants must be known to invert it")
     xs_known = tuple(x is not None for x in xs)
     known = (True,) * num_consts + (False,) * num_carry + xs_known
-    return consts, init, xs, xs_known, _body_plan(_closed(jaxpr), known)
+    return consts, init, xs, xs_known, _body_plan(as_closed(jaxpr), known)
 
 
 def _scan_inverse(invals, outvals, *, jaxpr, num_consts, num_carry, length, reverse, **_):
@@ -115,7 +111,7 @@ def _counted_carries(jaxpr, num_consts, init, carry_out, length) -> list:
     """Fill in an unread final carry that is a counter (``lax.fori_loop``'s
     ``i``: the body adds a literal step to it) from its known start: start +
     step * length."""
-    body = _closed(jaxpr).jaxpr
+    body = as_closed(jaxpr).jaxpr
     filled = list(carry_out)
     for j, c in enumerate(carry_out):
         if c is not None or init[j] is None:
@@ -166,10 +162,10 @@ def _scan_ivjp(invals, outvals, out_cts, *, jaxpr, num_consts, num_carry, length
     consts, init, xs, xs_known, plan = _scan_setup(invals, num_consts, num_carry, jaxpr)
     carry_out, ys = _scan_outputs(jaxpr, num_consts, num_carry, init, outvals, length)
     ct_carry, ct_ys = out_cts[:num_carry], out_cts[num_carry:]
-    fc = [j for j, c in enumerate(carry_out) if _is_float(c)]            # carries with cotangents
-    fk = [j for j, c in enumerate(consts) if _is_float(c)]
+    fc = [j for j, c in enumerate(carry_out) if is_float(c)]            # carries with cotangents
+    fk = [j for j, c in enumerate(consts) if is_float(c)]
     known_xs = [x for x in xs if x is not None]
-    x_avals = [v.aval for v in _closed(jaxpr).jaxpr.invars[num_consts + num_carry:]]
+    x_avals = [v.aval for v in as_closed(jaxpr).jaxpr.invars[num_consts + num_carry:]]
 
     def step(carry, sl):
         c_val, c_ct, k_ct = carry
@@ -186,7 +182,7 @@ def _scan_ivjp(invals, outvals, out_cts, *, jaxpr, num_consts, num_carry, length
         new_k_ct = [acc + _zero_if_none(k_in_ct[j], consts[j]) for acc, j in zip(k_ct, fk)]
         new_c_ct = [_zero_if_none(c_in_ct[j], c_in[j]) for j in fc]
         x_ct = [_zero_if_none(ct, jnp.zeros(a.shape, a.dtype)) for ct, a in zip(x_in_ct, x_avals)
-                if jnp.issubdtype(a.dtype, jnp.inexact)]
+                if is_float(a)]
         return (c_in, new_c_ct, new_k_ct), ([x for x, k in zip(x_in, xs_known) if not k], x_ct)
 
     start = (list(carry_out), [ct_carry[j] for j in fc], [jnp.zeros_like(consts[j]) for j in fk])
@@ -200,7 +196,7 @@ def _scan_ivjp(invals, outvals, out_cts, *, jaxpr, num_consts, num_carry, length
         in_cts[j] = ct
     for j, ct in zip(fc, c0_ct):
         in_cts[num_consts + j] = ct
-    float_x = [j for j, a in enumerate(x_avals) if jnp.issubdtype(a.dtype, jnp.inexact)]
+    float_x = [j for j, a in enumerate(x_avals) if is_float(a)]
     for j, ct in zip(float_x, xs_ct):
         in_cts[num_consts + num_carry + j] = ct
     return new_invals, in_cts
@@ -221,7 +217,7 @@ pack.register_ivjp(P.scan_p, _scan_ivjp)
 def _fori_form(cond_jaxpr, body_jaxpr, cond_nconsts, body_nconsts):
     """Whether the loop is ``lax.fori_loop``'s: carry (i, upper, *state), cond
     ``i < upper``, body ``(i + 1, upper, ...)``."""
-    cj, bj = _closed(cond_jaxpr).jaxpr, _closed(body_jaxpr).jaxpr
+    cj, bj = as_closed(cond_jaxpr).jaxpr, as_closed(body_jaxpr).jaxpr
     if cond_nconsts or len(cj.eqns) != 1 or cj.eqns[0].primitive is not P.lt_p:
         return False
     i, upper = cj.invars[0], cj.invars[1]
@@ -243,7 +239,7 @@ def _while_setup(invals, cond_jaxpr, body_jaxpr, cond_nconsts, body_nconsts):
     if any(c is None for c in consts) or i0 is None or upper is None:
         raise NotInvertibleError("the loop's constants, start and bound must be known to invert it")
     known = (True,) * nb + (True, True) + (False,) * len(state)
-    return consts, i0, upper, state, _body_plan(_closed(body_jaxpr), known)
+    return consts, i0, upper, state, _body_plan(as_closed(body_jaxpr), known)
 
 
 def _while_inverse(invals, outvals, *, cond_jaxpr, body_jaxpr, cond_nconsts, body_nconsts, **_):
@@ -282,8 +278,8 @@ def _while_ivjp(invals, outvals, out_cts, *, cond_jaxpr, body_jaxpr, cond_nconst
     nb = body_nconsts
     n = jnp.maximum(upper - i0, 0)
     s_final = list(outvals[2:])
-    fs = [j for j, s in enumerate(s_final) if _is_float(s)]
-    fk = [j for j, c in enumerate(consts) if _is_float(c)]
+    fs = [j for j, s in enumerate(s_final) if is_float(s)]
+    fk = [j for j, c in enumerate(consts) if is_float(c)]
 
     def step(k, carry):
         s, s_ct, k_ct = carry
@@ -329,7 +325,7 @@ def _cond_setup(invals, outvals, branches):
     plans = []
     for k, branch in enumerate(branches):
         try:
-            plans.append(_body_plan(_closed(branch), known))
+            plans.append(_body_plan(as_closed(branch), known))
         except NotInvertibleError as err:
             raise NotInvertibleError(f"branch {k} (of {len(branches)}) is not invertible: {err}") from None
     if invals[0] is None:
@@ -372,9 +368,9 @@ def _cond_ivjp(invals, outvals, out_cts, *, branches, **_):
     # the operands and their cotangents (known float operands included) together.
     index, ops, plans = _cond_setup(invals, outvals, branches)
     unknown = [j for j, x in enumerate(ops) if x is None]
-    avals = [v.aval for v in _closed(branches[0]).jaxpr.invars]
-    floats = [j for j, a in enumerate(avals) if jnp.issubdtype(a.dtype, jnp.inexact)]
-    cts = [ct if ct is not None and _is_float(y) else None for ct, y in zip(out_cts, outvals)]
+    avals = [v.aval for v in as_closed(branches[0]).jaxpr.invars]
+    floats = [j for j, a in enumerate(avals) if is_float(a)]
+    cts = [ct if ct is not None and is_float(y) else None for ct, y in zip(out_cts, outvals)]
 
     def reversed_branch(plan):
         def run(outs):
@@ -428,7 +424,7 @@ def _custom_call_inverse(invals, outvals, *, call_jaxpr, num_consts, **params):
     known = tuple(x is not None for x in invals)
     if not all(known[:num_consts]):
         raise NotInvertibleError("the values a custom_jvp/custom_vjp function closes over must be known")
-    plan = _body_plan(_closed(call_jaxpr), known)
+    plan = _body_plan(as_closed(call_jaxpr), known)
     return interpreter.reconstruct(plan, list(invals), [], list(outvals))
 
 
@@ -443,7 +439,7 @@ def _custom_call_ildj(invals, outvals, *, call_jaxpr, num_consts, **params):
         (u,) = unknown
         _, dx = jax.jvp(lambda y: rule(list(invals), [y])[u], (outvals[0],), (jnp.ones_like(outvals[0]),))
         return jnp.sum(jnp.log(jnp.abs(dx)))
-    plan = _body_plan(_closed(call_jaxpr), tuple(x is not None for x in invals))
+    plan = _body_plan(as_closed(call_jaxpr), tuple(x is not None for x in invals))
     return interpreter.reconstruct_and_ildj(plan, list(invals), [], list(outvals))[1]
 
 

@@ -40,9 +40,10 @@ from jax.extend.core import primitives as P
 from jax.scipy.special import ndtri
 
 from jaxinv._version import __version__
-from jaxinv.compat import MUL_HAS_OUT_DTYPE, SUPPORTED_JAX
+from jaxinv._src.compat import MUL_HAS_OUT_DTYPE, SUPPORTED_JAX
+from jaxinv._src.dtypes import is_float
 from jaxinv.domains import Example, integers, booleans, nonzero, positive, reals
-from jaxinv.packs import RulePack
+from jaxinv.packs import RulePack, never_nonzero, nonzero_if_all, nonzero_if_first
 from jaxinv.registry import NotInvertibleError, input_avals, require_nonzero
 
 pack = RulePack("jaxinv.elementwise", __version__, jax_versions=SUPPORTED_JAX, builtin=True,
@@ -53,21 +54,13 @@ pack = RulePack("jaxinv.elementwise", __version__, jax_versions=SUPPORTED_JAX, b
 # private helpers for the non-trivial rules
 
 
-def _never(nonzero_in, **_):
-    return False
 
 
-def _all(nonzero_in, **_):
-    return all(nonzero_in)
 
-
-def _first(nonzero_in, **_):
-    return nonzero_in[0]
-
-
-def _inexact(x, what: str):
-    """``x``, after checking that its dtype is floating or complex."""
-    if not jnp.issubdtype(x.dtype, jnp.inexact):
+def _float_only(x, what: str):
+    """``x``, after checking that it is a float (real or complex): ``what``'s
+    inverse would be wrong on integers."""
+    if not is_float(x):
         raise NotInvertibleError(f"{what} loses information on integers (overflow or truncation)")
     return x
 
@@ -93,15 +86,15 @@ def _as_input(x, i: int):
     return x
 
 
-def _is_float(i: int) -> bool:
-    return jnp.issubdtype(input_avals()[i].dtype, jnp.inexact)
+def _input_is_float(i: int) -> bool:
+    return is_float(input_avals()[i])
 
 
 def _unbroadcast(ct, i: int):
     """The cotangent of input ``i`` from ``ct`` (of the output's shape): summed over
     the dimensions along which input ``i`` was broadcast (what ``jax.vjp`` does),
     in input ``i``'s dtype; None for an integer or boolean input."""
-    if ct is None or not _is_float(i):
+    if ct is None or not _input_is_float(i):
         return None
     aval = input_avals()[i]
     shape = tuple(aval.shape)
@@ -147,14 +140,14 @@ def _integer_pow_inverse(invals, outvals, *, y, **_):
     if y % 2 == 0:
         raise NotInvertibleError(
             f"integer_pow with even exponent y={y} is not injective (x and -x give the same output)")
-    return [_odd_root(_inexact(outvals[0], "integer_pow"), y)]
+    return [_odd_root(_float_only(outvals[0], "integer_pow"), y)]
 
 
 def _integer_pow_principal(invals, outvals, *, y, **_):
     # Even y: the nonnegative root (odd y has a true inverse, used unchanged).
     if y == 0:
         raise NotInvertibleError("integer_pow with y=0 is constant")
-    z = _inexact(outvals[0], "integer_pow")
+    z = _float_only(outvals[0], "integer_pow")
     if y % 2:
         return [_odd_root(z, y)]
     return [jnp.sqrt(z) if y == 2 else jnp.abs(z) ** (1 / y)]
@@ -174,7 +167,7 @@ def _pow_base(y, b):
     # inverse on both of those domains.  A negative base with an even integer
     # exponent is not recoverable (its sign is lost): this returns |a|, the
     # principal branch.  b == 0 gives y == 1 for every a, hence require_nonzero.
-    _inexact(y, "pow")
+    _float_only(y, "pow")
     b = require_nonzero(b, "the known exponent of `pow`")
     return _as_input(jnp.sign(y) * jnp.abs(y) ** (1 / lax.convert_element_type(b, y.dtype)), 0)
 
@@ -187,11 +180,11 @@ def _pow_exponent(y, a):
     # a != 0 (a = 0 gives y in {0, 1, inf}, not injective); a = +-1 is not ruled
     # out at plan time and gives 0/0 = NaN at run time, visibly rather than a
     # wrong finite value.  An integer exponent is recovered exactly by rounding.
-    _inexact(y, "pow")
+    _float_only(y, "pow")
     a = require_nonzero(a, "the known base of `pow` (it must also not be +-1)")
     b = jnp.log(jnp.abs(y)) / jnp.log(jnp.abs(a))
     dtype = input_avals()[1].dtype
-    if not jnp.issubdtype(dtype, jnp.inexact):
+    if not is_float(dtype):
         b = jnp.round(b)
     return _as_input(b.astype(dtype), 1)
 
@@ -251,7 +244,7 @@ def _pow_cotangents(a, b, y, ct, **_):
     bf = jnp.asarray(b).astype(y.dtype)
     a, bf = jnp.broadcast_arrays(jnp.asarray(a), bf)
     jac = bf * lax.pow(a, bf - 1)
-    if not _is_float(1):
+    if not _input_is_float(1):
         return ct * jnp.where(bf == 0, 0, jac), None
     return ct * jac, ct * jnp.log(jnp.where(a == 0, 1, a)) * y
 
@@ -267,8 +260,8 @@ def _lossless(src, dst) -> bool:
     d_complex = jnp.issubdtype(dst, jnp.complexfloating)
     if s_complex and not d_complex:
         return False
-    if jnp.issubdtype(src, jnp.inexact):
-        if not jnp.issubdtype(dst, jnp.inexact):
+    if is_float(src):
+        if not is_float(dst):
             return False
         s, d = jnp.finfo(src), jnp.finfo(dst)
         return d.nmant >= s.nmant and d.maxexp >= s.maxexp and d.minexp <= s.minexp
@@ -301,7 +294,7 @@ def _convert_nonzero(nonzero_in, *, new_dtype, **_):
         src = np.dtype(input_avals()[0].dtype)
     except RuntimeError:  # nonzero rules are not promised the input avals
         return dst in (np.dtype(np.float64), np.dtype(np.complex128))
-    if not jnp.issubdtype(src, jnp.inexact) and jnp.issubdtype(dst, jnp.inexact):
+    if not is_float(src) and is_float(dst):
         return True  # |integer| >= 1 never rounds to zero
     return _lossless(src, dst)
 
@@ -331,8 +324,8 @@ pack.defbinary(P.sub_p, lambda y, b: _as_input(y + b, 0), lambda y, a: _as_input
 ])
 # y = a * b: a = y / b, b = y / a (floats only: integer products overflow).
 pack.defbinary(P.mul_p,
-               lambda y, b: _as_input(_inexact(y, "mul") / require_nonzero(b, "the known factor of `mul`"), 0),
-               lambda y, a: _as_input(_inexact(y, "mul") / require_nonzero(a, "the known factor of `mul`"), 1),
+               lambda y, b: _as_input(_float_only(y, "mul") / require_nonzero(b, "the known factor of `mul`"), 0),
+               lambda y, a: _as_input(_float_only(y, "mul") / require_nonzero(a, "the known factor of `mul`"), 1),
                examples=[
                    Example(jnp.multiply, nonzero(0.25, 4), nonzero(0.25, 4), solve=BOTH),
                    Example(lambda x: x * 2.0, reals(), solve=[(0,)], label="by a literal"),
@@ -346,8 +339,8 @@ pack.defbinary(P.mul_p,
                notes="divides by the known factor: it must be provably nonzero")
 # y = a / b: a = y * b divides by nothing; b = a / y divides by y, nonzero iff a is.
 pack.defbinary(P.div_p,
-               lambda y, b: _as_input(_inexact(y, "div") * b, 0),
-               lambda y, a: _as_input(require_nonzero(a, "the known numerator of `div`") / _inexact(y, "div"), 1),
+               lambda y, b: _as_input(_float_only(y, "div") * b, 0),
+               lambda y, a: _as_input(require_nonzero(a, "the known numerator of `div`") / _float_only(y, "div"), 1),
                examples=[
                    Example(jnp.divide, nonzero(0.25, 4), nonzero(0.25, 4), solve=BOTH),
                    Example(lax.div, nonzero(shape=()), nonzero(shape=(3, 4)), solve=BOTH,
@@ -373,7 +366,7 @@ pack.defbinary(P.atan2_p,
                ],
                notes="the known operand must be provably nonzero; ill-conditioned as |a / b| (solving a) grows")
 # neg is its own inverse (integers too).
-pack.defunary(P.neg_p, lax.neg, ct=lambda x, y, ct: -ct if jnp.issubdtype(y.dtype, jnp.inexact) else None,
+pack.defunary(P.neg_p, lax.neg, ct=lambda x, y, ct: -ct if is_float(y) else None,
               examples=[Example(lax.neg, reals(-3, 3)), Example(lax.neg, integers(), label="integers")])
 
 # Fused cotangents: jax.vjp's, from the operands the inverse recovered, without tracing the VJP
@@ -389,9 +382,9 @@ pack.register_ivjp(P.pow_p, _binary_ivjp(P.pow_p, _pow_cotangents))
 pack.register_ivjp(P.atan2_p, _binary_ivjp(
     P.atan2_p, lambda a, b, y, ct, **_: (ct * (b / (a * a + b * b)), ct * (-a / (a * a + b * b)))))
 
-pack.register_nonzero(P.mul_p, _all)
-pack.register_nonzero(P.div_p, _first)  # a / b with a nonzero (and b finite)
-pack.register_nonzero(P.pow_p, _first)  # a ** b with a nonzero (0 ** 0 == 1, but we need not know)
+pack.register_nonzero(P.mul_p, nonzero_if_all)
+pack.register_nonzero(P.div_p, nonzero_if_first)  # a / b with a nonzero (and b finite)
+pack.register_nonzero(P.pow_p, nonzero_if_first)  # a ** b with a nonzero (0 ** 0 == 1, but we need not know)
 
 pack.register_inverse(P.integer_pow_p, _integer_pow_inverse, examples=[
     Example(lambda x: lax.integer_pow(x, 3), reals(-3, 3), label="y=3"),
@@ -419,7 +412,7 @@ pack.defunary(P.cbrt_p, lambda y: y * y * y, ct=lambda x, y, ct: ct * ((1 / 3) *
 pack.register_nonzero(P.exp_p)
 pack.register_nonzero(P.exp2_p)
 pack.register_nonzero(P.logistic_p)
-pack.register_nonzero(P.log_p, _never)  # log(1) == 0
+pack.register_nonzero(P.log_p, never_nonzero)  # log(1) == 0
 
 # Each undone by its inverse function; the fused cotangents are jax's own,
 # from the output (d exp = exp dx, d expm1 = (expm1 + 1) dx, d logistic =
@@ -442,8 +435,8 @@ pack.defunary(P.logistic_p, _logit, ct=lambda x, y, ct: ct * (y * (1 - y)), exam
 # --------------------------------------------------------------------------
 # hyperbolic, trigonometric (on their injective domains), erf
 
-pack.register_nonzero(P.acos_p, _never)  # acos(1) == 0
-pack.register_nonzero(P.acosh_p, _never)  # acosh(1) == 0
+pack.register_nonzero(P.acos_p, never_nonzero)  # acos(1) == 0
+pack.register_nonzero(P.acosh_p, never_nonzero)  # acosh(1) == 0
 
 # d tanh = (1 + y)(1 - y) dx, jax's form: 1 - y is exact for y near 1, where 1 - y*y loses digits.
 pack.defunary(P.tanh_p, jnp.arctanh, ct=lambda x, y, ct: (ct + ct * y) * (1 - y),
@@ -462,7 +455,7 @@ pack.defunary(P.erf_p, lax.erf_inv, examples=Example(lax.erf, reals(-1.5, 1.5)),
 # d erf_inv(x) = sqrt(pi)/2 exp(erf_inv(x)^2) dx: from the output alone.
 pack.defunary(P.erf_inv_p, lax.erf, ct=lambda x, y, ct: (math.sqrt(math.pi) / 2) * (ct * jnp.exp(y * y)),
               examples=Example(lax.erf_inv, reals(-0.95, 0.95)))
-pack.register_nonzero(P.erfc_p, _never)  # erfc > 0, but underflows to 0 (x > 10 in float32)
+pack.register_nonzero(P.erfc_p, never_nonzero)  # erfc > 0, but underflows to 0 (x > 10 in float32)
 pack.defunary(P.erfc_p, _erfc_inverse, examples=Example(lax.erfc, reals(-2, 8)),
               notes="x = -ndtri(y / 2) / sqrt(2): accurate in both tails; x << 0 is ill-conditioned",
               saturates="erfc(x) rounds to 2 below x = -4 and underflows to 0 above x = 10 in float32")
@@ -482,9 +475,9 @@ pack.register_inverse(P.convert_element_type_p, _convert_inverse, examples=[
     Example(lambda x: x.astype(jnp.int32), integers(dtype=np.int8), label="i8->i32"),
     Example(lambda x: x.astype(jnp.int16), integers((0, 7, 255), dtype=np.uint8), label="u8->i16"),
 ], notes="lossless conversions only (every source value survives the round trip)")
-pack.defunary(P.copy_p, lambda y: y, ct=lambda x, y, ct: ct if jnp.issubdtype(y.dtype, jnp.inexact) else None,
+pack.defunary(P.copy_p, lambda y: y, ct=lambda x, y, ct: ct if is_float(y) else None,
               examples=[Example(jnp.copy, reals()), Example(jnp.copy, integers(), label="integers")])
-pack.register_nonzero(P.bitcast_convert_type_p, _never)  # the int bits of -0.0 or of a flushed denormal
+pack.register_nonzero(P.bitcast_convert_type_p, never_nonzero)  # the int bits of -0.0 or of a flushed denormal
 pack.register_inverse(P.bitcast_convert_type_p, _bitcast_inverse, examples=[
     Example(lambda x: lax.bitcast_convert_type(x, jnp.int32), reals(-1e3, 1e3),
             label="float -> int32 (f32: same width; f64: split in two)"),
@@ -525,7 +518,7 @@ pack.defbinary(P.xor_p, lambda y, b: _as_input(lax.bitwise_xor(y, b), 0),
             solve=BOTH, label="rank-0 operand broadcast"),
 ])
 # not (bitwise complement; logical not on booleans) is an involution.
-pack.register_nonzero(P.not_p, _never)  # not(-1) == 0, not(True) == False
+pack.register_nonzero(P.not_p, never_nonzero)  # not(-1) == 0, not(True) == False
 pack.defunary(P.not_p, lax.bitwise_not, examples=[
     Example(lax.bitwise_not, integers(), label="integers"),
     Example(lax.bitwise_not, booleans(), label="booleans"),
@@ -594,5 +587,5 @@ pack.register_inverse(P.integer_pow_p, _integer_pow_principal, principal_branch=
 ], notes="x >= 0 for even y")
 
 pack.register_nonzero(P.cosh_p)  # cosh >= 1
-pack.register_nonzero(P.abs_p, _first)
-pack.register_nonzero(P.square_p, _first)
+pack.register_nonzero(P.abs_p, nonzero_if_first)
+pack.register_nonzero(P.square_p, nonzero_if_first)

@@ -50,7 +50,7 @@ from jax.extend.core import ClosedJaxpr, Jaxpr, Literal
 from jax.extend.core import primitives as P
 
 from jaxinv import registry
-from jaxinv.compat import aval_spec, literal_value, trace_context
+from jaxinv._src.compat import aval_spec, literal_value, trace_context
 from jaxinv.registry import NotInvertibleError, input_avals
 
 FunctionInverse = Callable[[Sequence[Any], Sequence[Any]], Sequence[Any]]

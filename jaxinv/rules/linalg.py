@@ -44,10 +44,11 @@ from jax import lax
 from jax.extend.core import primitives as P
 
 from jaxinv._version import __version__
-from jaxinv.compat import SUPPORTED_JAX
+from jaxinv._src.compat import SUPPORTED_JAX
 from jaxinv.domains import Example, nonsingular, reals
 from jaxinv.packs import RulePack
 from jaxinv.registry import NotInvertibleError, input_avals, require_nonsingular
+from jaxinv._src.dtypes import is_float
 
 pack = RulePack("jaxinv.linalg", __version__, jax_versions=SUPPORTED_JAX, builtin=True,
                 description="linear algebra: solves with known matrices, decompositions, FFTs")
@@ -136,7 +137,7 @@ def _layout(invals, dimension_numbers) -> _Layout:
     (contract, batch) = dimension_numbers
     x_shape = tuple(input_avals()[u].shape)
     w_shape = tuple(input_avals()[k].shape)
-    if not jnp.issubdtype(input_avals()[u].dtype, jnp.inexact):
+    if not is_float(input_avals()[u]):
         raise NotInvertibleError("`dot_general` on integers cannot be solved exactly")
     x_contract, w_contract = tuple(contract[u]), tuple(contract[k])
     x_batch, w_batch = tuple(batch[u]), tuple(batch[k])
@@ -224,7 +225,7 @@ def _dot_general_ivjp(invals, outvals, out_cts, *, dimension_numbers, precision=
     solved, cts = list(invals), [None, None]
     solved[u] = _unarrange_x(x2, lay, x_dtype)
     cts[u] = _unarrange_x(ct_x2, lay, x_dtype)
-    cts[k] = ct_w if jnp.issubdtype(w_dtype, jnp.inexact) else None
+    cts[k] = ct_w if is_float(w_dtype) else None
     return solved, cts
 
 
@@ -346,7 +347,7 @@ def _conv_layout(invals, *, dimension_numbers, window_strides, padding, lhs_dila
                  batch_group_count, **_) -> _Conv:
     _solve_only(invals, {0: "input (lhs; the kernel must be known)"}, "conv_general_dilated")
     x_aval, w_aval = input_avals()
-    if not jnp.issubdtype(x_aval.dtype, jnp.inexact):
+    if not is_float(x_aval):
         raise NotInvertibleError("`conv_general_dilated` on integers cannot be solved exactly")
     nd = len(x_aval.shape)
     if dimension_numbers is None:

@@ -17,11 +17,13 @@ import numpy as np
 from jax import lax
 from jax.extend.core import primitives as P
 
-from jaxinv import facts, registry
-from jaxinv.compat import SUPPORTED_JAX, available, scatter_sub_p, split_p, stack_p, tile_p, unstack_p
+from jaxinv import registry
+from jaxinv._src import facts
+from jaxinv._src.compat import SUPPORTED_JAX, available, scatter_sub_p, split_p, stack_p, tile_p, unstack_p
+from jaxinv._src.dtypes import is_float
 from jaxinv._version import __version__
 from jaxinv.domains import Example, fixed, integers, nonzero, reals
-from jaxinv.packs import RulePack
+from jaxinv.packs import RulePack, nonzero_if_all, nonzero_if_first
 from jaxinv.registry import NotInvertibleError, input_avals, require_nonzero
 
 pack = RulePack("jaxinv.structural", __version__, jax_versions=SUPPORTED_JAX, builtin=True,
@@ -32,12 +34,6 @@ pack = RulePack("jaxinv.structural", __version__, jax_versions=SUPPORTED_JAX, bu
 # private helpers for the non-trivial rules
 
 
-def _all(nonzero_in, **_):
-    return all(nonzero_in)
-
-
-def _first(nonzero_in, **_):
-    return nonzero_in[0]
 
 
 def _all_known(outvals, prim: str):
@@ -53,8 +49,6 @@ def _fill(known, solved):
     return [s if k is None else k for k, s in zip(known, solved)]
 
 
-def _inexact(dtype) -> bool:
-    return jnp.issubdtype(dtype, jnp.inexact)
 
 
 def _concrete(x):
@@ -98,7 +92,7 @@ def _concatenate_ivjp(invals, outvals, out_cts, *, dimension, **_):
     for aval in input_avals():
         size = aval.shape[dimension]
         cts.append(lax.slice_in_dim(ct, start, start + size, axis=dimension)
-                   if ct is not None and _inexact(aval.dtype) else None)
+                   if ct is not None and is_float(aval) else None)
         start += size
     return solved, cts
 
@@ -109,7 +103,7 @@ def _broadcast_in_dim_ivjp(invals, outvals, out_cts, *, shape, broadcast_dimensi
     solved = _broadcast_in_dim_inverse(invals, outvals, shape=shape, broadcast_dimensions=broadcast_dimensions,
                                        **params)
     x_aval, ct = input_avals()[0], out_cts[0]
-    if not _inexact(x_aval.dtype):
+    if not is_float(x_aval):
         return solved, [None] * len(invals)
     if ct is None:
         return solved, [jnp.zeros(x_aval.shape, x_aval.dtype)] + [None] * (len(invals) - 1)
@@ -126,7 +120,7 @@ def _split_inverse(invals, outvals, *, axis, **_):
 def _split_ivjp(invals, outvals, out_cts, *, axis, **_):
     cts = [jnp.zeros_like(y) if ct is None else ct for y, ct in zip(outvals, out_cts)]
     x = lax.concatenate(_all_known(outvals, "split"), axis)
-    if not jnp.issubdtype(input_avals()[0].dtype, jnp.inexact):
+    if not is_float(input_avals()[0]):
         return [x], [None]
     return [x], [lax.concatenate(cts, axis)]
 
@@ -166,7 +160,7 @@ def _cumsum_inverse(invals, outvals, *, axis, reverse, **_):
 def _cumsum_ivjp(invals, outvals, out_cts, *, axis, reverse, **_):
     # cumsum is linear; its transpose is the cumsum running the other way.
     (x,) = _cumsum_inverse(invals, outvals, axis=axis, reverse=reverse)
-    if not jnp.issubdtype(input_avals()[0].dtype, jnp.inexact):
+    if not is_float(input_avals()[0]):
         return [x], [None]
     return [x], [lax.cumsum(out_cts[0], axis, reverse=not reverse)]
 
@@ -175,7 +169,7 @@ def _cumprod_inverse(invals, outvals, *, axis, reverse, **_):
     # y[i] = x[0] * ... * x[i] (reverse: x[i] * ... * x[n-1]), so x[i] = y[i] / y[i-1]
     # (resp. y[i] / y[i+1]), the missing neighbour being 1. It divides by the
     # outputs: they must be provably nonzero (iff the input is; see below).
-    if not _inexact(input_avals()[0].dtype):
+    if not is_float(input_avals()[0]):
         raise NotInvertibleError("integer `cumprod` wraps around and divides inexactly: not invertible")
     y = require_nonzero(outvals[0], "the cumulative product")
     if y.shape[axis] == 0:
@@ -302,7 +296,7 @@ def _scatter_mul_inverse(invals, outvals, **params):
     if idx is None or u is None:
         raise NotInvertibleError("only the operand of `scatter-mul` can be recovered, from known indices and updates")
     if x is None:
-        if not _inexact(input_avals()[0].dtype):
+        if not is_float(input_avals()[0]):
             raise NotInvertibleError("integer `scatter-mul` wraps around: not invertible")
         require_nonzero(u, "the updates")
         y = outvals[0]
@@ -403,7 +397,7 @@ def _sort_ivjp(invals, outvals, out_cts, *, dimension, **_):
     # permutation applied to the cotangents (no second sort).
     solved, inv = _sort_solve(invals, outvals, dimension)
     cts = [jnp.take_along_axis(ct if ct is not None else jnp.zeros(a.shape, a.dtype), inv, dimension)
-           if _inexact(a.dtype) else None for ct, a in zip(out_cts, input_avals())]
+           if is_float(a) else None for ct, a in zip(out_cts, input_avals())]
     return solved, cts
 
 
@@ -427,7 +421,7 @@ def _top_k_inverse(invals, outvals, *, k, axis=-1, **_):
 def _top_k_ivjp(invals, outvals, out_cts, *, k, axis=-1, **_):
     x, inv = _top_k_solve(outvals, k, axis)
     ct = out_cts[0]
-    if not _inexact(input_avals()[0].dtype):
+    if not is_float(input_avals()[0]):
         return [x], [None]
     return [x], [jnp.zeros_like(x) if ct is None else jnp.take_along_axis(ct, inv, axis)]
 
@@ -450,38 +444,38 @@ pack.register_inverse(P.broadcast_in_dim_p, _broadcast_in_dim_inverse, examples=
     Example(lambda x: jnp.broadcast_to(x, (2, 3)), reals(shape=()), label="scalar"),
 ], notes="keeps one copy of each broadcast element")
 pack.register_ivjp(P.broadcast_in_dim_p, _broadcast_in_dim_ivjp)
-pack.register_nonzero(P.broadcast_in_dim_p, _first)
+pack.register_nonzero(P.broadcast_in_dim_p, nonzero_if_first)
 if available(tile_p):
     pack.register_inverse(tile_p, _tile_inverse, examples=Example(lambda x: jnp.tile(x, (2, 3)), reals(shape=(3, 4))))
-    pack.register_nonzero(tile_p, _first)
+    pack.register_nonzero(tile_p, nonzero_if_first)
 pack.register_inverse(P.concatenate_p, _concatenate_inverse, examples=Example(
     lambda a, b, c: jnp.concatenate([a, b, c], axis=1), reals(shape=(3, 1)), reals(shape=(3, 4)),
     reals(shape=(3, 2)), solve=[(0,), (1, 2), (0, 1, 2)]))
 pack.register_ivjp(P.concatenate_p, _concatenate_ivjp)
-pack.register_nonzero(P.concatenate_p, _all)
+pack.register_nonzero(P.concatenate_p, nonzero_if_all)
 pack.register_inverse(split_p, _split_inverse, examples=[
     Example(lambda x: jnp.split(x, [1, 3], axis=1), reals(shape=(3, 6))),
     Example(lambda x: jnp.split(x, [2], axis=0), integers(shape=(4, 3)), label="integers"),
 ], notes="needs every piece")
 pack.register_ivjp(split_p, _split_ivjp)
-pack.register_nonzero(split_p, _first)
+pack.register_nonzero(split_p, nonzero_if_first)
 if available(stack_p, unstack_p):
     pack.register_inverse(stack_p, _stack_inverse, examples=Example(
         lambda a, b, c: jnp.stack([a, b, c], axis=1), reals(shape=(3, 4)), reals(shape=(3, 4)), reals(shape=(3, 4)),
         solve=[(1,), (0, 2), (0, 1, 2)]))
-    pack.register_nonzero(stack_p, _all)
+    pack.register_nonzero(stack_p, nonzero_if_all)
     pack.register_inverse(unstack_p, _unstack_inverse, examples=Example(lambda x: jnp.unstack(x, axis=1),
                                                                          reals(shape=(3, 4))), notes="needs every piece")
-    pack.register_nonzero(unstack_p, _first)
+    pack.register_nonzero(unstack_p, nonzero_if_first)
 pack.register_inverse(P.pad_p, _pad_inverse, examples=[
     Example(lambda x, v: lax.pad(x, v, ((1, 2, 1), (0, 1, 0))), reals(shape=(3, 4)), reals(shape=()),
             solve=[(0,), (1,), (0, 1)]),
     Example(lambda x, v: lax.pad(x, v, ((0, 0, 2), (0, 0, 0))), reals(shape=(3, 4)), reals(shape=()),
             solve=[(0, 1)], label="interior padding only"),
 ], notes="no negative padding; the padding value is read back when some output element holds it")
-pack.register_nonzero(P.pad_p, _all)
+pack.register_nonzero(P.pad_p, nonzero_if_all)
 pack.register_inverse(P.device_put_p, _device_put_inverse, examples=Example(jax.device_put, reals()))
-pack.register_nonzero(P.device_put_p, _all)
+pack.register_nonzero(P.device_put_p, nonzero_if_all)
 
 # --------------------------------------------------------------------------
 # scans
@@ -500,15 +494,15 @@ pack.register_inverse(P.cumprod_p, _cumprod_inverse, examples=[
 ], notes="floats; divides by the running product: the input must be provably nonzero (and not underflow)")
 pack.register_ivjp(P.cumprod_p, _cumprod_ivjp)
 pack.register_ildj(P.cumprod_p, _cumprod_ildj)
-pack.register_nonzero(P.cumprod_p, _first)  # a product of nonzero factors is nonzero
+pack.register_nonzero(P.cumprod_p, nonzero_if_first)  # a product of nonzero factors is nonzero
 pack.register_inverse(P.cumlogsumexp_p, _cumlogsumexp_inverse, examples=[
     Example(lambda x: lax.cumlogsumexp(x, axis=1), reals(-2, 2, shape=(3, 4)), label="forward"),
     Example(lambda x: lax.cumlogsumexp(x, axis=0, reverse=True), reals(-2, 2, shape=(3, 4)), label="reverse"),
 ], notes="ill-conditioned where an element is far below the running log-sum-exp")
 pack.register_not_invertible(P.cummax_p, "a running maximum hides every element below it")
-pack.register_nonzero(P.cummax_p, _first)  # each output is one of the inputs
+pack.register_nonzero(P.cummax_p, nonzero_if_first)  # each output is one of the inputs
 pack.register_not_invertible(P.cummin_p, "a running minimum hides every element above it")
-pack.register_nonzero(P.cummin_p, _first)
+pack.register_nonzero(P.cummin_p, nonzero_if_first)
 
 # --------------------------------------------------------------------------
 # windows, scatters and selections: what is not overwritten comes back
@@ -560,7 +554,7 @@ pack.register_inverse(P.sort_p, _sort_inverse, examples=[
             reals(shape=(4, 2)), reals(shape=(4, 2)), solve=[(0,), (1,), (0, 1)], label="carried payload"),
 ], notes="needs an operand carrying lax.iota along the sort dimension (the permutation) and its output")
 pack.register_ivjp(P.sort_p, _sort_ivjp)
-pack.register_nonzero(P.sort_p, _all)  # each output is a permutation of its operand
+pack.register_nonzero(P.sort_p, nonzero_if_all)  # each output is a permutation of its operand
 pack.register_inverse(P.top_k_p, _top_k_inverse, examples=Example(lambda x: lax.top_k(x, 4), reals(shape=(3, 4)),
                                                                   solve=[(0,)]),
                       notes="only with k equal to the axis length (a sort that returns its permutation)")
@@ -571,19 +565,19 @@ pack.register_not_invertible(P.approx_top_k_p, "it keeps only k elements, approx
 # documented refusals: these drop or combine elements
 
 # Alone, these lose elements; slices, windows or constant-index gathers that
-# together cover an array rebuild it through partial knowledge (jaxinv.partial).
+# together cover an array rebuild it through partial knowledge (jaxinv._src.partial).
 pack.register_not_invertible(P.slice_p, "it drops elements (slices that together cover an array do rebuild it)")
-pack.register_nonzero(P.slice_p, _first)
+pack.register_nonzero(P.slice_p, nonzero_if_first)
 pack.register_not_invertible(P.dynamic_slice_p, "it keeps only a window of its operand (constant-index windows "
                              "that together cover it do rebuild it)")
-pack.register_nonzero(P.dynamic_slice_p, _first)
+pack.register_nonzero(P.dynamic_slice_p, nonzero_if_first)
 pack.register_not_invertible(P.gather_p, "it may drop or repeat elements, depending on the index values (a "
                              "constant permutation, or constant-index gathers that cover the operand, do rebuild it)")
 for _prim in (P.reduce_sum_p, P.reduce_prod_p, P.reduce_max_p, P.reduce_min_p, P.reduce_and_p, P.reduce_or_p,
               P.reduce_xor_p, P.reduce_p):
     pack.register_not_invertible(_prim, "it reduces each axis it runs over to one value")
 for _prim in (P.reduce_max_p, P.reduce_min_p, P.reduce_prod_p):
-    pack.register_nonzero(_prim, _first)  # the max/min is one of the inputs; a product of nonzero factors
+    pack.register_nonzero(_prim, nonzero_if_first)  # the max/min is one of the inputs; a product of nonzero factors
 pack.register_not_invertible(P.argmax_p, "it keeps only the position of the largest element")
 pack.register_not_invertible(P.argmin_p, "it keeps only the position of the smallest element")
 for _prim in (P.reduce_window_sum_p, P.reduce_window_max_p, P.reduce_window_min_p, P.reduce_window_p):

@@ -4,7 +4,7 @@ jaxinv's own primitives: the ``nonzero`` marker and ``custom_ivjp`` calls.
 * Identity-like primitives (``optimization_barrier``, ``sharding_constraint``,
   ``checkpoint_name``'s ``name``, ``stop_gradient``): the input is the output.
 * ``jit`` / ``pjit``, ``closed_call``, ``call`` and ``remat`` (``jax.checkpoint``)
-  need no rule: ``jaxinv.flatten`` inlines their bodies, so the planner sees
+  need no rule: ``jaxinv._src.flatten`` inlines their bodies, so the planner sees
   (and inverts) across their borders.
 * PRNG: ``random_bits``, ``random_split``, ``random_fold_in`` (and the
   arithmetic that turns bits into a dropout mask) are hashes of the key; they are
@@ -27,7 +27,8 @@ from jax.ad_checkpoint import checkpoint_name
 from jax.extend.core import primitives as P
 from jax.sharding import SingleDeviceSharding
 
-from jaxinv.compat import SUPPORTED_JAX, name_p, optimization_barrier_p, random_unwrap_p, random_wrap_p
+from jaxinv._src.compat import SUPPORTED_JAX, name_p, optimization_barrier_p, random_unwrap_p, random_wrap_p
+from jaxinv._src.dtypes import is_float
 from jaxinv.custom_ivjp import custom_ivjp, custom_ivjp_call_p, ildj_rule, inverse_rule, ivjp_rule
 from jaxinv._version import __version__
 from jaxinv.domains import Example, integers, reals
@@ -39,19 +40,17 @@ pack = RulePack("jaxinv.utility", __version__, jax_versions=SUPPORTED_JAX, built
                 description="identity-like primitives (optimization_barrier, sharding_constraint, name, "
                             "stop_gradient), PRNG key wrapping and threefry2x32, markers, and jaxinv's "
                             "custom_ivjp calls; jit/pjit, closed_call and remat (checkpoint) need no rule: "
-                            "jaxinv.flatten inlines them")
+                            "jaxinv._src.flatten inlines them")
 
 
-def _is_float(dtype) -> bool:
-    return jnp.issubdtype(dtype, jnp.inexact)
 
 
 def _same_ct(x, y, ct):
-    return ct if _is_float(y.dtype) else None
+    return ct if is_float(y) else None
 
 
 def _zero_ct(x, y, ct):
-    return jnp.zeros_like(ct) if _is_float(y.dtype) else None
+    return jnp.zeros_like(ct) if is_float(y) else None
 
 
 def _one_device():  # a sharding for the example, made lazily (no backend at import)
@@ -67,7 +66,7 @@ def _barrier_inverse(invals, outvals, **_):
 def _barrier_ivjp(invals, outvals, out_cts, **_):
     avals = input_avals()
     return (_barrier_inverse(invals, outvals),
-            [ct if _is_float(a.dtype) else None for ct, a in zip(out_cts, avals)])
+            [ct if is_float(a) else None for ct, a in zip(out_cts, avals)])
 
 
 def _unwrap_inverse(invals, outvals, **_):

@@ -5,12 +5,11 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Callable
 
-import jax
 from jax.extend.core import ClosedJaxpr
-from jax.tree_util import tree_flatten, tree_unflatten
+from jax.tree_util import tree_flatten
 
-from jaxinv.flatten import flatten
-from jaxinv.plan import Plan, make_plan
+from jaxinv._src.flatten import flatten, trace_flat
+from jaxinv._src.plan import Plan, make_plan
 
 
 @dataclasses.dataclass(eq=False)
@@ -62,23 +61,17 @@ def trace_only(f: Callable, args: tuple, *, has_aux: bool = False) -> Traced:
         ```
     """
     flat_args, in_tree = tree_flatten(args)
-    store = {}
 
-    def flat_f(*flat):
-        out = f(*tree_unflatten(in_tree, flat))
-        if has_aux:
-            if not (isinstance(out, tuple) and len(out) == 2):
-                raise TypeError("with has_aux=True the function must return a pair (output, aux)")
-            out, aux = out
-            flat_aux, store["aux"] = tree_flatten(aux)
-        else:
-            flat_aux = []
-        flat_out, store["out"] = tree_flatten(out)
-        store["n"] = len(flat_out)
-        return [*flat_out, *flat_aux]
+    def pair(*a):  # (output, aux), the output's leaves first
+        out = f(*a)
+        if has_aux and not (isinstance(out, tuple) and len(out) == 2):
+            raise TypeError("with has_aux=True the function must return a pair (output, aux)")
+        return out if has_aux else (out, None)
 
-    closed = jax.make_jaxpr(flat_f)(*flat_args)
-    return Traced(None, list(closed.consts), in_tree, store["out"], store["n"], store.get("aux"), closed)
+    closed, pair_tree = trace_flat(pair, flat_args, in_tree)
+    out_tree, aux_tree = pair_tree.children()
+    return Traced(None, list(closed.consts), in_tree, out_tree, out_tree.num_leaves, aux_tree if has_aux else None,
+                  closed)
 
 
 def plan_traced(t: Traced, *, for_inverse: bool = False) -> Traced:

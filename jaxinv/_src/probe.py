@@ -3,7 +3,7 @@
 Rules stay in one convention (``rule(invals, outvals, **params)`` with None
 for the unknowns) and need no separate "can you?" function: the planner runs
 the rule under ``jax.eval_shape`` on abstract values, with the facts it proved
-(``jaxinv.facts``) attached; a ``NotInvertibleError`` (or any exception, or
+(``jaxinv._src.facts``) attached; a ``NotInvertibleError`` (or any exception, or
 a result of the wrong shape: a broadcast operand) means "cannot". Results are
 cached by primitive, shapes, pattern, facts and params.
 
@@ -22,9 +22,9 @@ import jax
 import numpy as np
 from jax.extend.core import Literal
 
-from jaxinv.compat import literal_value
+from jaxinv._src.compat import literal_value
 from jaxinv import registry
-from jaxinv.flatten import hashable_params
+from jaxinv._src.flatten import hashable_params
 from jaxinv.registry import NotInvertibleError
 
 
@@ -33,6 +33,10 @@ def _literal_key(v):
         return None
     val = np.asarray(literal_value(v))
     return None if val.ndim != 0 else (float(val.real), str(val.dtype))
+
+
+# (reason,) by equation pattern; emptied whenever a rule is (re)registered.
+_results: dict = registry.derived_cache()
 
 
 def probe(eqn, known: Sequence[bool], facts: Sequence[frozenset], table,
@@ -68,12 +72,12 @@ def probe(eqn, known: Sequence[bool], facts: Sequence[frozenset], table,
                tuple(f if k else None for f, k in zip(out_facts, out_known)),
                tuple(_literal_key(v) for v in eqn.invars),
                params_key)
-        hit = registry._probe_cache.get(key)
+        hit = _results.get(key)
         if hit is not None:
             return hit[0]
     reason = _run_probe(eqn, rule, known, facts, in_avals, out_avals, out_known, out_facts)
     if key is not None:
-        registry._probe_cache[key] = (reason,)
+        _results[key] = (reason,)
     return reason
 
 

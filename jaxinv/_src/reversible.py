@@ -14,13 +14,11 @@ from typing import Sequence
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 from jax.extend.core import ClosedJaxpr
 
-from jaxinv import interpreter
-from jaxinv.graph import is_float as _is_float
-from jaxinv.plan import Plan
-from jaxinv.probe import spec as _spec
+from jaxinv._src import interpreter
+from jaxinv._src.plan import Plan
+from jaxinv._src.probe import spec as _spec
 
 
 class Reversible:

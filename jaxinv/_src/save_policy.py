@@ -1,6 +1,6 @@
 """The save policy: what to keep when knowledge stops spreading.
 
-When propagation (``jaxinv.knowledge``) can go no further, something must
+When propagation (``jaxinv._src.knowledge``) can go no further, something must
 be saved in the forward pass. ``STRATEGIES`` is the ordered list of ways
 to choose it; each is tried in turn on the equations next to the known region,
 and the first that finds something wins (the values it names are saved, and
@@ -37,10 +37,11 @@ from typing import Callable
 from jax.extend.core import Var
 from jax.extend.core import primitives as P
 
-from jaxinv.graph import LOOPS, eqn_name, is_float, loop_carries, loop_consts, nbytes, source_line
-from jaxinv.knowledge import Knowledge, SourceKind
+from jaxinv._src.graph import LOOPS, eqn_name, loop_carries, loop_consts, nbytes, source_line
+from jaxinv._src.knowledge import Knowledge, SourceKind
 from jaxinv.markers import anchor_p
-from jaxinv.probe import probe
+from jaxinv._src.probe import probe
+from jaxinv._src.dtypes import is_float
 
 # How far back (in equations) a chain computed only from inputs may reach for
 # its inputs to be saved in its place (a dropout mask: ~12 equations from its key).

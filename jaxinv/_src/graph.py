@@ -4,7 +4,7 @@ Everything here is decided by the jaxpr and the caller's given values alone,
 before any planning: who produces and who reads each variable, which equations
 matter, which values are constants (and their values, evaluated at plan time
 when a rule needs them: an index array, a mask), and the facts proven about
-each value (``jaxinv.facts``). ``jaxinv.knowledge.Knowledge`` plans on
+each value (``jaxinv._src.facts``). ``jaxinv._src.knowledge.Knowledge`` plans on
 it; nothing here changes while it does.
 
 Example:
@@ -26,10 +26,11 @@ from jax.extend import source_info_util
 from jax.extend.core import ClosedJaxpr, Literal, Var
 from jax.extend.core import primitives as P
 
-from jaxinv import facts as F
+from jaxinv._src import facts as F
 from jaxinv import registry
-from jaxinv.compat import DropVar, jaxprs_in_params, literal_value
-from jaxinv.flatten import eval_eqn
+from jaxinv._src.compat import DropVar, jaxprs_in_params, literal_value
+from jaxinv._src.flatten import eval_eqn
+from jaxinv._src.dtypes import is_float  # noqa: F401  (graph's users ask it of avals)
 
 # Constants up to this size are evaluated at plan time (masks, index arrays).
 CONCRETE_BYTES = 1 << 24
@@ -60,14 +61,6 @@ def nbytes(aval) -> int:
     except TypeError:
         itemsize = getattr(aval.dtype, "itemsize", 8)
     return int(np.prod(aval.shape, dtype=np.int64)) * itemsize
-
-
-def is_float(aval) -> bool:
-    """Whether values of type ``aval`` carry cotangents (real or complex floats)."""
-    try:
-        return jax.numpy.issubdtype(aval.dtype, jax.numpy.inexact)
-    except TypeError:
-        return False
 
 
 def loop_consts(e) -> int:

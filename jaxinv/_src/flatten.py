@@ -13,16 +13,18 @@ called twice on the same input is one network with all its outputs used.
 
 from __future__ import annotations
 
-from typing import Any, Callable
+import functools
+from typing import Any, Callable, Sequence
 
 import jax
 from jax.extend import source_info_util
 from jax.extend.core import ClosedJaxpr, Jaxpr, Literal, Primitive
 from jax.extend.core import primitives as P
+from jax.tree_util import PyTreeDef, tree_structure, tree_unflatten
 
-from jaxinv.compat import bind_equation, jit_p, literal_value, remat_p
+from jaxinv._src.compat import bind_equation, jit_p, literal_value, remat_p
 
-from jaxinv.compat import aval_spec
+from jaxinv._src.compat import aval_spec
 
 
 # prim -> fn(params) -> ClosedJaxpr | None: the body to inline, or None to keep
@@ -41,14 +43,16 @@ def register_inline(prim: Primitive, body: Callable[[dict], ClosedJaxpr | None])
     inline_rules[prim] = body
 
 
-def _closed(j) -> ClosedJaxpr:
+def as_closed(j: Jaxpr | ClosedJaxpr) -> ClosedJaxpr:
+    """A body from an equation's params as a ``ClosedJaxpr`` (some primitives
+    hold an open ``Jaxpr``, others a closed one, and releases differ)."""
     return j if isinstance(j, ClosedJaxpr) else ClosedJaxpr(j, ())
 
 
-register_inline(jit_p, lambda p: _closed(p["jaxpr"]))
-register_inline(P.closed_call_p, lambda p: _closed(p["call_jaxpr"]))
-register_inline(remat_p, lambda p: _closed(p["jaxpr"]))
-register_inline(P.call_p, lambda p: _closed(p["call_jaxpr"]))
+register_inline(jit_p, lambda p: as_closed(p["jaxpr"]))
+register_inline(P.closed_call_p, lambda p: as_closed(p["call_jaxpr"]))
+register_inline(remat_p, lambda p: as_closed(p["jaxpr"]))
+register_inline(P.call_p, lambda p: as_closed(p["call_jaxpr"]))
 
 
 def hashable_params(params: dict):
@@ -59,6 +63,33 @@ def hashable_params(params: dict):
         return key
     except TypeError:
         return None
+
+
+def trace_flat(f: Callable, flat_args: Sequence[Any], in_tree: PyTreeDef) -> tuple[ClosedJaxpr, PyTreeDef]:
+    """``f`` traced on the leaves of its arguments (``in_tree``): the jaxpr,
+    whose inputs and outputs are the leaves, and the output's tree.
+
+    Example:
+        ```python
+        flat_args, in_tree = tree_flatten(args)
+        closed, out_tree = trace_flat(f, flat_args, in_tree)
+        ```
+    """
+    closed, out_shape = jax.make_jaxpr(lambda *leaves: f(*tree_unflatten(in_tree, leaves)),
+                                       return_shape=True)(*flat_args)
+    return closed, tree_structure(out_shape)
+
+
+def atom_value(env: dict, v) -> Any:
+    """A jaxpr atom's value: a literal's own, else the variable's in ``env``.
+
+    Example:
+        ```python
+        read = functools.partial(atom_value, env)
+        env.update(zip(eqn.outvars, eval_eqn(eqn, [read(v) for v in eqn.invars])))
+        ```
+    """
+    return literal_value(v) if isinstance(v, Literal) else env[v]
 
 
 def eval_eqn(eqn, invals, traceback=None) -> list:
@@ -95,7 +126,7 @@ def _cse_key(eqn, invals):
 def _inline_eval(jaxpr: Jaxpr, consts, args, outer_traceback=None, seen=None) -> list:
     env: dict[Any, Any] = {}
     seen = {} if seen is None else seen   # CSE: key -> (outputs, inputs kept alive)
-    read = lambda v: literal_value(v) if isinstance(v, Literal) else env[v]
+    read = functools.partial(atom_value, env)
     env.update(zip(jaxpr.constvars, consts))
     env.update(zip(jaxpr.invars, args))
     for eqn in jaxpr.eqns:

@@ -11,26 +11,29 @@
   equation that defines it.
 * Without a fused ivjp rule, an equation's input cotangents come from the
   primitive's own VJP at the reconstructed inputs (for ``max`` and its kin,
-  a VJP that tolerates rebuilt inputs: ``jaxinv.stable_vjp``).
+  a VJP that tolerates rebuilt inputs: ``jaxinv._src.stable_vjp``).
 """
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+import functools
+from typing import Any, Protocol, Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from jax.extend.core import Literal, Var
 
-from jaxinv import partial, registry, stable_vjp
-from jaxinv.compat import (aval_spec, literal_value, trace_context, vary_like, varying_axes, with_sharding_of,
+from jaxinv import registry
+from jaxinv._src import partial, stable_vjp
+from jaxinv._src.compat import (aval_spec, literal_value, trace_context, vary_like, varying_axes, with_sharding_of,
                            without_dead_code)
-from jaxinv.flatten import eval_eqn
-from jaxinv.flatten import hashable_params
-from jaxinv.graph import eqn_name, source_line
-from jaxinv.knowledge import REBUILT, Source, SourceKind
-from jaxinv.plan import Plan
+from jaxinv._src.flatten import atom_value, eval_eqn
+from jaxinv._src.flatten import hashable_params
+from jaxinv._src.graph import eqn_name, source_line
+from jaxinv._src.knowledge import REBUILT, Source, SourceKind
+from jaxinv._src.plan import Plan
+from jaxinv._src.dtypes import is_float, zero_cotangent
 from jaxinv.registry import NotInvertibleError
 
 
@@ -45,7 +48,7 @@ def forward(plan: Plan, inputs: Sequence[Any]) -> tuple[list, list]:
     jaxpr = plan.jaxpr
     env: dict[Var, Any] = dict(zip(jaxpr.constvars, plan.closed.consts))
     env.update(zip(jaxpr.invars, inputs))
-    read = lambda v: literal_value(v) if isinstance(v, Literal) else env[v]
+    read = functools.partial(atom_value, env)
     last_use = _last_use(plan)
     for i in plan.live:
         e = jaxpr.eqns[i]
@@ -73,23 +76,42 @@ def _last_use(plan: Plan) -> dict[int, list[Var]]:
 _HELD = Source(SourceKind.SAVED)  # a value the sweep holds from the start
 
 
+class SweepObserver(Protocol):
+    """What a sweep shows whoever watches it (``jaxinv.check_reconstruction``
+    measures drift this way): every value it comes to hold, and the cotangents
+    reaching each equation's outputs."""
+
+    def value(self, v: Var, x: Any) -> None: ...
+
+    def cotangents(self, i: int, outvars: Sequence[Var], cts: Sequence[Any]) -> None: ...
+
+
 class _Sweep:
     """State of one backward / reconstruction pass over a plan."""
 
-    def __init__(self, plan: Plan, inputs, residuals, outvals, *, track_ildj: bool = False):
+    def __init__(self, plan: Plan, inputs, residuals, outvals, *, track_ildj: bool = False,
+                 observer: SweepObserver | None = None):
         self.plan = plan
+        self.observer = observer
         self.ildj = [] if track_ildj else None  # log-det terms of the inversions, for jaxinv.ildj
         self.ildj_pieces: set[int] = set()      # partial pieces already counted in it
         jaxpr = plan.jaxpr
         self.eqns = jaxpr.eqns
-        self.env: dict[Var, Any] = dict(zip(jaxpr.constvars, plan.closed.consts))
-        for v, x, k in zip(jaxpr.invars, inputs, plan.known_inputs):
-            if k:
-                self.env[v] = x
-        self.env.update(zip(plan.saved, residuals))
-        for v, y in zip(jaxpr.outvars, outvals):
-            if isinstance(v, Var):
-                self.env.setdefault(v, y)
+        self.env: dict[Var, Any] = {}
+        self.keep(zip(jaxpr.constvars, plan.closed.consts))
+        self.keep((v, x) for v, x, k in zip(jaxpr.invars, inputs, plan.known_inputs) if k)
+        self.keep(zip(plan.saved, residuals))
+        self.keep(((v, y) for v, y in zip(jaxpr.outvars, outvals) if isinstance(v, Var)), first=True)
+
+    def keep(self, pairs, *, first: bool = False) -> None:
+        """Hold these ``(var, value)`` pairs (with ``first``, only the vars not
+        held yet), and show each to the observer."""
+        for v, x in pairs:
+            if first and v in self.env:
+                continue
+            self.env[v] = x
+            if self.observer is not None:
+                self.observer.value(v, x)
 
     def value(self, v):
         if isinstance(v, Literal):
@@ -100,11 +122,11 @@ class _Sweep:
         if src is None or src.kind not in REBUILT:
             raise AssertionError(f"jaxinv internal error: no way to recover {v} ({src})")
         if src.kind == SourceKind.ASSEMBLE:
-            self.env[v] = self.assemble(src.pieces)[v]
+            self.keep([(v, self.assemble(src.pieces)[v])])
             return self.env[v]
         e = self.eqns[src.eqn]
         if src.kind == SourceKind.RECOMPUTE:
-            self.env.update(zip(e.outvars, eval_eqn(e, [self.value(u) for u in e.invars])))
+            self.keep(zip(e.outvars, eval_eqn(e, [self.value(u) for u in e.invars])))
         else:
             self.invert(src.eqn, src.known)
         return self.env[v]
@@ -160,9 +182,7 @@ class _Sweep:
         solved = result[0] if cts else result
         if self.ildj is not None and not cts:
             self.ildj.append(eqn_ildj(table, e, invals, outvals))
-        for u, k, x in zip(e.invars, known, solved):
-            if not k:
-                self.env.setdefault(u, x)
+        self.keep(((u, x) for u, k, x in zip(e.invars, known, solved) if not k), first=True)
         return result
 
     def run(self, out_cts) -> list:
@@ -186,7 +206,9 @@ class _Sweep:
 
     def eqn_vjp(self, i: int, out_ct, active_in) -> list:
         e = self.eqns[i]
-        out_ct = [ct if ct is not None else _zeros_ct(v.aval) for v, ct in zip(e.outvars, out_ct)]
+        if self.observer is not None:
+            self.observer.cotangents(i, e.outvars, out_ct)
+        out_ct = [ct if ct is not None else zero_cotangent(v.aval) for v, ct in zip(e.outvars, out_ct)]
         # Inputs this equation itself rebuilds, not yet rebuilt: use its fused rule.
         here = [self.plan.sources[u] for u in e.invars
                 if isinstance(u, Var) and u not in self.env and self.plan.sources.get(u, _HELD).kind == SourceKind.INVERT
@@ -262,7 +284,7 @@ def _traced_vjp(e, idx, avals, reuse_outputs: bool):
     def vjp_reading_outputs(xs, ys, cts):
         env = dict(zip(plain.jaxpr.constvars, plain.consts))
         env.update(zip(plain.jaxpr.invars, [*xs, *cts]))
-        read = lambda v: literal_value(v) if isinstance(v, Literal) else env[v]
+        read = functools.partial(atom_value, env)
         for k, q in enumerate(plain.jaxpr.eqns):
             outs = ys if k in reevaluations else eval_eqn(q, [read(v) for v in q.invars])
             env.update(zip(q.outvars, outs))
@@ -306,14 +328,10 @@ def call_rule(table, e, invals, outvals, *cts):
         raise err.at(eqn_name(e), source_line(e)) from None
 
 
-def _zeros_ct(aval):
-    if jnp.issubdtype(aval.dtype, jnp.inexact):
-        return jnp.zeros(aval.shape, aval.dtype)
-    return np.zeros(aval.shape, jax.dtypes.float0)
 
 
 def _accumulate(cts: dict, v: Var, ct) -> None:
-    if not jnp.issubdtype(v.aval.dtype, jnp.inexact):
+    if not is_float(v.aval):
         return
     prev = cts.get(v)
     cts[v] = ct if prev is None else prev + ct
@@ -405,13 +423,11 @@ def reconstruct_and_ildj(plan: Plan, inputs, residuals, outvals) -> tuple[list, 
 def log_det_zero(values):
     """A scalar zero in the widest real float dtype of ``values`` (None and
     non-float values ignored): the accumulator of a log-det."""
-    floats = [jnp.result_type(v) for v in values if v is not None and _inexact(v)]
+    floats = [jnp.result_type(v) for v in values if v is not None and is_float(v)]
     dtype = jnp.result_type(*floats) if floats else jnp.result_type(float)
     return jnp.zeros((), jnp.finfo(dtype).dtype if jnp.issubdtype(dtype, jnp.complexfloating) else dtype)
 
 
-def _inexact(x) -> bool:
-    return jnp.issubdtype(jnp.result_type(x), jnp.inexact)
 
 
 def eqn_ildj(table, e, invals, outvals, mask=None):
@@ -452,7 +468,7 @@ def _elementwise_ildj(rule, params, in_avals, invals, outvals, mask=None):
     if tuple(in_avals[u].shape) != tuple(np.shape(y)):
         raise NotInvertibleError(f"its unknown input {tuple(in_avals[u].shape)} was broadcast to "
                                  f"{tuple(np.shape(y))}: not a bijection, no log-det")
-    if not (_inexact(y) and jnp.issubdtype(in_avals[u].dtype, jnp.inexact)):
+    if not (is_float(y) and is_float(in_avals[u])):
         return 0.0  # a bijection of integers (xor, add): no volume to change
 
     def solve(y):

@@ -2,11 +2,11 @@
 
 Three parts, each in its own module:
 
-* ``jaxinv.graph``: the jaxpr and what is static about it (producers,
+* ``jaxinv._src.graph``: the jaxpr and what is static about it (producers,
   users, live equations, constants and their values, proven facts);
-* ``jaxinv.knowledge``: what is known of each value and how knowledge
+* ``jaxinv._src.knowledge``: what is known of each value and how knowledge
   spreads (recompute forward, invert from outputs, assemble from pieces);
-* ``jaxinv.save_policy``: the ordered strategies choosing what to save
+* ``jaxinv._src.save_policy``: the ordered strategies choosing what to save
   when knowledge stops spreading.
 
 ``make_plan`` runs them: propagate, save, propagate, ... until every
@@ -29,15 +29,14 @@ import numpy as np
 from jax.extend.core import ClosedJaxpr, Literal, Var
 from jax.extend.core import primitives as P
 
-from jaxinv import facts as F
-from jaxinv import partial, registry
-from jaxinv.compat import jaxprs_in_params
-from jaxinv.flatten import hashable_params  # noqa: F401  (re-exported for the interpreter)
-from jaxinv.graph import (LOOPS, Graph, eqn_name, is_float, loop_carries, loop_consts,  # noqa: F401
-                          nbytes, source_line)
-from jaxinv.knowledge import REBUILT, Knowledge, Source, SourceKind  # noqa: F401
-from jaxinv.probe import probe, spec  # noqa: F401
-from jaxinv.save_policy import choose_saves
+from jaxinv import registry
+from jaxinv._src import facts as F
+from jaxinv._src import partial
+from jaxinv._src.compat import jaxprs_in_params
+from jaxinv._src.graph import LOOPS, Graph, loop_carries, loop_consts
+from jaxinv._src.knowledge import Knowledge, Source, SourceKind
+from jaxinv._src.save_policy import choose_saves
+from jaxinv._src.dtypes import is_float
 
 
 @dataclasses.dataclass(eq=False)
@@ -56,7 +55,7 @@ class Plan:
     # (a given x): equation -> the inputs treated as known. JAX's own VJP of a
     # loop would store every iteration's carry.
     fused: dict[int, tuple[bool, ...]] = dataclasses.field(default_factory=dict)
-    # Steps that teach elements of a value (jaxinv.partial), replayed by ASSEMBLE sources.
+    # Steps that teach elements of a value (jaxinv._src.partial), replayed by ASSEMBLE sources.
     pieces: list = dataclasses.field(default_factory=list)
     # jaxinv.inverse's plan: its loop and cond bodies are planned in the same mode.
     principal_branch: bool = False

@@ -1,14 +1,14 @@
 """Knowledge: what the backward pass knows of each value, and how it spreads.
 
-A ``Knowledge`` plans on a ``jaxinv.graph.Graph``. Starting from
+A ``Knowledge`` plans on a ``jaxinv._src.graph.Graph``. Starting from
 what is known (the outputs, constants, integer closure values), knowledge
 *propagates* along a worklist: an equation whose inputs are all known is
 **recomputed**; an equation whose outputs are known, and whose rule can solve
-its unknown inputs (``jaxinv.probe.probe``), is **inverted**; and partial
-knowledge (which *elements* of an array are known, ``jaxinv.partial``)
+its unknown inputs (``jaxinv._src.probe.probe``), is **inverted**; and partial
+knowledge (which *elements* of an array are known, ``jaxinv._src.partial``)
 moves through selections and elementwise equations until an array's pieces
 cover it. Each known value gets a ``Source`` saying how the backward pass
-recovers it. When nothing moves, ``jaxinv.save_policy`` chooses what to
+recovers it. When nothing moves, ``jaxinv._src.save_policy`` chooses what to
 save, and ``Knowledge.save`` makes it known.
 
 Example:
@@ -29,9 +29,11 @@ import numpy as np
 from jax.extend.core import Literal, Var
 from jax.extend.core import primitives as P
 
-from jaxinv import partial, registry
-from jaxinv.graph import Graph, eqn_name, is_float, source_line
-from jaxinv.probe import probe
+from jaxinv import registry
+from jaxinv._src import partial
+from jaxinv._src.graph import Graph, eqn_name, source_line
+from jaxinv._src.probe import probe
+from jaxinv._src.dtypes import is_float
 from jaxinv.registry import NotInvertibleError
 
 
@@ -43,7 +45,7 @@ class SourceKind(str, enum.Enum):
     SAVED = "saved"            # kept by the forward pass
     RECOMPUTE = "recompute"    # evaluate equation ``eqn`` forward
     INVERT = "invert"          # solve equation ``eqn`` for its inputs, those in ``known`` given
-    ASSEMBLE = "assemble"      # replay the partial-knowledge pieces ``pieces`` (jaxinv.partial)
+    ASSEMBLE = "assemble"      # replay the partial-knowledge pieces ``pieces`` (jaxinv._src.partial)
 
     def __str__(self) -> str:
         return self.value
@@ -150,7 +152,7 @@ class Knowledge:
 
     def probe_now(self, e, known=None) -> str | None:
         """Can ``e``'s rule solve its inputs given ``known`` (default: what is
-        known now)? None if so, else the reason (``jaxinv.probe.probe``)."""
+        known now)? None if so, else the reason (``jaxinv._src.probe.probe``)."""
         known = tuple(map(self.known, e.invars)) if known is None else known
         return probe(e, known, [self.fact_of(v) for v in e.invars], self.table,
                      tuple(map(self.known, e.outvars)), [self.fact_of(v) for v in e.outvars])
@@ -209,13 +211,13 @@ class Knowledge:
         return self.partial.get(v)
 
     def selection(self, i: int):
-        """Equation ``i``'s ``jaxinv.partial.Selection``, or None (cached)."""
+        """Equation ``i``'s ``jaxinv._src.partial.Selection``, or None (cached)."""
         if i not in self._selections:
             self._selections[i] = partial.selection(self.eqns[i], self.graph.concrete)
         return self._selections[i]
 
     def spread(self, i: int) -> None:
-        """Move partial knowledge through equation ``i`` (see jaxinv.partial)."""
+        """Move partial knowledge through equation ``i`` (see jaxinv._src.partial)."""
         if i not in self.live_set:
             return
         e = self.eqns[i]

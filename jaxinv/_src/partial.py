@@ -44,8 +44,9 @@ import numpy as np
 from jax.extend.core import Literal, Var
 from jax.extend.core import primitives as P
 
-from jaxinv.compat import literal_value, split_p
-from jaxinv.flatten import eval_eqn
+from jaxinv._src.compat import literal_value, split_p
+from jaxinv._src.flatten import eval_eqn
+from jaxinv._src.dtypes import is_float
 
 # Beyond this many elements (inputs and outputs of one equation), masks and
 # tags would cost more at plan time than they are worth: no partial knowledge.
@@ -182,7 +183,7 @@ def selection(e, concrete: Callable[[Any], Any]) -> Selection | None:
         if static_idx is None:
             return None
     data = tuple(j for j in range(len(e.invars)) if j not in static_idx)
-    if not data or not all(jnp.issubdtype(e.invars[j].aval.dtype, jnp.inexact) for j in data):
+    if not data or not all(is_float(e.invars[j].aval) for j in data):
         return None
     sizes = [int(np.prod(e.invars[j].aval.shape, dtype=np.int64)) for j in data]
     total = sum(sizes) + sum(int(np.prod(v.aval.shape, dtype=np.int64)) for v in e.outvars)
