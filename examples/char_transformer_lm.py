@@ -39,7 +39,6 @@ if "jax" not in sys.modules and "xla_force_host_platform_device_count" not in os
 import argparse  # noqa: E402
 import functools  # noqa: E402
 import math  # noqa: E402
-import time  # noqa: E402
 
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
@@ -51,6 +50,7 @@ from jax.sharding import PartitionSpec as P  # noqa: E402
 import jaxinv  # noqa: E402
 from jaxinv.nn import ReversibleTransformerBlock, rev_sequential  # noqa: E402
 from jaxinv.nn.transformer import layer_norm  # noqa: E402
+from training import fit, train_step  # noqa: E402  (examples/training.py, beside this script)
 
 CONFIGS = {  # global batch; depths[0] is the base depth that sets the memory budget
     "quick": dict(d_model=32, n_heads=4, d_ff=128, seq=32, batch=64, steps=15, lr=3e-3,
@@ -129,12 +129,7 @@ def compile_step(loss, optimizer, params, opt_state, tokens, mesh, reversible: b
     replicated and donated, batch sharded over ``"batch"``), compiled for the
     shapes of its arguments (arrays or ``jax.ShapeDtypeStruct``\\ s)."""
     replicated, data = NamedSharding(mesh, P()), NamedSharding(mesh, P("batch"))
-
-    def step(params, opt_state, tokens):
-        value, grads = jax.value_and_grad(functools.partial(loss, reversible=reversible))(params, tokens)
-        updates, opt_state = optimizer.update(grads, opt_state, params)
-        return optax.apply_updates(params, updates), opt_state, value
-
+    step = train_step(functools.partial(loss, reversible=reversible), optimizer)
     jitted = jax.jit(step, in_shardings=(replicated, replicated, data), out_shardings=replicated,
                      donate_argnums=(0, 1))
     return jitted.lower(params, opt_state, tokens).compile()
@@ -171,18 +166,10 @@ def train(compiled, init, optimizer, ids, mesh, cfg, seed: int, label: str):
     params = jax.device_put(jax.jit(init)(jax.random.key(seed)), replicated)
     opt_state = jax.device_put(optimizer.init(params), replicated)
     rng = np.random.default_rng(seed)          # the same batches for every method
-    losses, start = [], None
-    for i in range(cfg["steps"]):
-        tokens = jax.device_put(sample_batch(rng, ids, cfg["batch"], cfg["seq"]), data)
-        params, opt_state, loss = compiled(params, opt_state, tokens)
-        losses.append(loss)
-        if i == 0:
-            losses[0] = float(loss)            # waits for the first (warm-up) step
-            start = time.perf_counter()
-        if (i + 1) % max(1, cfg["steps"] // 5) == 0:
-            print(f"  {label}  step {i + 1:4d}  loss {float(loss):.4f}")
-    losses = [float(x) for x in jax.block_until_ready(losses)]
-    elapsed = time.perf_counter() - start
+    batches = ((jax.device_put(sample_batch(rng, ids, cfg["batch"], cfg["seq"]), data),)
+               for _ in range(cfg["steps"]))
+    log = lambda i, params, losses: print(f"  {label}  step {i:4d}  loss {float(losses[-1]):.4f}")
+    params, _, losses, elapsed = fit(compiled, params, opt_state, batches, log, max(1, cfg["steps"] // 5))
     tokens_per_s = cfg["batch"] * cfg["seq"] * (cfg["steps"] - 1) / elapsed
     print(f"  {label}  {tokens_per_s:,.0f} tokens/s")
     stats = jax.devices()[0].memory_stats()    # None on CPU

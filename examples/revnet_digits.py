@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import functools
-import time
 
 import jax
 import jax.numpy as jnp
@@ -31,6 +30,7 @@ from sklearn.model_selection import train_test_split
 
 import jaxinv
 from jaxinv.nn import AdditiveCoupling, rev_sequential
+from training import fit, train_step   # examples/training.py, beside this script
 
 
 def load_data(seed: int = 0):
@@ -97,13 +97,7 @@ def main(argv=None) -> dict:
     init, logits = make_model(depth, hidden)
     params = jax.jit(init)(jax.random.key(args.seed), jnp.asarray(x_train[:args.batch]))
     optimizer = optax.chain(optax.clip_by_global_norm(1.0), optax.adam(optax.cosine_decay_schedule(2e-3, steps)))
-    opt_state = optimizer.init(params)
-
-    @jax.jit
-    def step(params, opt_state, x, labels):
-        loss, grads = jax.value_and_grad(functools.partial(loss_fn, logits))(params, x, labels)  # jaxinv's backward
-        updates, opt_state = optimizer.update(grads, opt_state)
-        return optax.apply_updates(params, updates), opt_state, loss
+    step = jax.jit(train_step(functools.partial(loss_fn, logits), optimizer))   # jaxinv's backward
 
     @jax.jit
     def accuracy(params, x, labels):
@@ -112,17 +106,18 @@ def main(argv=None) -> dict:
     print(f"RevNet on digits: {depth} additive couplings (MLP hidden {hidden}) on 64 pixels, "
           f"{len(x_train)} train / {len(x_test)} test images")
     rng = np.random.default_rng(args.seed)
-    start = time.perf_counter()
-    losses = []
-    for i in range(steps):
-        idx = rng.choice(len(x_train), args.batch, replace=False)
-        params, opt_state, loss = step(params, opt_state, x_train[idx], y_train[idx])
-        losses.append(float(loss))
-        if (i + 1) % max(1, steps // 5) == 0:
-            print(f"  step {i + 1:4d}  loss {np.mean(losses[-20:]):.4f}")
-    train_time = time.perf_counter() - start
+
+    def batches():
+        for _ in range(steps):
+            idx = rng.choice(len(x_train), args.batch, replace=False)
+            yield x_train[idx], y_train[idx]
+
+    def log(i, params, losses):
+        print(f"  step {i:4d}  loss {np.mean([float(loss) for loss in losses[-20:]]):.4f}")
+
+    params, _, losses, train_time = fit(step, params, optimizer.init(params), batches(), log, max(1, steps // 5))
     test_acc = float(accuracy(params, x_test, y_test))
-    print(f"test accuracy: {test_acc:.4f} (chance 0.1); training {train_time:.1f} s")
+    print(f"test accuracy: {test_acc:.4f} (chance 0.1); training {train_time:.1f} s after the first step")
 
     # one gradient, reversible vs plain, at the training batch size
     xb, yb = jnp.asarray(x_train[:args.batch]), jnp.asarray(y_train[:args.batch])

@@ -17,8 +17,9 @@ def couple_ivjp(xs, ys, cts):
 
 Calling it binds the ``custom_ivjp_call`` primitive. Outside jaxinv it is the
 plain function under ``jit`` (it lowers), ``vmap``, ``grad`` and ``jvp``. Inside
-a jaxinv region its rule inverts it; without a rule its body is inlined and
-inverted automatically.
+a jaxinv region its rule inverts it (the primitive's rules, which call the
+user's, are in ``jaxinv/rules/utility.py``); without a rule its body is inlined
+and inverted automatically.
 """
 
 from __future__ import annotations
@@ -34,9 +35,7 @@ from jax.extend.core import ClosedJaxpr, Primitive
 from jax.interpreters import ad, batching, mlir
 from jax.tree_util import tree_flatten, tree_unflatten
 
-from jaxinv._src import interpreter
 from jaxinv._src.flatten import register_inline, trace_flat
-from jaxinv._src.plan import make_plan
 from jaxinv.registry import NotInvertibleError, RuleError
 from jaxinv._src.dtypes import is_float
 
@@ -318,12 +317,14 @@ class _Check:
 # ---- the primitive outside jaxinv: the plain function
 
 
-def _eval_body(body: ClosedJaxpr, *args):
+def eval_body(body: ClosedJaxpr, *args):
+    """The call's closure-converted ``body`` run on ``args`` (its closed-over
+    values first, then the function's arguments): the plain function."""
     return jax.core.eval_jaxpr(body.jaxpr, body.consts, *args)
 
 
 def _impl(*args, body, num_consts, rule):
-    return _eval_body(body, *args)
+    return eval_body(body, *args)
 
 
 def _abstract_eval(*avals, body, num_consts, rule):
@@ -332,14 +333,14 @@ def _abstract_eval(*avals, body, num_consts, rule):
 
 def _jvp(primals, tangents, *, body, num_consts, rule):
     tangents = [ad.instantiate_zeros(t) for t in tangents]
-    return jax.jvp(lambda *a: _eval_body(body, *a), list(primals), tangents)
+    return jax.jvp(lambda *a: eval_body(body, *a), list(primals), tangents)
 
 
 def _batch(args, dims, *, body, num_consts, rule):
     args = [a if d is None else jnp.moveaxis(a, d, 0) for a, d in zip(args, dims)]
     in_axes = [None if d is None else 0 for d in dims]
     specs = [jax.ShapeDtypeStruct(a.shape, a.dtype) for a in args]
-    bbody = jax.make_jaxpr(jax.vmap(lambda *a: _eval_body(body, *a), in_axes=in_axes))(*specs)
+    bbody = jax.make_jaxpr(jax.vmap(lambda *a: eval_body(body, *a), in_axes=in_axes))(*specs)
     per_example = [jax.ShapeDtypeStruct(a.shape[1:] if d is not None else a.shape, a.dtype)
                    for a, d in zip(args[num_consts:], dims[num_consts:])]
     brule = _Rule(rule.f, rule.in_tree, rule.out_tree, per_example, rule.traced_consts,
@@ -355,53 +356,7 @@ batching.primitive_batchers[custom_ivjp_call_p] = _batch
 mlir.register_lowering(custom_ivjp_call_p, mlir.lower_fun(_impl, multiple_results=True))
 
 
-# ---- inside jaxinv: the user's rules, or the inlined body
-
+# ---- inside jaxinv: the primitive's inverse, ivjp and log-det rules (in
+# jaxinv/rules/utility.py) call the user's; without a user rule the body is inlined
 
 register_inline(custom_ivjp_call_p, lambda p: None if p["rule"].has_rule else p["body"])
-
-
-def _split(invals, num_consts, what):
-    consts, args = list(invals[:num_consts]), list(invals[num_consts:])
-    if any(c is None for c in consts):
-        raise NotInvertibleError(f"the values {what} closes over must be known")
-    return consts, args
-
-
-def inverse_rule(invals, outvals, *, body, num_consts, rule):
-    consts, args = _split(invals, num_consts, rule.f.__name__)
-    return consts + list(rule.inverse(args, outvals))
-
-
-def ildj_rule(invals, outvals, *, body, num_consts, rule):
-    """The user's ildj, else the log-det derived through the body (planned
-    like a loop body: nothing saved)."""
-    consts, args = _split(invals, num_consts, rule.f.__name__)
-    given = rule.ildj(outvals)
-    if given is not None:
-        return given
-    known = (True,) * num_consts + tuple(a is not None for a in args)
-    try:
-        body_plan = make_plan(body, known, allow_saving=False, principal_branch=True)
-    except NotInvertibleError as e:
-        raise NotInvertibleError(f"no log-det for `{rule.f.__name__}`: give definverse(inv, ildj=...) "
-                                 f"({e.reason})") from None
-    _, log_det = interpreter.reconstruct_and_ildj(body_plan, consts + list(args), [], list(outvals))
-    return log_det
-
-
-def ivjp_rule(invals, outvals, out_cts, *, body, num_consts, rule):
-    consts, args = _split(invals, num_consts, rule.f.__name__)
-    if rule.f.ivjp is not None and rule.in_axes is None:
-        xs, arg_cts = rule.ivjp(args, outvals, out_cts)
-    else:
-        xs = rule.inverse(args, outvals)
-        _, f_vjp = jax.vjp(lambda *a: _eval_body(body, *consts, *a), *xs)
-        arg_cts = list(f_vjp(list(out_cts)))
-    const_cts = [None] * num_consts
-    if any(rule.traced_consts):
-        # The user's ivjp knows nothing of closed-over values: differentiate the body for them.
-        _, c_vjp = jax.vjp(lambda *c: _eval_body(body, *c, *xs), *consts)
-        const_cts = list(c_vjp(list(out_cts)))
-    return consts + list(xs), const_cts + list(arg_cts)
-

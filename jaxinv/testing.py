@@ -38,6 +38,7 @@ from jax.extend.core import Literal, Primitive
 
 from jaxinv import packs, registry
 from jaxinv._src import facts
+from jaxinv._src.probe import solve_abstractly
 from jaxinv._src.compat import bind_equation, enable_x64
 from jaxinv.domains import Booleans, Example, Fixed, Integers, Nonsingular, Reals, as_domain
 from jaxinv._src.flatten import atom_value, eval_eqn, flatten, hashable_params
@@ -323,27 +324,23 @@ def _abstract_ok(rule, eqn: _Equation, pattern) -> str | None:
 
 
 def _abstract_ok_uncached(rule, eqn: _Equation, pattern) -> str | None:
-    known_idx = [i for i in range(len(eqn.invals)) if i not in pattern]
+    known = [i not in pattern for i in range(len(eqn.invals))]
     outvals = eqn.outvals()
-
-    def solve(known_vals, outs):
-        invals = [None] * len(eqn.invals)
-        for i, v in zip(known_idx, known_vals):
-            invals[i] = eqn.invals[i] if eqn.fixed[i] else v
-        proven = {id(v): frozenset({facts.NONZERO, facts.NONSINGULAR}) for v in [*invals, *outs] if v is not None}
-        with registry.solving(eqn.avals), registry.proving(proven):
-            return rule(invals, list(outs), **eqn.params)
-
+    granted = [frozenset({facts.NONZERO, facts.NONSINGULAR})] * max(len(eqn.invals), len(outvals))
     try:
-        jax.eval_shape(solve, [jax.ShapeDtypeStruct(np.shape(eqn.invals[i]), jnp.result_type(eqn.invals[i]))
-                               for i in known_idx],
-                       [jax.ShapeDtypeStruct(np.shape(o), jnp.result_type(o)) for o in outvals])
+        solve_abstractly(rule, eqn.params, eqn.avals, [_spec(o) for o in outvals], known,
+                         [True] * len(outvals), {i: v for i, v in enumerate(eqn.invals) if eqn.fixed[i] and known[i]},
+                         granted, granted)
     except NotInvertibleError as e:
         return f"refused: {e.reason}"
     except Exception as e:
         return (f"the rule fails on abstract values ({type(e).__name__}: {e}); rules run under jax.eval_shape "
                 "while jaxinv plans, so they must decide from shapes and params, never from values")
     return None
+
+
+def _spec(x) -> jax.ShapeDtypeStruct:
+    return jax.ShapeDtypeStruct(np.shape(x), jnp.result_type(x))
 
 
 # --------------------------------------------------------------------------

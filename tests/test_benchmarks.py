@@ -5,21 +5,15 @@ targets themselves are checked by running the benchmark, never here."""
 from __future__ import annotations
 
 import json
-import os
-import sys
 
 import jax
-import jax.numpy as jnp
 import pytest
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from benchmarks.__main__ import main  # noqa: E402
-from benchmarks.methods import METHODS  # noqa: E402
-from benchmarks.networks import NETWORKS  # noqa: E402
-from benchmarks.report import targets  # noqa: E402
-
-from helpers import assert_trees_close  # noqa: E402
+from benchmarks.__main__ import main
+from benchmarks.methods import METHODS
+from benchmarks.networks import NETWORKS
+from benchmarks.report import targets
+from helpers import assert_trees_close
 
 # Measured and run on the newest JAX only (.ci/run; CONTRIBUTING.md): minutes per JAX release.
 pytestmark = pytest.mark.newest_jax_only

@@ -17,7 +17,7 @@ import jaxinv
 from jaxinv.check import angle_deg, check_reconstruction, rel_error
 from jaxinv.markers import anchor, anchor_p
 from jaxinv._src.tracing import trace
-from helpers import assert_trees_close, coupling, revnet_input, revnet_params, tree_bytes
+from helpers import assert_trees_close, coupling, nbytes, revnet_input, revnet_params
 from jaxinv._src.compat import enable_x64
 
 EPS = float(jnp.finfo(jnp.float32).eps)
@@ -357,4 +357,4 @@ def test_invertible_keeps_the_anchored_values_as_residuals():
     params, x = inputs(depth=6)
     _, plain_vjp = jax.vjp(jaxinv.invertible(anchored_revnet(None)), params, x)
     _, anchored_vjp = jax.vjp(jaxinv.invertible(anchored_revnet(3)), params, x)
-    assert tree_bytes(anchored_vjp) - tree_bytes(plain_vjp) == 2 * x[0].nbytes   # one anchor of (x1, x2)
+    assert nbytes(anchored_vjp) - nbytes(plain_vjp) == 2 * x[0].nbytes   # one anchor of (x1, x2)

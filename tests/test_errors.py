@@ -16,8 +16,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-import helpers
 import jaxinv
+from helpers import assert_trees_close
 
 X43 = jnp.arange(12.0).reshape(4, 3) / 10.0
 W33 = jnp.eye(3) + 0.1 * jnp.arange(9.0).reshape(3, 3) / 9.0
@@ -150,7 +150,7 @@ def test_rule_errors_are_type_errors():
 def test_correct_ivjp_matches_jax():
     f = linear_with_ivjp(linear_ivjp)
     ct = jnp.cos(X43)
-    helpers.assert_trees_close(jaxinv.vjp(f, X43, W33)[1](ct), jax.vjp(f, X43, W33)[1](ct), rtol=1e-4, atol=1e-4)
+    assert_trees_close(jaxinv.vjp(f, X43, W33)[1](ct), jax.vjp(f, X43, W33)[1](ct), rtol=1e-4, atol=1e-4)
 
 
 def test_cotangents_may_be_none_float0_or_python_scalars():
@@ -170,7 +170,7 @@ def test_cotangents_may_be_none_float0_or_python_scalars():
 
     params, n, s = {"log_a": jnp.float32(0.5)}, jnp.int32(2), jnp.float32(1.0)
     loss = lambda x: jnp.sum(jnp.sin(scale(params, n, s, x)))
-    helpers.assert_trees_close(jaxinv.grad(loss)(X43), jax.grad(loss)(X43))
+    assert_trees_close(jaxinv.grad(loss)(X43), jax.grad(loss)(X43))
 
 
 # ---------------------------------------------------------------- jaxinv.inverse checks its outputs

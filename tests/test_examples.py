@@ -14,6 +14,13 @@ pytest.importorskip("optax")
 EXAMPLES = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "examples")
 
 
+@pytest.fixture(autouse=True)
+def examples_on_path(monkeypatch):
+    """The examples import their shared training loop (examples/training.py) as
+    a script's neighbour, as ``python examples/NAME.py`` finds it."""
+    monkeypatch.syspath_prepend(EXAMPLES)
+
+
 def load_example(name):
     spec = importlib.util.spec_from_file_location(name, os.path.join(EXAMPLES, f"{name}.py"))
     module = importlib.util.module_from_spec(spec)

@@ -9,11 +9,12 @@ first (a mixed-precision cast, weight normalisation, a learned scalar scale),
 temporary memory (``memory_analysis()``) grows. And transformed parameters
 keep the loop's fused backward: memory flat in depth. The same holds for the
 benchmark's networks.
+
+And its table: the source line of each equation, each value's fate, and
+``saved_bytes`` equal to the residuals ``jaxinv.vjp`` keeps.
 """
 
 import functools
-import os
-import sys
 
 import jax
 import jax.numpy as jnp
@@ -21,6 +22,27 @@ import pytest
 from jax import lax
 
 import jaxinv
+from benchmarks.networks import glow_flow, reversible_transformer, revnet_mlp
+from helpers import nbytes
+
+X = jnp.array([0.5, -1.0, 2.0, 0.25], dtype=jnp.float32)
+
+
+def test_explain_reports_lines_fates_and_bytes():
+    """explain: a table with source lines, and saved_bytes matching what is kept."""
+    def f(x, w):
+        h = jnp.sin(x)          # not invertible: x is saved
+        return jnp.tanh(h * 2.0) + w
+    report = jaxinv.explain(f, X, X)
+    text = str(report)
+    assert "test_explain_memory.py" in text and "sin" in text and "saved" in text
+    assert report.saved_bytes == X.nbytes
+    y, f_vjp = jaxinv.vjp(f, X, X)
+    assert nbytes(f_vjp.residuals) == report.saved_bytes
+
+
+# ---------------------------------------------------------------- memory growth with depth
+
 
 WIDTH, BATCH = 16, 256   # activations (16 KiB) dominate one block's weights (2 KiB)
 DEPTHS = (4, 16)
@@ -111,8 +133,6 @@ def test_jax_grad_of_the_same_scan_does_grow():
 
 # The benchmark's networks, small: a RevNet MLP, a reversible transformer and a
 # Glow flow (ActNorm, LU dense, affine coupling), each unrolled and scanned.
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from benchmarks.networks import glow_flow, reversible_transformer, revnet_mlp  # noqa: E402
 
 SMALL = {
     "RevNet MLP": lambda depth, scan: revnet_mlp(depth, scan, batch=256, width=16, hidden=16),

@@ -22,7 +22,7 @@ import pytest
 from jax import lax
 
 import jaxinv
-from helpers import tree_bytes
+from helpers import assert_trees_close, nbytes
 from jaxinv._src.compat import enable_x64
 
 WIDTH = 8          # features per half
@@ -170,7 +170,7 @@ def activation_bytes(idiom, kind, depth):
     net = NETS[kind](IDIOMS[idiom][0])
     params, x = inputs(idiom, kind, depth)
     _, vjp_fn = jaxinv.vjp(net, params, x)
-    return tree_bytes(vjp_fn.residuals) - tree_bytes(params)
+    return nbytes(vjp_fn.residuals) - nbytes(params)
 
 
 @pytest.mark.parametrize("kind", NETS)
@@ -229,7 +229,7 @@ def test_inverse_and_log_det_of_the_idioms(idiom):
 def test_explain_says_a_sliced_input_is_assembled_from_its_pieces():
     params, x = inputs("feature halves", "unrolled", 4)
     report = jaxinv.explain(unrolled(halves), params, x)
-    assert report.saved_bytes == tree_bytes(params)
+    assert report.saved_bytes == nbytes(params)
     assert "assembled from its pieces" in str(report)
 
 
@@ -244,5 +244,4 @@ def test_slices_that_do_not_cover_the_input_save_it():
     loss = loss_of(net)
     got = jaxinv.grad(loss, argnums=(0, 1))(params, x)
     want = jax.grad(loss, argnums=(0, 1))(params, x)
-    for g, w in zip(jax.tree_util.tree_leaves(got), jax.tree_util.tree_leaves(want)):
-        np.testing.assert_allclose(g, w, rtol=1e-4, atol=1e-5)
+    assert_trees_close(got, want, rtol=1e-4, atol=1e-5)

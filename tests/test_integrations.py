@@ -21,7 +21,7 @@ import pytest
 import jaxinv
 from jaxinv.nn import ActNorm, AdditiveCoupling, InvertibleDense, Layer, Sequential
 
-from helpers import assert_trees_close, tree_bytes
+from helpers import assert_trees_close, nbytes
 
 nnx = pytest.importorskip("flax.nnx")
 eqx = pytest.importorskip("equinox")
@@ -167,7 +167,7 @@ def test_nnx_residual_memory_is_flat_in_depth():
         m = NnxInvertible(layer, params=params, reversible=reversible)
         graphdef, state = nnx.split(m)
         _, vjp_fn = jax.vjp(lambda s, x: output_loss(nnx.merge(graphdef, s)(x)), state, MEMORY_X)
-        return tree_bytes(vjp_fn) - tree_bytes(state)
+        return nbytes(vjp_fn) - nbytes(state)
 
     # Besides the parameters, the reversible body may keep values computed from them
     # alone (parameter-sized); never one more activation per block.
@@ -310,7 +310,7 @@ def test_eqx_residual_memory_is_flat_in_depth():
         layer, params = deep_stack(depth)
         m = EqxInvertible(layer, params=params, reversible=reversible)
         _, vjp_fn = jax.vjp(lambda m, x: output_loss(m(x)), m, MEMORY_X)
-        return tree_bytes(vjp_fn) - tree_bytes(params)
+        return nbytes(vjp_fn) - nbytes(params)
 
     activation = MEMORY_X.size * MEMORY_X.dtype.itemsize
     assert residual_bytes(4, True) < 4 * activation

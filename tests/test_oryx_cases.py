@@ -6,7 +6,8 @@ cases below are those of Oryx's ``inverse_test.py`` and ``custom_inverse_test.py
 (``oryx.core.interpreters.inverse``), written against jaxinv's API; custom
 inverses use ``jaxinv.custom_ivjp`` (``definverse`` / ``defivjp``) and refuse with
 ``jaxinv.NotInvertibleError``, a ``ValueError`` as in Oryx. Oryx's ILDJ checks
-have no counterpart here (jaxinv computes no log-determinants).
+are not ported: ``jaxinv.ildj`` is checked against the dense Jacobian's
+log-determinant in ``test_ildj.py``.
 """
 
 import functools
@@ -18,8 +19,26 @@ import pytest
 from jax import lax
 
 import jaxinv
+from helpers import assert_trees_close
 
 LOG2 = float(np.log(2.0))
+
+
+# ---------------------------------------------------------------- the calling convention
+
+
+def test_inverse_follows_oryx_conventions():
+    """inverse(f, *example_args)(*outputs): one value for one argument, a tuple
+    for several; works under jit and vmap; duplicated subexpressions are merged."""
+    f = lambda x: jnp.concatenate([jnp.split(x, 2)[0] * 3.0, jnp.exp(jnp.split(x, 2)[1])])
+    x = jnp.arange(4.0)
+    np.testing.assert_allclose(jaxinv.inverse(f)(f(x)), x, rtol=1e-6)
+    np.testing.assert_allclose(jax.jit(jaxinv.inverse(f))(f(x)), x, rtol=1e-6)
+    np.testing.assert_allclose(jax.vmap(jaxinv.inverse(f))(jnp.stack([f(x), f(2 * x)])),
+                               jnp.stack([x, 2 * x]), rtol=1e-6)
+    g = lambda x, z: (x + 1.0, jnp.exp(x + 1.0) + z)   # conditional: x first, then z
+    assert_trees_close(jaxinv.inverse(g, 1.0, 2.0)(*g(1.0, 2.0)), (1.0, 2.0))
+    np.testing.assert_allclose(jaxinv.inverse(lambda x: x ** 2)(jnp.float32(9.0)), 3.0)
 
 
 # ---------------------------------------------------------------- inverse_test.py

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 import jaxinv
-from helpers import assert_trees_close, coupling, revnet, revnet_input, revnet_loss, revnet_params, tree_bytes
+from helpers import assert_trees_close, nbytes, revnet, revnet_input, revnet_loss, revnet_params
 from jaxinv._src.compat import enable_x64
 
 KEY = jax.random.key(0)
@@ -43,7 +43,7 @@ def test_vjp_fn_leaves_are_the_residuals():
     """A fully invertible function keeps only its output: residuals = outputs."""
     f = lambda x: jnp.sinh(jnp.sinh(x) * 0.5 - 1.0)
     y, f_vjp = jaxinv.vjp(f, X)
-    assert tree_bytes(f_vjp) == y.nbytes
+    assert nbytes(f_vjp) == y.nbytes
     assert jaxinv.explain(f, X).saved_bytes == 0
 
 
@@ -60,7 +60,7 @@ def test_revnet_inverts_by_propagation():
     are inverted; only parameters are saved, never an activation."""
     params, x = revnet_params(KEY, 3, 8), revnet_input(KEY, 5, 8)
     report = jaxinv.explain(revnet, params, x)
-    param_bytes = tree_bytes(params)
+    param_bytes = nbytes(params)
     assert report.saved_bytes == param_bytes
     inputs = [r for r in report.rows if r.index is None]
     assert [r.fate for r in inputs[-2:]] == ["reconstructed", "reconstructed"]

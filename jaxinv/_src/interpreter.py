@@ -209,12 +209,8 @@ class _Sweep:
         if self.observer is not None:
             self.observer.cotangents(i, e.outvars, out_ct)
         out_ct = [ct if ct is not None else zero_cotangent(v.aval) for v, ct in zip(e.outvars, out_ct)]
-        # Inputs this equation itself rebuilds, not yet rebuilt: use its fused rule.
-        here = [self.plan.sources[u] for u in e.invars
-                if isinstance(u, Var) and u not in self.env and self.plan.sources.get(u, _HELD).kind == SourceKind.INVERT
-                and self.plan.sources[u].eqn == i]
-        known = here[0].known if here else self.plan.fused.get(i)
-        if known is not None and e.primitive in registry.ivjp_rules:
+        known = self.plan.by_ivjp.get(i)   # the plan chose this equation's fused ivjp rule
+        if known is not None:
             _, in_cts = self.solve(i, known, registry.ivjp_rules, out_ct)
             return [ct if a else None for ct, a in zip(in_cts, active_in)]
         invals = [self.value(u) for u in e.invars]
@@ -343,9 +339,9 @@ def _opaque(inputs, residuals, outvals):
     Defensive: when forward and backward share one XLA program, nothing may
     CSE-merge the backward's recomputations with the forward's, or simplify a
     reconstruction ``(x2 + g) - g`` back to the forward's ``x2`` (which would
-    keep every activation alive). No such merge was observed on XLA:CPU
-    (temp memory is the same with and without the barrier); the barrier makes
-    it impossible by construction.
+    keep every activation alive). XLA:CPU's temp memory is the same with and
+    without the barrier; the barrier makes such a merge impossible by
+    construction, on any backend.
     """
     known = [x for x in inputs if x is not None]
     known, residuals, outvals = _barrier((known, list(residuals), list(outvals)))

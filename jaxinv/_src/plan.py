@@ -12,7 +12,7 @@ Three parts, each in its own module:
 ``make_plan`` runs them: propagate, save, propagate, ... until every
 needed value is known; then drops every saved intermediate the rest of the
 plan rebuilds in one local step, and decides once, for each loop, whether its
-gradient comes from its fused reversible rule (``Plan.fused``) or from JAX's
+gradient comes from its fused reversible rule (``Plan.by_ivjp``) or from JAX's
 own VJP (``loop_differentiated_by_jax``): the backward pass and
 ``jaxinv.explain`` both read that decision. The plan is static: it is made
 once per jaxpr, at trace time.
@@ -50,11 +50,12 @@ class Plan:
     table: dict                   # the inverse rules the plan relies on
     active: set[Var]              # variables that carry a cotangent
     live: list[int]               # equations that matter, in program order
-    # Equations with a body (a scan, a while loop) whose VJP should come from
-    # their fused ivjp rule although the plan knows their inputs some other way
-    # (a given x): equation -> the inputs treated as known. JAX's own VJP of a
-    # loop would store every iteration's carry.
-    fused: dict[int, tuple[bool, ...]] = dataclasses.field(default_factory=dict)
+    # Equations whose cotangents come from their fused ivjp rule (decided here,
+    # once: the backward pass and explain read it): equation -> the inputs the
+    # rule treats as known. Those that rebuild their own inputs (one step gives
+    # both), and loops whose carry the plan knows some other way (a given x):
+    # JAX's own VJP of a loop would store every iteration's carry.
+    by_ivjp: dict[int, tuple[bool, ...]] = dataclasses.field(default_factory=dict)
     # Steps that teach elements of a value (jaxinv._src.partial), replayed by ASSEMBLE sources.
     pieces: list = dataclasses.field(default_factory=list)
     # jaxinv.inverse's plan: its loop and cond bodies are planned in the same mode.
@@ -98,7 +99,7 @@ def _make_plan(closed, known_inputs, input_values, allow_saving, principal_branc
     k = Knowledge(graph, table, allow_saving)
     k.start()
     k.propagate()
-    while k.missing:  # (not k.unknown(): a scan per round made planning quadratic in depth)
+    while k.missing:  # kept up to date as values become known: no rescan of the graph per save
         if not choose_saves(k):
             for v in k.unknown():
                 k.save(v, "not reachable from any rule")
@@ -110,7 +111,7 @@ def _make_plan(closed, known_inputs, input_values, allow_saving, principal_branc
             k.sources[v] = Source(SourceKind.INPUT)
     active = _active(graph)
     return Plan(graph.closed, graph.known_inputs, k.sources, k.saved, {v: k.reasons[v] for v in k.saved},
-                table, active, graph.live, _fused_loops(k, active), k.pieces, principal_branch)
+                table, active, graph.live, _by_ivjp(k, active), k.pieces, principal_branch)
 
 
 def _pruned(k: Knowledge) -> Knowledge:
@@ -202,17 +203,23 @@ def _locally_rebuilt(graph: Graph, sources, v) -> bool:
     return all(isinstance(w, Literal) or sources[w].kind != SourceKind.RECOMPUTE for w in e.invars)
 
 
-def _fused_loops(k: Knowledge, active: set[Var]) -> dict[int, tuple[bool, ...]]:
-    """Loops whose gradient must not come from JAX's own VJP.
+def _by_ivjp(k: Knowledge, active: set[Var]) -> dict[int, tuple[bool, ...]]:
+    """The equations whose cotangents come from their fused ivjp rule, with
+    the inputs it treats as known.
 
-    A loop with differentiated inputs (its stacked weights) but a carry
-    the plan knows otherwise (a given x, a value recomputed from one) is
-    still rebuilt from its outputs, iteration by iteration, by its fused
-    ivjp rule: JAX's VJP of the loop would store every carry."""
+    An equation that rebuilds its own inputs and has an ivjp rule uses it
+    (rebuilt inputs and cotangents in one step). So does a loop with
+    differentiated inputs (its stacked weights) but a carry the plan knows
+    otherwise (a given x, a value recomputed from one): it is still rebuilt
+    from its outputs, iteration by iteration, because JAX's VJP of the loop
+    would store every carry."""
     graph, fused = k.graph, {}
+    for v, src in k.sources.items():
+        if src.kind == SourceKind.INVERT and graph.eqns[src.eqn].primitive in registry.ivjp_rules:
+            fused.setdefault(src.eqn, src.known)
     for i in graph.live:
         e = graph.eqns[i]
-        if e.primitive not in LOOPS or e.primitive not in registry.ivjp_rules:
+        if i in fused or e.primitive not in LOOPS or e.primitive not in registry.ivjp_rules:
             continue
         if not any(isinstance(v, Var) and v in active for v in e.invars):
             continue
@@ -246,13 +253,8 @@ def loop_differentiated_by_jax(plan: Plan, i: int) -> bool:
     """Whether the backward pass differentiates loop equation ``i`` with JAX's
     own VJP (storing its per-iteration values) instead of its fused ivjp rule."""
     e = plan.jaxpr.eqns[i]
-    if e.primitive not in LOOPS or not any(isinstance(v, Var) and v in plan.active for v in e.invars):
-        return False
-    if e.primitive in registry.ivjp_rules and (i in plan.fused or any(
-            v in plan.sources and plan.sources[v].kind == SourceKind.INVERT and plan.sources[v].eqn == i
-            for v in e.invars if isinstance(v, Var))):
-        return False
-    return True
+    active = any(isinstance(v, Var) and v in plan.active for v in e.invars)
+    return e.primitive in LOOPS and active and i not in plan.by_ivjp
 
 
 def _fold_loop_constants(closed: ClosedJaxpr, known_inputs, input_values) -> ClosedJaxpr:

@@ -86,27 +86,43 @@ def spec(aval):
     return jax.ShapeDtypeStruct(aval.shape, aval.dtype)
 
 
-def _run_probe(eqn, rule, known, facts, in_avals, out_avals, out_known, out_facts) -> str | None:
-    literal = {i: literal_value(v) for i, v in enumerate(eqn.invars) if isinstance(v, Literal)}
-    traced_idx = [i for i, k in enumerate(known) if k and i not in literal]
+def solve_abstractly(rule, params: dict, in_avals, out_avals, known: Sequence[bool], out_known: Sequence[bool],
+                     concrete: dict[int, Any], facts: Sequence[frozenset], out_facts: Sequence[frozenset]) -> list:
+    """Run ``rule`` under ``jax.eval_shape``, as the planner does: the known
+    inputs are abstract values of ``in_avals`` (or, for the indices in
+    ``concrete``, those values: a literal), the known outputs abstract values
+    of ``out_avals``; the rule sees ``facts``/``out_facts`` as proven. Returns
+    the shapes it gives the unknown inputs; raises whatever the rule raises.
+
+    Example:
+        ```python
+        shapes = solve_abstractly(rule, eqn.params, in_avals, out_avals, (False, True), (True,), {}, facts, out_facts)
+        ```
+    """
+    traced_idx = [i for i, k in enumerate(known) if k and i not in concrete]
 
     def solve(traced_vals, traced_outs):
         outs = iter(traced_outs)
         outvals = [next(outs) if k else None for k in out_known]
         invals: list[Any] = [None] * len(in_avals)
-        for i, val in literal.items():
+        for i, val in concrete.items():
             invals[i] = val
         for i, val in zip(traced_idx, traced_vals):
             invals[i] = val
         proven = {id(invals[i]): facts[i] for i in range(len(invals)) if known[i]}
         proven.update({id(y): f for y, f in zip(outvals, out_facts) if y is not None})
         with registry.proving(proven), registry.solving(in_avals):
-            res = rule(invals, list(outvals), **eqn.params)
+            res = rule(invals, list(outvals), **params)
         return [res[i] for i, k in enumerate(known) if not k]
 
+    return jax.eval_shape(solve, [spec(in_avals[i]) for i in traced_idx],
+                          [spec(a) for a, k in zip(out_avals, out_known) if k])
+
+
+def _run_probe(eqn, rule, known, facts, in_avals, out_avals, out_known, out_facts) -> str | None:
+    literal = {i: literal_value(v) for i, v in enumerate(eqn.invars) if isinstance(v, Literal)}
     try:
-        shapes = jax.eval_shape(solve, [spec(in_avals[i]) for i in traced_idx],
-                                [spec(a) for a, k in zip(out_avals, out_known) if k])
+        shapes = solve_abstractly(rule, eqn.params, in_avals, out_avals, known, out_known, literal, facts, out_facts)
     except NotInvertibleError as e:
         return e.reason
     except registry.RuleError:

@@ -1,6 +1,6 @@
-"""The built-in rule packs: one module per family, each only registers rules
-into its ``pack`` (a ``jaxinv.RulePack``); importing this package
-installs them all.
+"""The built-in rule packs: one module per family, each defining its rules and
+registering them into its ``pack`` (a ``jaxinv.RulePack``), never into the
+registry's tables directly; importing this package installs them all.
 """
 
 from jaxinv.packs import install_rule_pack

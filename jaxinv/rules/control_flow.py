@@ -3,8 +3,9 @@ switch, custom_jvp and custom_vjp calls.
 
 These rules recurse into the interpreter (a loop body is planned and run like
 any jaxpr), so this pack sits above ``jaxinv._src.interpreter`` rather than
-below it; it still only registers. ``jit``, ``closed_call`` and ``remat`` need
-no rule: their bodies are inlined (``jaxinv._src.flatten``).
+below it. Each rule is registered right after its definition (see
+CONTRIBUTING.md, "The conventions"). ``jit``, ``closed_call`` and ``remat``
+need no rule: their bodies are inlined (``jaxinv._src.flatten``).
 
 * ``scan``: the body must rebuild its carry (and any unknown ``xs`` slice) from
   its outputs with nothing saved; the ivjp is a *reverse scan of the inverted
@@ -53,6 +54,8 @@ from jaxinv.rules.functions import known_inverse
 pack = RulePack("jaxinv.control_flow", __version__, jax_versions=SUPPORTED_JAX, builtin=True,
                 description="loops, cond/switch and custom-derivative calls, inverted through their bodies")
 
+# ---------------------------------------------------------------- shared helpers
+
 
 def _body_plan(body: ClosedJaxpr, known: tuple[bool, ...]):
     """A loop body's plan with nothing saved (raises NotInvertibleError); calls
@@ -73,8 +76,6 @@ def _body_plan_in_mode(body: ClosedJaxpr, known: tuple[bool, ...], principal_bra
     return plan
 
 
-
-
 def _zero_if_none(ct, like):
     return jnp.zeros_like(like) if ct is None else ct
 
@@ -93,10 +94,6 @@ def _scan_setup(invals, num_consts, num_carry, jaxpr):
     xs_known = tuple(x is not None for x in xs)
     known = (True,) * num_consts + (False,) * num_carry + xs_known
     return consts, init, xs, xs_known, _body_plan(as_closed(jaxpr), known)
-
-
-def _scan_inverse(invals, outvals, *, jaxpr, num_consts, num_carry, length, reverse, **_):
-    return _scan_backwards(invals, outvals, jaxpr, num_consts, num_carry, length, reverse)[0]
 
 
 def _scan_outputs(jaxpr, num_consts, num_carry, init, outvals, length) -> tuple[list, list]:
@@ -125,11 +122,6 @@ def _counted_carries(jaxpr, num_consts, init, carry_out, length) -> list:
     return filled
 
 
-def _scan_ildj(invals, outvals, *, jaxpr, num_consts, num_carry, length, reverse, **_):
-    # The scan is a composition of its iterations: the log-dets add up.
-    return _scan_backwards(invals, outvals, jaxpr, num_consts, num_carry, length, reverse, with_ildj=True)[1]
-
-
 def _scan_backwards(invals, outvals, jaxpr, num_consts, num_carry, length, reverse, with_ildj=False):
     """The reverse scan of the inverted body: (inputs, summed log-det or None)."""
     consts, init, xs, xs_known, plan = _scan_setup(invals, num_consts, num_carry, jaxpr)
@@ -156,6 +148,15 @@ def _scan_backwards(invals, outvals, jaxpr, num_consts, num_carry, length, rever
     solved = consts + [i if i is not None else c for i, c in zip(init, c0)] + \
         [x if x is not None else next(rec) for x in xs]
     return solved, (log_det if with_ildj else None)
+
+
+def _scan_inverse(invals, outvals, *, jaxpr, num_consts, num_carry, length, reverse, **_):
+    return _scan_backwards(invals, outvals, jaxpr, num_consts, num_carry, length, reverse)[0]
+
+
+def _scan_ildj(invals, outvals, *, jaxpr, num_consts, num_carry, length, reverse, **_):
+    # The scan is a composition of its iterations: the log-dets add up.
+    return _scan_backwards(invals, outvals, jaxpr, num_consts, num_carry, length, reverse, with_ildj=True)[1]
 
 
 def _scan_ivjp(invals, outvals, out_cts, *, jaxpr, num_consts, num_carry, length, reverse, **_):
@@ -209,6 +210,7 @@ pack.register_inverse(P.scan_p, _scan_inverse, examples=[
             reals(shape=(5, 3)), solve=[(0,)], label="carry only, xs known"),
 ], notes="the body must rebuild its carry with nothing saved; ivjp = reverse scan of the inverted body")
 pack.register_ivjp(P.scan_p, _scan_ivjp)
+pack.register_ildj(P.scan_p, _scan_ildj)
 
 
 # ---------------------------------------------------------------- fori-style while
@@ -242,15 +244,6 @@ def _while_setup(invals, cond_jaxpr, body_jaxpr, cond_nconsts, body_nconsts):
     return consts, i0, upper, state, _body_plan(as_closed(body_jaxpr), known)
 
 
-def _while_inverse(invals, outvals, *, cond_jaxpr, body_jaxpr, cond_nconsts, body_nconsts, **_):
-    return _while_backwards(invals, outvals, cond_jaxpr, body_jaxpr, cond_nconsts, body_nconsts)[0]
-
-
-def _while_ildj(invals, outvals, *, cond_jaxpr, body_jaxpr, cond_nconsts, body_nconsts, **_):
-    # A fixed-count loop is a composition of its iterations: the log-dets add up.
-    return _while_backwards(invals, outvals, cond_jaxpr, body_jaxpr, cond_nconsts, body_nconsts, with_ildj=True)[1]
-
-
 def _while_backwards(invals, outvals, cond_jaxpr, body_jaxpr, cond_nconsts, body_nconsts, with_ildj=False):
     """The loop run backwards with the inverted body: (inputs, summed log-det or None)."""
     consts, i0, upper, state, plan = _while_setup(invals, cond_jaxpr, body_jaxpr, cond_nconsts, body_nconsts)
@@ -271,6 +264,15 @@ def _while_backwards(invals, outvals, cond_jaxpr, body_jaxpr, cond_nconsts, body
 
     s0, log_det = lax.fori_loop(0, n, step, (s_final, interpreter.log_det_zero(s_final)))
     return consts + [i0, upper] + list(s0), (log_det if with_ildj else None)
+
+
+def _while_inverse(invals, outvals, *, cond_jaxpr, body_jaxpr, cond_nconsts, body_nconsts, **_):
+    return _while_backwards(invals, outvals, cond_jaxpr, body_jaxpr, cond_nconsts, body_nconsts)[0]
+
+
+def _while_ildj(invals, outvals, *, cond_jaxpr, body_jaxpr, cond_nconsts, body_nconsts, **_):
+    # A fixed-count loop is a composition of its iterations: the log-dets add up.
+    return _while_backwards(invals, outvals, cond_jaxpr, body_jaxpr, cond_nconsts, body_nconsts, with_ildj=True)[1]
 
 
 def _while_ivjp(invals, outvals, out_cts, *, cond_jaxpr, body_jaxpr, cond_nconsts, body_nconsts, **_):
@@ -309,6 +311,7 @@ pack.register_inverse(P.while_p, _while_inverse, examples=Example(
     solve=[(2,)], label="fori_loop with a traced bound (a while loop)"),
     notes="fixed trip count (lax.fori_loop form) only; ivjp = reverse fori_loop")
 pack.register_ivjp(P.while_p, _while_ivjp)
+pack.register_ildj(P.while_p, _while_ildj)
 
 
 # ---------------------------------------------------------------- cond / switch
@@ -333,14 +336,6 @@ def _cond_setup(invals, outvals, branches):
     return invals[0], list(invals[1:]), plans
 
 
-def _cond_inverse(invals, outvals, *, branches, **_):
-    return _cond_backwards(invals, outvals, branches)[0]
-
-
-def _cond_ildj(invals, outvals, *, branches, **_):
-    return _cond_backwards(invals, outvals, branches, with_ildj=True)[1]
-
-
 def _cond_backwards(invals, outvals, branches, with_ildj=False):
     # cond(i, ops) = branches[i](ops): the operands are branch i's inverse applied
     # to the outputs, so run lax.switch(i, inverted branches); the log-det is the
@@ -361,6 +356,14 @@ def _cond_backwards(invals, outvals, branches, with_ildj=False):
     solved, log_det = lax.switch(index, [inverted(p) for p in plans], list(outvals))
     solved = iter(solved)
     return [index] + [x if x is not None else next(solved) for x in ops], (log_det if with_ildj else None)
+
+
+def _cond_inverse(invals, outvals, *, branches, **_):
+    return _cond_backwards(invals, outvals, branches)[0]
+
+
+def _cond_ildj(invals, outvals, *, branches, **_):
+    return _cond_backwards(invals, outvals, branches, with_ildj=True)[1]
 
 
 def _cond_ivjp(invals, outvals, out_cts, *, branches, **_):
@@ -395,6 +398,7 @@ pack.register_inverse(P.cond_p, _cond_inverse, examples=[
 ], notes="the index must be known (recomputed or saved); every branch must invert with nothing saved; "
          "ivjp = lax.switch over the branches' reverse sweeps")
 pack.register_ivjp(P.cond_p, _cond_ivjp)
+pack.register_ildj(P.cond_p, _cond_ildj)
 
 
 # ---------------------------------------------------------------- custom_jvp / custom_vjp
@@ -457,6 +461,3 @@ pack.register_inverse(P.custom_vjp_call_p, _custom_call_inverse,
                       notes="inverted through its body; cotangents from its custom VJP")
 pack.register_ildj(P.custom_jvp_call_p, _custom_call_ildj)
 pack.register_ildj(P.custom_vjp_call_p, _custom_call_ildj)
-pack.register_ildj(P.scan_p, _scan_ildj)
-pack.register_ildj(P.while_p, _while_ildj)
-pack.register_ildj(P.cond_p, _cond_ildj)

@@ -1,10 +1,11 @@
 """Rules for elementwise primitives: arithmetic, exp/log, hyperbolic, powers, casts,
 complex numbers, bitwise operations, and documented refusals.
 
-Only registrations live here (see ``jaxinv/registry.py`` for the conventions).
-Unary injective primitives are one ``defunary`` line each; ``defunary`` also
-declares them "nonzero-preserving", so primitives whose output can be zero for
-a nonzero input (``log(1) = 0``, ``acos(1) = 0``) declare ``never`` first.
+Each rule is registered right after its definition (see CONTRIBUTING.md, "The
+conventions"). Unary injective primitives are one ``defunary`` line each;
+``defunary`` also declares them "nonzero-preserving", so primitives whose
+output can be zero for a nonzero input (``log(1) = 0``, ``acos(1) = 0``)
+register ``never_nonzero`` first.
 
 Zero-divisor policy: a solver that divides by a known operand calls
 ``require_nonzero`` on that operand (see ``registry.require_nonzero``).
@@ -51,10 +52,7 @@ pack = RulePack("jaxinv.elementwise", __version__, jax_versions=SUPPORTED_JAX, b
                             "complex numbers, bitwise operations")
 
 # --------------------------------------------------------------------------
-# private helpers for the non-trivial rules
-
-
-
+# shared helpers
 
 
 def _float_only(x, what: str):
@@ -124,6 +122,147 @@ def _binary_ivjp(prim, cotangents):
     return ivjp_rule
 
 
+# --------------------------------------------------------------------------
+# arithmetic (examples: where each rule must work; see jaxinv.domains)
+#
+# Fused cotangents: jax.vjp's, from the operands the inverse recovered, without tracing the VJP
+# (which would also recompute the output); summed back over broadcast dimensions by _binary_ivjp.
+
+BOTH = [(0,), (1,)]
+
+# y = a + b: a = y - b, b = y - a (integers too: wrap-around addition is a bijection).
+pack.defbinary(P.add_p, lambda y, b: _as_input(y - b, 0), lambda y, a: _as_input(y - a, 1), examples=[
+    Example(jnp.add, reals(-10, 10), reals(-10, 10), solve=BOTH),
+    Example(lax.add, reals(shape=(3, 4)), reals(shape=()), solve=BOTH, label="rank-0 operand broadcast"),
+    Example(lax.add, reals(shape=(3, 4)), reals(shape=(3, 1)), solve=BOTH, label="size-1 dimension broadcast"),
+    Example(jnp.add, integers(), integers(), solve=BOTH, label="integers wrap around bijectively"),
+])
+pack.register_ivjp(P.add_p, _binary_ivjp(P.add_p, lambda a, b, y, ct, **_: (ct, ct)))
+
+# add_any (jax.extend's add_jaxvals_p) sums cotangents in the jaxprs of gradient code: the same as add.
+pack.defbinary(P.add_jaxvals_p, lambda y, b: _as_input(y - b, 0), lambda y, a: _as_input(y - a, 1), examples=[
+    Example(P.add_jaxvals_p.bind, reals(-10, 10), reals(-10, 10), solve=BOTH),
+    Example(P.add_jaxvals_p.bind, integers(), integers(), solve=BOTH, label="integers wrap around bijectively"),
+])
+pack.register_ivjp(P.add_jaxvals_p, _binary_ivjp(P.add_jaxvals_p, lambda a, b, y, ct, **_: (ct, ct)))
+
+# y = a - b: a = y + b, b = a - y.
+pack.defbinary(P.sub_p, lambda y, b: _as_input(y + b, 0), lambda y, a: _as_input(a - y, 1), examples=[
+    Example(jnp.subtract, reals(-10, 10), reals(-10, 10), solve=BOTH),
+    Example(lax.sub, reals(shape=()), reals(shape=(3, 4)), solve=BOTH, label="rank-0 operand broadcast"),
+    Example(lambda a, b: a - b, integers(), integers(), solve=BOTH, label="integers wrap around bijectively"),
+])
+pack.register_ivjp(P.sub_p, _binary_ivjp(P.sub_p, lambda a, b, y, ct, **_: (ct, -ct)))
+
+# y = a * b: a = y / b, b = y / a (floats only: integer products overflow).
+pack.defbinary(P.mul_p,
+               lambda y, b: _as_input(_float_only(y, "mul") / require_nonzero(b, "the known factor of `mul`"), 0),
+               lambda y, a: _as_input(_float_only(y, "mul") / require_nonzero(a, "the known factor of `mul`"), 1),
+               examples=[
+                   Example(jnp.multiply, nonzero(0.25, 4), nonzero(0.25, 4), solve=BOTH),
+                   Example(lambda x: x * 2.0, reals(), solve=[(0,)], label="by a literal"),
+                   Example(lax.mul, nonzero(), nonzero(shape=()), solve=BOTH, label="rank-0 operand broadcast"),
+                   Example(lax.mul, nonzero(shape=(3, 4)), nonzero(shape=(1, 4)), solve=BOTH,
+                           label="size-1 dimension broadcast"),
+                   *([Example(lambda a, b: lax.mul(a, b, out_dtype=jnp.float32), reals(dtype=jnp.bfloat16),
+                              nonzero(dtype=jnp.bfloat16), solve=[(0,)], label="bf16 * bf16 -> f32 (exact)")]
+                     if MUL_HAS_OUT_DTYPE else []),
+               ],
+               notes="divides by the known factor: it must be provably nonzero")
+pack.register_ivjp(P.mul_p, _binary_ivjp(P.mul_p, lambda a, b, y, ct, **_: (ct * b, ct * a)))
+pack.register_nonzero(P.mul_p, nonzero_if_all)
+
+# y = a / b: a = y * b divides by nothing; b = a / y divides by y, nonzero iff a is.
+pack.defbinary(P.div_p,
+               lambda y, b: _as_input(_float_only(y, "div") * b, 0),
+               lambda y, a: _as_input(require_nonzero(a, "the known numerator of `div`") / _float_only(y, "div"), 1),
+               examples=[
+                   Example(jnp.divide, nonzero(0.25, 4), nonzero(0.25, 4), solve=BOTH),
+                   Example(lax.div, nonzero(shape=()), nonzero(shape=(3, 4)), solve=BOTH,
+                           label="rank-0 operand broadcast"),
+               ],
+               notes="solving the divisor divides by the output: the numerator must be provably nonzero")
+# d(a / b) = da / b - a db / b^2
+pack.register_ivjp(P.div_p, _binary_ivjp(P.div_p, lambda a, b, y, ct, **_: (ct / b, -ct * a * b ** -2)))
+pack.register_nonzero(P.div_p, nonzero_if_first)  # a / b with a nonzero (and b finite)
+
+# y = atan2(a, b), the angle of the point (b, a): tan(y) = a / b exactly, and
+# for a fixed b != 0 (a != 0) the angle is strictly monotone in a (in b), so
+# a = b tan(y), b = a / tan(y) (tan(+-pi/2) is huge but finite: b ~ 0, right).
+# A zero known operand loses the other one's magnitude (atan2(a, 0) = +-pi/2).
+pack.defbinary(P.atan2_p,
+               lambda y, b: _as_input(require_nonzero(b, "the known second operand of `atan2`") * jnp.tan(y), 0),
+               lambda y, a: _as_input(require_nonzero(a, "the known first operand of `atan2`") / jnp.tan(y), 1),
+               examples=[
+                   Example(jnp.arctan2, reals(-2, 2), nonzero(0.5, 2), solve=[(0,)], label="|a / b| <= 4"),
+                   Example(jnp.arctan2, nonzero(0.5, 2), reals(-2, 2), solve=[(1,)], label="|b / a| <= 4"),
+               ],
+               notes="the known operand must be provably nonzero; ill-conditioned as |a / b| (solving a) grows")
+# d atan2(a, b) = (b da - a db) / (a^2 + b^2)
+pack.register_ivjp(P.atan2_p, _binary_ivjp(
+    P.atan2_p, lambda a, b, y, ct, **_: (ct * (b / (a * a + b * b)), ct * (-a / (a * a + b * b)))))
+
+# neg is its own inverse (integers too).
+pack.defunary(P.neg_p, lax.neg, ct=lambda x, y, ct: -ct if is_float(y) else None,
+              examples=[Example(lax.neg, reals(-3, 3)), Example(lax.neg, integers(), label="integers")])
+
+# --------------------------------------------------------------------------
+# powers and roots
+
+
+def _pow_base(y, b):
+    # y = a ** b, solved for the base a given the exponent b.
+    #
+    # Real pow is defined for a negative base only when b is integer-valued, so
+    # on the reals a -> a**b is injective for a >= 0 (any b != 0) and for every
+    # a when b is an odd integer.  a = sign(y) * |y| ** (1/b) is the exact
+    # inverse on both of those domains.  A negative base with an even integer
+    # exponent is not recoverable (its sign is lost): this returns |a|, the
+    # principal branch.  b == 0 gives y == 1 for every a, hence require_nonzero.
+    _float_only(y, "pow")
+    b = require_nonzero(b, "the known exponent of `pow`")
+    return _as_input(jnp.sign(y) * jnp.abs(y) ** (1 / lax.convert_element_type(b, y.dtype)), 0)
+
+
+def _pow_exponent(y, a):
+    # y = a ** b, solved for the exponent b given the base a:
+    # b = log|y| / log|a| (|.| covers a negative base, which real pow allows only
+    # with integer exponents).  Mathematically this needs log|a| != 0, i.e.
+    # a not in {0, 1, -1}.  The planner can only prove "nonzero", so we require
+    # a != 0 (a = 0 gives y in {0, 1, inf}, not injective); a = +-1 is not ruled
+    # out at plan time and gives 0/0 = NaN at run time, visibly rather than a
+    # wrong finite value.  An integer exponent is recovered exactly by rounding.
+    _float_only(y, "pow")
+    a = require_nonzero(a, "the known base of `pow` (it must also not be +-1)")
+    b = jnp.log(jnp.abs(y)) / jnp.log(jnp.abs(a))
+    dtype = input_avals()[1].dtype
+    if not is_float(dtype):
+        b = jnp.round(b)
+    return _as_input(b.astype(dtype), 1)
+
+
+def _pow_cotangents(a, b, y, ct, **_):
+    # What jax.vjp gives for y = a ** b (lax's pow JVP), with the operand the
+    # inverse recovered: ct_a = ct * b * a^(b-1) (0 where an integer b is 0);
+    # ct_b = ct * log(a) * y (log(1) where a == 0), none for an integer b.
+    bf = jnp.asarray(b).astype(y.dtype)
+    a, bf = jnp.broadcast_arrays(jnp.asarray(a), bf)
+    jac = bf * lax.pow(a, bf - 1)
+    if not _input_is_float(1):
+        return ct * jnp.where(bf == 0, 0, jac), None
+    return ct * jac, ct * jnp.log(jnp.where(a == 0, 1, a)) * y
+
+
+pack.defbinary(P.pow_p, _pow_base, _pow_exponent, examples=[
+    Example(lax.pow, positive(0.2, 3), nonzero(0.25, 2), solve=[(0,)], label="positive base"),
+    Example(lax.pow, positive(1.5, 3), reals(-2, 2), solve=[(1,)], label="exponent, base away from 1"),
+    Example(lax.pow, reals(-3, 3), integers((-3, -1, 1, 3)), solve=[(0,)], label="any base, odd integer exponent"),
+    Example(lax.pow, positive(1.5, 3), integers(), solve=[(1,)], label="integer exponent, recovered exactly"),
+], notes="base: |a| = |y|^(1/b) (a >= 0, or b an odd integer); exponent: log|y| / log|a| (a not 0, +-1)")
+pack.register_ivjp(P.pow_p, _binary_ivjp(P.pow_p, _pow_cotangents))
+pack.register_nonzero(P.pow_p, nonzero_if_first)  # a ** b with a nonzero (0 ** 0 == 1, but we need not know)
+
+
 def _odd_root(z, n: int):
     """The real ``n``-th root of ``z`` for an odd integer ``n`` (negative allowed)."""
     if n == 1:
@@ -158,35 +297,50 @@ def _integer_pow_nonzero(nonzero_in, *, y, **_):
     return y <= 0 or nonzero_in[0]
 
 
-def _pow_base(y, b):
-    # y = a ** b, solved for the base a given the exponent b.
-    #
-    # Real pow is defined for a negative base only when b is integer-valued, so
-    # on the reals a -> a**b is injective for a >= 0 (any b != 0) and for every
-    # a when b is an odd integer.  a = sign(y) * |y| ** (1/b) is the exact
-    # inverse on both of those domains.  A negative base with an even integer
-    # exponent is not recoverable (its sign is lost): this returns |a|, the
-    # principal branch.  b == 0 gives y == 1 for every a, hence require_nonzero.
-    _float_only(y, "pow")
-    b = require_nonzero(b, "the known exponent of `pow`")
-    return _as_input(jnp.sign(y) * jnp.abs(y) ** (1 / lax.convert_element_type(b, y.dtype)), 0)
+pack.register_inverse(P.integer_pow_p, _integer_pow_inverse, examples=[
+    Example(lambda x: lax.integer_pow(x, 3), reals(-3, 3), label="y=3"),
+    Example(lambda x: lax.integer_pow(x, 5), reals(), label="y=5"),
+    Example(lambda x: lax.integer_pow(x, -3), nonzero(), label="y=-3"),
+    Example(lambda x: lax.integer_pow(x, -1), nonzero(), label="y=-1"),
+    Example(lambda x: lax.integer_pow(x, 1), reals(), label="y=1"),
+], notes="odd exponents only (even ones: principal branch)")
+pack.register_nonzero(P.integer_pow_p, _integer_pow_nonzero)
+pack.register_elementwise(P.integer_pow_p)  # log-det: sum log|dx/dy|, derived from the inverse
+# Even exponents: the principal branch (jaxinv.inverse only).
+pack.register_inverse(P.integer_pow_p, _integer_pow_principal, principal_branch=True, examples=[
+    Example(lambda x: x ** 2, reals(0, 3), label="y=2"),
+    Example(lambda x: lax.integer_pow(x, 4), reals(0.1, 3), label="y=4"),
+    Example(lambda x: lax.integer_pow(x, -2), reals(0.5, 3), label="y=-2"),
+], notes="x >= 0 for even y")
 
+# Roots: undo by powering. Fused cotangents from the output alone (jax's own
+# formulas): d sqrt(x) = dx / (2 sqrt(x)), d rsqrt(x) = -rsqrt(x) dx / (2x),
+# d cbrt(x) = dx / (3 cbrt(x)^2).
+pack.defunary(P.sqrt_p, jnp.square, ct=lambda x, y, ct: ct * (0.5 / y),
+              examples=Example(jnp.sqrt, positive(1e-3, 100)))
+pack.defunary(P.rsqrt_p, lambda y: jnp.reciprocal(jnp.square(y)), ct=lambda x, y, ct: ct * (-0.5 * (y / x)),
+              examples=Example(lax.rsqrt, positive(0.01, 100)))
+pack.defunary(P.cbrt_p, lambda y: y * y * y, ct=lambda x, y, ct: ct * ((1 / 3) * lax.integer_pow(y, -2)),
+              examples=Example(jnp.cbrt, reals(-100, 100)))
 
-def _pow_exponent(y, a):
-    # y = a ** b, solved for the exponent b given the base a:
-    # b = log|y| / log|a| (|.| covers a negative base, which real pow allows only
-    # with integer exponents).  Mathematically this needs log|a| != 0, i.e.
-    # a not in {0, 1, -1}.  The planner can only prove "nonzero", so we require
-    # a != 0 (a = 0 gives y in {0, 1, inf}, not injective); a = +-1 is not ruled
-    # out at plan time and gives 0/0 = NaN at run time, visibly rather than a
-    # wrong finite value.  An integer exponent is recovered exactly by rounding.
-    _float_only(y, "pow")
-    a = require_nonzero(a, "the known base of `pow` (it must also not be +-1)")
-    b = jnp.log(jnp.abs(y)) / jnp.log(jnp.abs(a))
-    dtype = input_avals()[1].dtype
-    if not is_float(dtype):
-        b = jnp.round(b)
-    return _as_input(b.astype(dtype), 1)
+# --------------------------------------------------------------------------
+# exponentials and logarithms (outputs of exp, exp2 and logistic are never zero)
+
+# Each undone by its inverse function; the fused cotangents are jax's own,
+# from the output (d exp = exp dx, d expm1 = (expm1 + 1) dx, d logistic =
+# y (1 - y) dx) or from the recovered input (d log = dx / x, d log1p = dx / (1 + x)).
+pack.register_nonzero(P.exp_p)
+pack.defunary(P.exp_p, jnp.log, ct=lambda x, y, ct: ct * y, examples=Example(jnp.exp, reals(-10, 10)),
+              saturates="exp(x) underflows to 0 below x = -87 in float32, and log(0) = -inf")
+pack.register_nonzero(P.exp2_p)
+pack.defunary(P.exp2_p, jnp.log2, ct=lambda x, y, ct: ct * y * math.log(2), examples=Example(jnp.exp2, reals(-10, 10)),
+              saturates="exp2(x) underflows to 0 below x = -126 in float32, and log2(0) = -inf")
+pack.register_nonzero(P.log_p, never_nonzero)  # log(1) == 0
+pack.defunary(P.log_p, jnp.exp, ct=lambda x, y, ct: ct / x, examples=Example(jnp.log, positive(1e-3, 1e3)))
+pack.defunary(P.log1p_p, jnp.expm1, ct=lambda x, y, ct: ct / (x + 1), examples=Example(jnp.log1p, reals(-0.9, 10)),
+              saturates="near x = -1, expm1 of the output rounds back to -1: x + 1 loses every digit")
+pack.defunary(P.expm1_p, jnp.log1p, ct=lambda x, y, ct: ct * (y + 1), examples=Example(jnp.expm1, reals(-3, 3)),
+              saturates="expm1(x) rounds to -1 below x = -17 in float32, and log1p(-1) = -inf")
 
 
 def _logit(y):
@@ -201,6 +355,37 @@ def _logit(y):
     return jnp.where(y < 0.25, jnp.log(y) - jnp.log1p(-y), 2 * jnp.arctanh(2 * y - 1))
 
 
+pack.register_nonzero(P.logistic_p)
+pack.defunary(P.logistic_p, _logit, ct=lambda x, y, ct: ct * (y * (1 - y)), examples=[
+    Example(jax.nn.sigmoid, reals(-4, 4)),
+    Example(jax.nn.sigmoid, reals(-10, 10), label="into the tails: sigmoid(10) = 0.99995"),
+], notes="x = log(y) - log1p(-y) for y < 1/4, else 2 atanh(2y - 1): a few ulp on all of (0, 1)",
+   saturates="sigmoid(x) rounds to 1 above x = 17 in float32, and logit(1) = inf")
+
+# --------------------------------------------------------------------------
+# hyperbolic, trigonometric (on their injective domains), erf
+
+# d tanh = (1 + y)(1 - y) dx, jax's form: 1 - y is exact for y near 1, where 1 - y*y loses digits.
+pack.defunary(P.tanh_p, jnp.arctanh, ct=lambda x, y, ct: (ct + ct * y) * (1 - y),
+              examples=Example(jnp.tanh, reals(-2.5, 2.5)),
+              saturates="tanh(x) rounds to ±1 for |x| > 9 in float32, and atanh(1) = inf")
+pack.defunary(P.atanh_p, jnp.tanh, examples=Example(jnp.arctanh, reals(-0.95, 0.95)))
+pack.defunary(P.sinh_p, jnp.arcsinh, examples=Example(jnp.sinh, reals(-5, 5)))
+pack.defunary(P.asinh_p, jnp.sinh, examples=Example(lax.asinh, reals(-100, 100)))
+pack.register_nonzero(P.acosh_p, never_nonzero)  # acosh(1) == 0
+pack.defunary(P.acosh_p, jnp.cosh, examples=Example(lax.acosh, positive(1.01, 100)))
+pack.defunary(P.asin_p, jnp.sin, examples=Example(jnp.arcsin, reals(-0.99, 0.99)))
+pack.register_nonzero(P.acos_p, never_nonzero)  # acos(1) == 0
+pack.defunary(P.acos_p, jnp.cos, examples=Example(jnp.arccos, reals(-0.99, 0.99)))
+pack.defunary(P.atan_p, jnp.tan, examples=Example(jnp.arctan, reals(-10, 10)),
+              saturates="atan(x) rounds to ±pi/2 for |x| > 1e7 in float32, where tan is off by orders of magnitude")
+pack.defunary(P.erf_p, lax.erf_inv, examples=Example(lax.erf, reals(-1.5, 1.5)),
+              saturates="erf(x) rounds to ±1 for |x| > 4 in float32, and erf_inv(1) = inf")
+# d erf_inv(x) = sqrt(pi)/2 exp(erf_inv(x)^2) dx: from the output alone.
+pack.defunary(P.erf_inv_p, lax.erf, ct=lambda x, y, ct: (math.sqrt(math.pi) / 2) * (ct * jnp.exp(y * y)),
+              examples=Example(lax.erf_inv, reals(-0.95, 0.95)))
+
+
 def _erfc_inverse(y):
     # y = erfc(x) = 2 Phi(-x sqrt 2) (Phi the standard normal CDF), so
     # x = -ndtri(y / 2) / sqrt(2). erf_inv(1 - y) would be the same in exact
@@ -211,42 +396,13 @@ def _erfc_inverse(y):
     return -ndtri(y / 2) * np.asarray(1 / math.sqrt(2), y.dtype)
 
 
-def _conj_inverse(y, *, input_dtype):
-    # conj is its own inverse on complex numbers; on a real input it binds
-    # conj too (lax.conj of float32 gives complex64 with imaginary part 0), so
-    # the input is the real part, in the input's dtype.
-    if jnp.issubdtype(input_dtype, jnp.complexfloating):
-        return lax.conj(y)
-    return lax.convert_element_type(lax.real(y), input_dtype)
+pack.register_nonzero(P.erfc_p, never_nonzero)  # erfc > 0, but underflows to 0 (x > 10 in float32)
+pack.defunary(P.erfc_p, _erfc_inverse, examples=Example(lax.erfc, reals(-2, 8)),
+              notes="x = -ndtri(y / 2) / sqrt(2): accurate in both tails; x << 0 is ill-conditioned",
+              saturates="erfc(x) rounds to 2 below x = -4 and underflows to 0 above x = 10 in float32")
 
-
-def _complex_inverse(invals, outvals, **_):
-    # y = re + i im holds both operands: re = real(y), im = imag(y), whether one
-    # of them is known or neither (a broadcast operand takes its first element).
-    y = outvals[0]
-    parts = (lax.real(y), lax.imag(y))
-    return [v if v is not None else _as_input(parts[i], i) for i, v in enumerate(invals)]
-
-
-def _bitcast_inverse(invals, outvals, **_):
-    # bitcast_convert_type reinterprets the bits, so bitcasting back restores
-    # them exactly, for every value (NaN payloads included). With different
-    # widths lax splits each element into a new trailing dimension (wide ->
-    # narrow) or joins the trailing dimension (narrow -> wide); bitcasting back
-    # undoes that too. (lax forbids bool and complex on either side.)
-    return [lax.bitcast_convert_type(outvals[0], input_avals()[0].dtype)]
-
-
-def _pow_cotangents(a, b, y, ct, **_):
-    # What jax.vjp gives for y = a ** b (lax's pow JVP), with the operand the
-    # inverse recovered: ct_a = ct * b * a^(b-1) (0 where an integer b is 0);
-    # ct_b = ct * log(a) * y (log(1) where a == 0), none for an integer b.
-    bf = jnp.asarray(b).astype(y.dtype)
-    a, bf = jnp.broadcast_arrays(jnp.asarray(a), bf)
-    jac = bf * lax.pow(a, bf - 1)
-    if not _input_is_float(1):
-        return ct * jnp.where(bf == 0, 0, jac), None
-    return ct * jac, ct * jnp.log(jnp.where(a == 0, 1, a)) * y
+# --------------------------------------------------------------------------
+# casts and copies
 
 
 def _lossless(src, dst) -> bool:
@@ -299,174 +455,6 @@ def _convert_nonzero(nonzero_in, *, new_dtype, **_):
     return _lossless(src, dst)
 
 
-# --------------------------------------------------------------------------
-# arithmetic (examples: where each rule must work; see jaxinv.domains)
-
-BOTH = [(0,), (1,)]
-
-# y = a + b: a = y - b, b = y - a (integers too: wrap-around addition is a bijection).
-pack.defbinary(P.add_p, lambda y, b: _as_input(y - b, 0), lambda y, a: _as_input(y - a, 1), examples=[
-    Example(jnp.add, reals(-10, 10), reals(-10, 10), solve=BOTH),
-    Example(lax.add, reals(shape=(3, 4)), reals(shape=()), solve=BOTH, label="rank-0 operand broadcast"),
-    Example(lax.add, reals(shape=(3, 4)), reals(shape=(3, 1)), solve=BOTH, label="size-1 dimension broadcast"),
-    Example(jnp.add, integers(), integers(), solve=BOTH, label="integers wrap around bijectively"),
-])
-# add_any (jax.extend's add_jaxvals_p) sums cotangents in the jaxprs of gradient code: the same as add.
-pack.defbinary(P.add_jaxvals_p, lambda y, b: _as_input(y - b, 0), lambda y, a: _as_input(y - a, 1), examples=[
-    Example(P.add_jaxvals_p.bind, reals(-10, 10), reals(-10, 10), solve=BOTH),
-    Example(P.add_jaxvals_p.bind, integers(), integers(), solve=BOTH, label="integers wrap around bijectively"),
-])
-# y = a - b: a = y + b, b = a - y.
-pack.defbinary(P.sub_p, lambda y, b: _as_input(y + b, 0), lambda y, a: _as_input(a - y, 1), examples=[
-    Example(jnp.subtract, reals(-10, 10), reals(-10, 10), solve=BOTH),
-    Example(lax.sub, reals(shape=()), reals(shape=(3, 4)), solve=BOTH, label="rank-0 operand broadcast"),
-    Example(lambda a, b: a - b, integers(), integers(), solve=BOTH, label="integers wrap around bijectively"),
-])
-# y = a * b: a = y / b, b = y / a (floats only: integer products overflow).
-pack.defbinary(P.mul_p,
-               lambda y, b: _as_input(_float_only(y, "mul") / require_nonzero(b, "the known factor of `mul`"), 0),
-               lambda y, a: _as_input(_float_only(y, "mul") / require_nonzero(a, "the known factor of `mul`"), 1),
-               examples=[
-                   Example(jnp.multiply, nonzero(0.25, 4), nonzero(0.25, 4), solve=BOTH),
-                   Example(lambda x: x * 2.0, reals(), solve=[(0,)], label="by a literal"),
-                   Example(lax.mul, nonzero(), nonzero(shape=()), solve=BOTH, label="rank-0 operand broadcast"),
-                   Example(lax.mul, nonzero(shape=(3, 4)), nonzero(shape=(1, 4)), solve=BOTH,
-                           label="size-1 dimension broadcast"),
-                   *([Example(lambda a, b: lax.mul(a, b, out_dtype=jnp.float32), reals(dtype=jnp.bfloat16),
-                              nonzero(dtype=jnp.bfloat16), solve=[(0,)], label="bf16 * bf16 -> f32 (exact)")]
-                     if MUL_HAS_OUT_DTYPE else []),
-               ],
-               notes="divides by the known factor: it must be provably nonzero")
-# y = a / b: a = y * b divides by nothing; b = a / y divides by y, nonzero iff a is.
-pack.defbinary(P.div_p,
-               lambda y, b: _as_input(_float_only(y, "div") * b, 0),
-               lambda y, a: _as_input(require_nonzero(a, "the known numerator of `div`") / _float_only(y, "div"), 1),
-               examples=[
-                   Example(jnp.divide, nonzero(0.25, 4), nonzero(0.25, 4), solve=BOTH),
-                   Example(lax.div, nonzero(shape=()), nonzero(shape=(3, 4)), solve=BOTH,
-                           label="rank-0 operand broadcast"),
-               ],
-               notes="solving the divisor divides by the output: the numerator must be provably nonzero")
-pack.defbinary(P.pow_p, _pow_base, _pow_exponent, examples=[
-    Example(lax.pow, positive(0.2, 3), nonzero(0.25, 2), solve=[(0,)], label="positive base"),
-    Example(lax.pow, positive(1.5, 3), reals(-2, 2), solve=[(1,)], label="exponent, base away from 1"),
-    Example(lax.pow, reals(-3, 3), integers((-3, -1, 1, 3)), solve=[(0,)], label="any base, odd integer exponent"),
-    Example(lax.pow, positive(1.5, 3), integers(), solve=[(1,)], label="integer exponent, recovered exactly"),
-], notes="base: |a| = |y|^(1/b) (a >= 0, or b an odd integer); exponent: log|y| / log|a| (a not 0, +-1)")
-# y = atan2(a, b), the angle of the point (b, a): tan(y) = a / b exactly, and
-# for a fixed b != 0 (a != 0) the angle is strictly monotone in a (in b), so
-# a = b tan(y), b = a / tan(y) (tan(+-pi/2) is huge but finite: b ~ 0, right).
-# A zero known operand loses the other one's magnitude (atan2(a, 0) = +-pi/2).
-pack.defbinary(P.atan2_p,
-               lambda y, b: _as_input(require_nonzero(b, "the known second operand of `atan2`") * jnp.tan(y), 0),
-               lambda y, a: _as_input(require_nonzero(a, "the known first operand of `atan2`") / jnp.tan(y), 1),
-               examples=[
-                   Example(jnp.arctan2, reals(-2, 2), nonzero(0.5, 2), solve=[(0,)], label="|a / b| <= 4"),
-                   Example(jnp.arctan2, nonzero(0.5, 2), reals(-2, 2), solve=[(1,)], label="|b / a| <= 4"),
-               ],
-               notes="the known operand must be provably nonzero; ill-conditioned as |a / b| (solving a) grows")
-# neg is its own inverse (integers too).
-pack.defunary(P.neg_p, lax.neg, ct=lambda x, y, ct: -ct if is_float(y) else None,
-              examples=[Example(lax.neg, reals(-3, 3)), Example(lax.neg, integers(), label="integers")])
-
-# Fused cotangents: jax.vjp's, from the operands the inverse recovered, without tracing the VJP
-# (which would also recompute the output); summed back over broadcast dimensions by _binary_ivjp.
-pack.register_ivjp(P.add_p, _binary_ivjp(P.add_p, lambda a, b, y, ct, **_: (ct, ct)))
-pack.register_ivjp(P.add_jaxvals_p, _binary_ivjp(P.add_jaxvals_p, lambda a, b, y, ct, **_: (ct, ct)))
-pack.register_ivjp(P.sub_p, _binary_ivjp(P.sub_p, lambda a, b, y, ct, **_: (ct, -ct)))
-pack.register_ivjp(P.mul_p, _binary_ivjp(P.mul_p, lambda a, b, y, ct, **_: (ct * b, ct * a)))
-# d(a / b) = da / b - a db / b^2
-pack.register_ivjp(P.div_p, _binary_ivjp(P.div_p, lambda a, b, y, ct, **_: (ct / b, -ct * a * b ** -2)))
-pack.register_ivjp(P.pow_p, _binary_ivjp(P.pow_p, _pow_cotangents))
-# d atan2(a, b) = (b da - a db) / (a^2 + b^2)
-pack.register_ivjp(P.atan2_p, _binary_ivjp(
-    P.atan2_p, lambda a, b, y, ct, **_: (ct * (b / (a * a + b * b)), ct * (-a / (a * a + b * b)))))
-
-pack.register_nonzero(P.mul_p, nonzero_if_all)
-pack.register_nonzero(P.div_p, nonzero_if_first)  # a / b with a nonzero (and b finite)
-pack.register_nonzero(P.pow_p, nonzero_if_first)  # a ** b with a nonzero (0 ** 0 == 1, but we need not know)
-
-pack.register_inverse(P.integer_pow_p, _integer_pow_inverse, examples=[
-    Example(lambda x: lax.integer_pow(x, 3), reals(-3, 3), label="y=3"),
-    Example(lambda x: lax.integer_pow(x, 5), reals(), label="y=5"),
-    Example(lambda x: lax.integer_pow(x, -3), nonzero(), label="y=-3"),
-    Example(lambda x: lax.integer_pow(x, -1), nonzero(), label="y=-1"),
-    Example(lambda x: lax.integer_pow(x, 1), reals(), label="y=1"),
-], notes="odd exponents only (even ones: principal branch)")
-pack.register_nonzero(P.integer_pow_p, _integer_pow_nonzero)
-pack.register_elementwise(P.integer_pow_p)  # log-det: sum log|dx/dy|, derived from the inverse
-
-# Roots: undo by powering. Fused cotangents from the output alone (jax's own
-# formulas): d sqrt(x) = dx / (2 sqrt(x)), d rsqrt(x) = -rsqrt(x) dx / (2x),
-# d cbrt(x) = dx / (3 cbrt(x)^2).
-pack.defunary(P.sqrt_p, jnp.square, ct=lambda x, y, ct: ct * (0.5 / y),
-              examples=Example(jnp.sqrt, positive(1e-3, 100)))
-pack.defunary(P.rsqrt_p, lambda y: jnp.reciprocal(jnp.square(y)), ct=lambda x, y, ct: ct * (-0.5 * (y / x)),
-              examples=Example(lax.rsqrt, positive(0.01, 100)))
-pack.defunary(P.cbrt_p, lambda y: y * y * y, ct=lambda x, y, ct: ct * ((1 / 3) * lax.integer_pow(y, -2)),
-              examples=Example(jnp.cbrt, reals(-100, 100)))
-
-# --------------------------------------------------------------------------
-# exponentials and logarithms (outputs of exp, exp2 and logistic are never zero)
-
-pack.register_nonzero(P.exp_p)
-pack.register_nonzero(P.exp2_p)
-pack.register_nonzero(P.logistic_p)
-pack.register_nonzero(P.log_p, never_nonzero)  # log(1) == 0
-
-# Each undone by its inverse function; the fused cotangents are jax's own,
-# from the output (d exp = exp dx, d expm1 = (expm1 + 1) dx, d logistic =
-# y (1 - y) dx) or from the recovered input (d log = dx / x, d log1p = dx / (1 + x)).
-pack.defunary(P.exp_p, jnp.log, ct=lambda x, y, ct: ct * y, examples=Example(jnp.exp, reals(-10, 10)),
-              saturates="exp(x) underflows to 0 below x = -87 in float32, and log(0) = -inf")
-pack.defunary(P.exp2_p, jnp.log2, ct=lambda x, y, ct: ct * y * math.log(2), examples=Example(jnp.exp2, reals(-10, 10)),
-              saturates="exp2(x) underflows to 0 below x = -126 in float32, and log2(0) = -inf")
-pack.defunary(P.log_p, jnp.exp, ct=lambda x, y, ct: ct / x, examples=Example(jnp.log, positive(1e-3, 1e3)))
-pack.defunary(P.log1p_p, jnp.expm1, ct=lambda x, y, ct: ct / (x + 1), examples=Example(jnp.log1p, reals(-0.9, 10)),
-              saturates="near x = -1, expm1 of the output rounds back to -1: x + 1 loses every digit")
-pack.defunary(P.expm1_p, jnp.log1p, ct=lambda x, y, ct: ct * (y + 1), examples=Example(jnp.expm1, reals(-3, 3)),
-              saturates="expm1(x) rounds to -1 below x = -17 in float32, and log1p(-1) = -inf")
-pack.defunary(P.logistic_p, _logit, ct=lambda x, y, ct: ct * (y * (1 - y)), examples=[
-    Example(jax.nn.sigmoid, reals(-4, 4)),
-    Example(jax.nn.sigmoid, reals(-10, 10), label="into the tails: sigmoid(10) = 0.99995"),
-], notes="x = log(y) - log1p(-y) for y < 1/4, else 2 atanh(2y - 1): a few ulp on all of (0, 1)",
-   saturates="sigmoid(x) rounds to 1 above x = 17 in float32, and logit(1) = inf")
-
-# --------------------------------------------------------------------------
-# hyperbolic, trigonometric (on their injective domains), erf
-
-pack.register_nonzero(P.acos_p, never_nonzero)  # acos(1) == 0
-pack.register_nonzero(P.acosh_p, never_nonzero)  # acosh(1) == 0
-
-# d tanh = (1 + y)(1 - y) dx, jax's form: 1 - y is exact for y near 1, where 1 - y*y loses digits.
-pack.defunary(P.tanh_p, jnp.arctanh, ct=lambda x, y, ct: (ct + ct * y) * (1 - y),
-              examples=Example(jnp.tanh, reals(-2.5, 2.5)),
-              saturates="tanh(x) rounds to ±1 for |x| > 9 in float32, and atanh(1) = inf")
-pack.defunary(P.atanh_p, jnp.tanh, examples=Example(jnp.arctanh, reals(-0.95, 0.95)))
-pack.defunary(P.sinh_p, jnp.arcsinh, examples=Example(jnp.sinh, reals(-5, 5)))
-pack.defunary(P.asinh_p, jnp.sinh, examples=Example(lax.asinh, reals(-100, 100)))
-pack.defunary(P.acosh_p, jnp.cosh, examples=Example(lax.acosh, positive(1.01, 100)))
-pack.defunary(P.asin_p, jnp.sin, examples=Example(jnp.arcsin, reals(-0.99, 0.99)))
-pack.defunary(P.acos_p, jnp.cos, examples=Example(jnp.arccos, reals(-0.99, 0.99)))
-pack.defunary(P.atan_p, jnp.tan, examples=Example(jnp.arctan, reals(-10, 10)),
-              saturates="atan(x) rounds to ±pi/2 for |x| > 1e7 in float32, where tan is off by orders of magnitude")
-pack.defunary(P.erf_p, lax.erf_inv, examples=Example(lax.erf, reals(-1.5, 1.5)),
-              saturates="erf(x) rounds to ±1 for |x| > 4 in float32, and erf_inv(1) = inf")
-# d erf_inv(x) = sqrt(pi)/2 exp(erf_inv(x)^2) dx: from the output alone.
-pack.defunary(P.erf_inv_p, lax.erf, ct=lambda x, y, ct: (math.sqrt(math.pi) / 2) * (ct * jnp.exp(y * y)),
-              examples=Example(lax.erf_inv, reals(-0.95, 0.95)))
-pack.register_nonzero(P.erfc_p, never_nonzero)  # erfc > 0, but underflows to 0 (x > 10 in float32)
-pack.defunary(P.erfc_p, _erfc_inverse, examples=Example(lax.erfc, reals(-2, 8)),
-              notes="x = -ndtri(y / 2) / sqrt(2): accurate in both tails; x << 0 is ill-conditioned",
-              saturates="erfc(x) rounds to 2 below x = -4 and underflows to 0 above x = 10 in float32")
-
-# --------------------------------------------------------------------------
-# casts and copies
-
-pack.register_nonzero(P.convert_element_type_p, _convert_nonzero)
-pack.register_ildj(P.convert_element_type_p)  # lossless: the identity on values, log-det 0
-pack.register_ildj(P.bitcast_convert_type_p)  # a relabelling of bits, not a smooth map: log-det 0
-pack.register_elementwise(P.complex_p)
 pack.register_inverse(P.convert_element_type_p, _convert_inverse, examples=[
     Example(lambda x: x.astype(jnp.float32), reals(dtype=np.float16), label="f16->f32"),
     Example(lambda x: x.astype(jnp.float32), reals(dtype=jnp.bfloat16), label="bf16->f32"),
@@ -475,9 +463,21 @@ pack.register_inverse(P.convert_element_type_p, _convert_inverse, examples=[
     Example(lambda x: x.astype(jnp.int32), integers(dtype=np.int8), label="i8->i32"),
     Example(lambda x: x.astype(jnp.int16), integers((0, 7, 255), dtype=np.uint8), label="u8->i16"),
 ], notes="lossless conversions only (every source value survives the round trip)")
+pack.register_nonzero(P.convert_element_type_p, _convert_nonzero)
+pack.register_ildj(P.convert_element_type_p)  # lossless: the identity on values, log-det 0
 pack.defunary(P.copy_p, lambda y: y, ct=lambda x, y, ct: ct if is_float(y) else None,
               examples=[Example(jnp.copy, reals()), Example(jnp.copy, integers(), label="integers")])
-pack.register_nonzero(P.bitcast_convert_type_p, never_nonzero)  # the int bits of -0.0 or of a flushed denormal
+
+
+def _bitcast_inverse(invals, outvals, **_):
+    # bitcast_convert_type reinterprets the bits, so bitcasting back restores
+    # them exactly, for every value (NaN payloads included). With different
+    # widths lax splits each element into a new trailing dimension (wide ->
+    # narrow) or joins the trailing dimension (narrow -> wide); bitcasting back
+    # undoes that too. (lax forbids bool and complex on either side.)
+    return [lax.bitcast_convert_type(outvals[0], input_avals()[0].dtype)]
+
+
 pack.register_inverse(P.bitcast_convert_type_p, _bitcast_inverse, examples=[
     Example(lambda x: lax.bitcast_convert_type(x, jnp.int32), reals(-1e3, 1e3),
             label="float -> int32 (f32: same width; f64: split in two)"),
@@ -488,21 +488,43 @@ pack.register_inverse(P.bitcast_convert_type_p, _bitcast_inverse, examples=[
             label="uint8[..., 4] -> float32 (joins the last dimension)"),
     Example(lambda x: lax.bitcast_convert_type(x, jnp.bfloat16), reals(dtype=np.float16), label="f16 -> bf16"),
 ], notes="bitcasting back restores every bit (different widths too)")
+pack.register_nonzero(P.bitcast_convert_type_p, never_nonzero)  # the int bits of -0.0 or of a flushed denormal
+pack.register_ildj(P.bitcast_convert_type_p)  # a relabelling of bits, not a smooth map: log-det 0
 
 # --------------------------------------------------------------------------
 # complex numbers
 
-# conj: its own inverse; of a real input: the real part (see _conj_inverse).
+
+def _conj_inverse(y, *, input_dtype):
+    # conj is its own inverse on complex numbers; on a real input it binds
+    # conj too (lax.conj of float32 gives complex64 with imaginary part 0), so
+    # the input is the real part, in the input's dtype.
+    if jnp.issubdtype(input_dtype, jnp.complexfloating):
+        return lax.conj(y)
+    return lax.convert_element_type(lax.real(y), input_dtype)
+
+
 pack.defunary(P.conj_p, _conj_inverse, examples=[
     Example(lambda a, b: lax.conj(lax.complex(a, b)), reals(), reals(), label="complex"),
     Example(lax.conj, reals(), label="real input (lax.conj binds conj, giving a complex output)"),
 ])
-pack.register_nonzero(P.complex_p, lambda nz, **_: any(nz))  # re + i im != 0 if either part is
+
+
+def _complex_inverse(invals, outvals, **_):
+    # y = re + i im holds both operands: re = real(y), im = imag(y), whether one
+    # of them is known or neither (a broadcast operand takes its first element).
+    y = outvals[0]
+    parts = (lax.real(y), lax.imag(y))
+    return [v if v is not None else _as_input(parts[i], i) for i, v in enumerate(invals)]
+
+
 pack.register_inverse(P.complex_p, _complex_inverse, examples=[
     Example(lax.complex, reals(), reals(), solve=[(0,), (1,), (0, 1)]),
     Example(lax.complex, reals(shape=(3, 4)), reals(shape=()), solve=[(0,), (1,), (0, 1)],
             label="rank-0 operand broadcast"),
 ], notes="both parts from the output: re = real(y), im = imag(y)")
+pack.register_nonzero(P.complex_p, lambda nz, **_: any(nz))  # re + i im != 0 if either part is
+pack.register_elementwise(P.complex_p)
 pack.register_not_invertible(P.real_p, "real(z) loses the imaginary part of z")
 pack.register_not_invertible(P.imag_p, "imag(z) loses the real part of z")
 
@@ -576,16 +598,10 @@ pack.defunary(P.tan_p, jnp.arctan, principal_branch=True, examples=Example(jnp.t
               notes="x in (-pi/2, pi/2)")
 pack.defunary(P.cosh_p, jnp.arccosh, principal_branch=True, examples=Example(jnp.cosh, reals(0.1, 3)),
               notes="x >= 0 (near 0, cosh(x) = 1 + x^2/2 rounds x away)")
+pack.register_nonzero(P.cosh_p)  # cosh >= 1
 pack.defunary(P.abs_p, lambda y: y, principal_branch=True, examples=Example(jnp.abs, reals(0, 5)),
               notes="x >= 0")
+pack.register_nonzero(P.abs_p, nonzero_if_first)
 pack.defunary(P.square_p, jnp.sqrt, principal_branch=True, examples=Example(jnp.square, reals(0, 5)),
               notes="x >= 0")
-pack.register_inverse(P.integer_pow_p, _integer_pow_principal, principal_branch=True, examples=[
-    Example(lambda x: x ** 2, reals(0, 3), label="y=2"),
-    Example(lambda x: lax.integer_pow(x, 4), reals(0.1, 3), label="y=4"),
-    Example(lambda x: lax.integer_pow(x, -2), reals(0.5, 3), label="y=-2"),
-], notes="x >= 0 for even y")
-
-pack.register_nonzero(P.cosh_p)  # cosh >= 1
-pack.register_nonzero(P.abs_p, nonzero_if_first)
 pack.register_nonzero(P.square_p, nonzero_if_first)

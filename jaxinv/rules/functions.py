@@ -20,11 +20,12 @@ A call is recognised in two steps:
    the call's own input types, and the body of the ``custom_jvp_call`` it binds
    must equal the call's body, equation by equation (``structurally_equal``);
    under ``vmap`` the body is compared with the function's own, batched alike.
-   A signature alone is not enough: on JAX 0.5.3 ``jnp.logaddexp2`` and
-   ``jnp.logaddexp`` were defined at one site, and softplus was inverted with
-   logaddexp2's inverse. Two functions that pass both steps compute the same
-   thing the same way. The retrace is cached per function and input types, so a
-   deep network traces each function once.
+   A signature alone is not enough: it names only where a function and its
+   JVP rule are defined, which two functions made by one helper share (and
+   the JVP half may be JAX's generic wrapper, as ``logit``'s is). Two
+   functions that pass both steps compute the same thing the same way. The
+   retrace is cached per function and input types, so a deep network traces
+   each function once.
 
 A call that fails either step (a look-alike, a body batched other than over
 leading axes, a retrace that fails) is not recognised: its body is inverted by
@@ -119,7 +120,7 @@ def _bound_signature(fn: Callable, example_args: tuple) -> tuple[str, str] | Non
     """The signature of the one ``custom_jvp_call`` that ``fn`` binds, if exactly one."""
     try:
         closed = jax.make_jaxpr(fn)(*example_args)
-    except Exception:  # a JAX without this function's old form: nothing to recognise
+    except Exception:  # fn does not trace on this JAX: nothing to recognise
         return None
     sigs = {signature(e.params.get("call_jaxpr"), e.params.get("jvp_jaxpr_fun"))
             for e in _custom_jvp_calls(closed.jaxpr)}
@@ -133,7 +134,7 @@ def _table() -> dict[tuple[str, str], list[tuple[Callable, FunctionInverse]]]:
         table: dict = {}
         for fn, args, rule in _registered:
             sig = _bound_signature(fn, args)
-            if sig is not None:  # several functions may share one (JAX 0.5.3): structure tells them apart
+            if sig is not None:  # several functions may share one: structure tells them apart
                 table.setdefault(sig, []).append((fn, rule))
         _by_signature = table
     return _by_signature

@@ -1,7 +1,7 @@
 """Rules for linear algebra: solves with known matrices, and decompositions.
 
-Only registrations live here (see ``jaxinv/registry.py`` for the conventions).
-Three kinds of rule:
+Each rule is registered right after its definition (see CONTRIBUTING.md, "The
+conventions"). Three kinds of rule:
 
 * **Solves with a known matrix** (``dot_general``, the 1x1 ``conv_general_dilated``):
   the unknown operand is recovered by an LU solve, so the known matrix must be
@@ -10,7 +10,8 @@ Three kinds of rule:
   with ``A`` known gives ``b`` back as the product ``A x``: no division at all.
 * **Decompositions** (``cholesky``, ``qr``, ``eigh``, ``svd``, ``lu``) and ``fft``:
   the input is reassembled from *all* the factors (``A = Q R``, ...) or by the
-  opposite transform; their cotangents come from JAX's own VJP.
+  opposite transform; the decompositions' cotangents come from JAX's own VJP,
+  ``fft``'s from a fused ivjp (the transform's transpose).
 
 Everything reconstructs up to roundoff (none is bit-exact): products and
 transforms to a few ulps times the size, solves to ``cond(A)`` ulps.
@@ -111,6 +112,13 @@ def _full_subset(subset_by_index, n: int, prim: str) -> None:
             f"{n} x {n} matrix; the input cannot be reassembled from it")
 
 
+def _inverse_perm(perm):
+    inv = [0] * len(perm)
+    for i, p in enumerate(perm):
+        inv[p] = i
+    return tuple(inv)
+
+
 # --------------------------------------------------------------------------
 # dot_general: y = X @ W or W @ X with W known, square, nonsingular
 
@@ -171,13 +179,6 @@ def _layout(invals, dimension_numbers) -> _Layout:
     )
 
 
-def _inverse_perm(perm):
-    inv = [0] * len(perm)
-    for i, p in enumerate(perm):
-        inv[p] = i
-    return tuple(inv)
-
-
 def _arrange_y(y, lay: _Layout):
     return jnp.reshape(jnp.transpose(y, lay.y_perm), lay.batch_shape + (lay.f, lay.n))
 
@@ -229,106 +230,23 @@ def _dot_general_ivjp(invals, outvals, out_cts, *, dimension_numbers, precision=
     return solved, cts
 
 
-# --------------------------------------------------------------------------
-# triangular_solve: x = op(A)^-1 b (left_side) or b op(A)^-1, with A known
-
-
-def _triangular_operand(a, *, lower, transpose_a, conjugate_a, unit_diagonal, **_):
-    """``op(A)`` as the solve reads ``a``: only its ``lower`` (else upper)
-    triangle, with ones on the diagonal when ``unit_diagonal``, then transposed
-    and/or conjugated (``conjugate_a`` alone means ``conj(A)``)."""
-    if unit_diagonal:
-        t = jnp.tril(a, -1) if lower else jnp.triu(a, 1)
-        t = t + jnp.eye(a.shape[-1], dtype=a.dtype)
-    else:
-        t = jnp.tril(a) if lower else jnp.triu(a)
-    if transpose_a:
-        t = _mT(t)
-    return jnp.conj(t) if conjugate_a else t
-
-
-def _triangular_solve_inverse(invals, outvals, *, left_side, **params):
-    # op(A) x = b (or x op(A) = b): with A known, b is the product op(A) @ x (x @ op(A)) run forward,
-    # a multiplication, so A need not be proven nonsingular (a singular A gave no finite x to start from).
-    # A itself is not determined by x and b (n(n+1)/2 unknowns, not identifiable in general): refused.
-    _solve_only(invals, {1: "right-hand side b (the triangular matrix a must be known)"}, "triangular_solve")
-    a, x = invals[0], outvals[0]
-    t = _triangular_operand(a, **params)
-    b = _mm(t, x) if left_side else _mm(x, t)
-    return [a, _as_input(b, 1)]
-
-
-def _triangular_solve_ildj(invals, outvals, *, left_side, lower, transpose_a, conjugate_a, unit_diagonal):
-    # b = op(A) x column by column (x op(A) row by row): log|det db/dx| is
-    # log|det A| = sum log|diag A| once per column (row) of x, per batch.
-    if unit_diagonal:
-        return 0.0
-    a, x = invals[0], outvals[0]
-    per_matrix = jnp.sum(jnp.log(jnp.abs(jnp.diagonal(a, axis1=-2, axis2=-1))), axis=-1)
-    count = x.shape[-1] if left_side else x.shape[-2]
-    return count * jnp.sum(per_matrix)
-
-
-def _triangular_solve_ivjp(invals, outvals, out_cts, *, left_side, lower, transpose_a, conjugate_a, unit_diagonal):
-    params = dict(lower=lower, transpose_a=transpose_a, conjugate_a=conjugate_a, unit_diagonal=unit_diagonal)
-    a, b = _triangular_solve_inverse(invals, outvals, left_side=left_side, **params)
-    x = outvals[0]
-    ct = jnp.zeros_like(x) if out_cts[0] is None else out_cts[0]
-    # x is linear in b: ct_b = op(A)^-T ct, a solve with transpose_a flipped (JAX's transpose rule).
-    ct_b = lax.linalg.triangular_solve(a, ct, left_side=left_side, **{**params, "transpose_a": not transpose_a})
-    # dx = -op(A)^-1 op(dA) x (left) or -x op(dA) op(A)^-1 (right), so ct_op(A) = -ct_b x^T (or -x^T ct_b),
-    # pulled back through op and restricted to the entries of a the solve reads.
-    g = -(_mm(ct_b, _mT(x)) if left_side else _mm(_mT(x), ct_b))
-    if conjugate_a:
-        g = jnp.conj(g)
-    if transpose_a:
-        g = _mT(g)
-    k = (-1 if lower else 1) if unit_diagonal else 0
-    g = jnp.tril(g, k) if lower else jnp.triu(g, k)
-    return [a, b], [_as_input(g, 0), _as_input(ct_b, 1)]
-
-
-# --------------------------------------------------------------------------
-# tridiagonal_solve: x = T^-1 b, T = tridiag(dl, d, du) known
-
-
-def _tridiagonal_product(dl, d, du, x):
-    # (T x)[i] = dl[i] x[i-1] + d[i] x[i] + du[i] x[i+1]; dl[0] and du[m-1] lie outside T and are never read.
-    zero = jnp.zeros_like(x[..., :1, :])
-    below = jnp.concatenate([zero, dl[..., 1:, None] * x[..., :-1, :]], axis=-2)
-    above = jnp.concatenate([du[..., :-1, None] * x[..., 1:, :], zero], axis=-2)
-    return d[..., None] * x + below + above
-
-
-def _tridiagonal_known(invals, perturb_singular):
-    _solve_only(invals, {3: "right-hand side b (dl, d and du must be known)"}, "tridiagonal_solve")
-    if perturb_singular:
-        raise NotInvertibleError("`tridiagonal_solve` with perturb_singular=True solves a perturbed system when T "
-                                 "is singular, so T @ x need not give back b")
-    return invals[:3]
-
-
-def _tridiagonal_solve_inverse(invals, outvals, *, perturb_singular=False, **_):
-    # T x = b with T known: b is the product T @ x run forward (no division).
-    dl, d, du = _tridiagonal_known(invals, perturb_singular)
-    return [dl, d, du, _as_input(_tridiagonal_product(dl, d, du, outvals[0]), 3)]
-
-
-def _tridiagonal_solve_ivjp(invals, outvals, out_cts, *, perturb_singular=False, **_):
-    dl, d, du = _tridiagonal_known(invals, perturb_singular)
-    x = outvals[0]
-    b = _as_input(_tridiagonal_product(dl, d, du, x), 3)
-    ct = jnp.zeros_like(x) if out_cts[0] is None else out_cts[0]
-    # ct_b = T^-T ct: T^T is tridiagonal with sub-diagonal du[i-1] and super-diagonal dl[i+1].
-    zero = jnp.zeros_like(d[..., :1])
-    ct_b = lax.linalg.tridiagonal_solve(jnp.concatenate([zero, du[..., :-1]], -1), d,
-                                        jnp.concatenate([dl[..., 1:], zero], -1), ct)
-    # dx = -T^-1 dT x, so ct_T[i, j] = -(ct_b x^T)[i, j] on T's three diagonals (none for dl[0], du[m-1]).
-    ct_d = -jnp.sum(ct_b * x, axis=-1)
-    ct_dl = jnp.concatenate([zero, -jnp.sum(ct_b[..., 1:, :] * x[..., :-1, :], axis=-1)], -1)
-    ct_du = jnp.concatenate([-jnp.sum(ct_b[..., :-1, :] * x[..., 1:, :], axis=-1), zero], -1)
-    return [dl, d, du, b], [_as_input(ct_dl, 0), _as_input(ct_d, 1), _as_input(ct_du, 2), _as_input(ct_b, 3)]
-
+pack.register_inverse(P.dot_general_p, _dot_general_inverse, examples=[
+    Example(jnp.matmul, reals(shape=(5, 4)), nonsingular(4), solve=[(0,)], label="x @ W"),
+    Example(jnp.matmul, nonsingular(4), reals(shape=(4, 3)), solve=[(1,)], label="W @ x"),
+    Example(jnp.matmul, nonsingular(4), nonsingular(4), solve=[(0,), (1,)], label="square @ square"),
+    Example(jnp.matmul, nonsingular(4), reals(shape=(4,)), solve=[(1,)], label="W @ vector"),
+    Example(jnp.matmul, reals(shape=(2, 5, 4)), nonsingular(4), solve=[(0,)], label="x with two free dims"),
+    Example(lambda x, w: lax.dot_general(x, w, (((1,), (1,)), ((), ()))), reals(shape=(5, 4)), nonsingular(4),
+            solve=[(0,)], label="x @ W.T"),
+    Example(lambda x, w: jnp.einsum("bij,bjk->bik", x, w), reals(shape=(3, 5, 4)), nonsingular(4, batch=(3,)),
+            solve=[(0,)], label="batched x @ W"),
+    Example(lambda w, x: jnp.einsum("bij,bjk->bik", w, x), nonsingular(4, batch=(3,)), reals(shape=(3, 4, 2)),
+            solve=[(1,)], label="batched W @ x"),
+    Example(lambda x, w: lax.dot_general(x, w, (((0,), (1,)), ((2,), (0,)))), reals(shape=(4, 5, 3)),
+            nonsingular(4, batch=(3,)), solve=[(0,)], label="batch and contracting dims not in front"),
+], notes="the known operand must be a square (batch of) matrix, provably nonsingular; LU solve")
+pack.register_ivjp(P.dot_general_p, _dot_general_ivjp)
+pack.register_ildj(P.dot_general_p, _dot_general_ildj)
 
 # --------------------------------------------------------------------------
 # conv_general_dilated with a known, square 1x1 kernel (Glow's invertible 1x1 convolution)
@@ -426,6 +344,154 @@ def _conv_ivjp(invals, outvals, out_cts, **params):
             [_conv_unarrange(ct_x2, shape, lay.x_perm, 0), _as_input(ct_w, 1)])
 
 
+def _conv1x1(layout: str, kernel: str):
+    """An invertible 1x1 convolution with the C x C matrix ``w`` as its kernel (Glow)."""
+    def conv(x, w):
+        k = w[:, :, None, None] if kernel == "OIHW" else w[None, None]
+        return lax.conv_general_dilated(x, k, (1, 1), "SAME", dimension_numbers=(layout, kernel, layout))
+    return conv
+
+
+pack.register_inverse(P.conv_general_dilated_p, _conv_inverse, examples=[
+    Example(_conv1x1("NCHW", "OIHW"), reals(shape=(2, 3, 2, 2)), nonsingular(3), solve=[(0,)], label="NCHW/OIHW"),
+    Example(_conv1x1("NHWC", "HWIO"), reals(shape=(2, 2, 2, 3)), nonsingular(3), solve=[(0,)], label="NHWC/HWIO"),
+    Example(lambda x, w: lax.conv(x, w[:, :, None], (1,), "VALID"), reals(shape=(2, 3, 4)), nonsingular(3),
+            solve=[(0,)], label="1-d"),
+    Example(lambda x, w: lax.conv_general_dilated(x, w[:, :, None, None], (1, 1), "VALID", rhs_dilation=(2, 2)),
+            reals(shape=(1, 4, 2, 3)), nonsingular(4), solve=[(0,)], label="rhs_dilation (a no-op on 1x1)"),
+], notes="invertible 1x1 convolution: square kernel with a 1x1 window, provably nonsingular; stride 1, no padding, "
+         "one group, any layout; the input is recovered, not the kernel")
+pack.register_ivjp(P.conv_general_dilated_p, _conv_ivjp)
+pack.register_ildj(P.conv_general_dilated_p, _conv_ildj)
+
+# --------------------------------------------------------------------------
+# triangular_solve: x = op(A)^-1 b (left_side) or b op(A)^-1, with A known
+
+
+def _triangular_operand(a, *, lower, transpose_a, conjugate_a, unit_diagonal, **_):
+    """``op(A)`` as the solve reads ``a``: only its ``lower`` (else upper)
+    triangle, with ones on the diagonal when ``unit_diagonal``, then transposed
+    and/or conjugated (``conjugate_a`` alone means ``conj(A)``)."""
+    if unit_diagonal:
+        t = jnp.tril(a, -1) if lower else jnp.triu(a, 1)
+        t = t + jnp.eye(a.shape[-1], dtype=a.dtype)
+    else:
+        t = jnp.tril(a) if lower else jnp.triu(a)
+    if transpose_a:
+        t = _mT(t)
+    return jnp.conj(t) if conjugate_a else t
+
+
+def _triangular_solve_inverse(invals, outvals, *, left_side, **params):
+    # op(A) x = b (or x op(A) = b): with A known, b is the product op(A) @ x (x @ op(A)) run forward,
+    # a multiplication, so A need not be proven nonsingular (a singular A gave no finite x to start from).
+    # A itself is not determined by x and b (n(n+1)/2 unknowns, not identifiable in general): refused.
+    _solve_only(invals, {1: "right-hand side b (the triangular matrix a must be known)"}, "triangular_solve")
+    a, x = invals[0], outvals[0]
+    t = _triangular_operand(a, **params)
+    b = _mm(t, x) if left_side else _mm(x, t)
+    return [a, _as_input(b, 1)]
+
+
+def _triangular_solve_ildj(invals, outvals, *, left_side, lower, transpose_a, conjugate_a, unit_diagonal):
+    # b = op(A) x column by column (x op(A) row by row): log|det db/dx| is
+    # log|det A| = sum log|diag A| once per column (row) of x, per batch.
+    if unit_diagonal:
+        return 0.0
+    a, x = invals[0], outvals[0]
+    per_matrix = jnp.sum(jnp.log(jnp.abs(jnp.diagonal(a, axis1=-2, axis2=-1))), axis=-1)
+    count = x.shape[-1] if left_side else x.shape[-2]
+    return count * jnp.sum(per_matrix)
+
+
+def _triangular_solve_ivjp(invals, outvals, out_cts, *, left_side, lower, transpose_a, conjugate_a, unit_diagonal):
+    params = dict(lower=lower, transpose_a=transpose_a, conjugate_a=conjugate_a, unit_diagonal=unit_diagonal)
+    a, b = _triangular_solve_inverse(invals, outvals, left_side=left_side, **params)
+    x = outvals[0]
+    ct = jnp.zeros_like(x) if out_cts[0] is None else out_cts[0]
+    # x is linear in b: ct_b = op(A)^-T ct, a solve with transpose_a flipped (JAX's transpose rule).
+    ct_b = lax.linalg.triangular_solve(a, ct, left_side=left_side, **{**params, "transpose_a": not transpose_a})
+    # dx = -op(A)^-1 op(dA) x (left) or -x op(dA) op(A)^-1 (right), so ct_op(A) = -ct_b x^T (or -x^T ct_b),
+    # pulled back through op and restricted to the entries of a the solve reads.
+    g = -(_mm(ct_b, _mT(x)) if left_side else _mm(_mT(x), ct_b))
+    if conjugate_a:
+        g = jnp.conj(g)
+    if transpose_a:
+        g = _mT(g)
+    k = (-1 if lower else 1) if unit_diagonal else 0
+    g = jnp.tril(g, k) if lower else jnp.triu(g, k)
+    return [a, b], [_as_input(g, 0), _as_input(ct_b, 1)]
+
+
+pack.register_inverse(P.triangular_solve_p, _triangular_solve_inverse, examples=[
+    Example(lambda a, b: lax.linalg.triangular_solve(a, b, left_side=True, lower=True), nonsingular(4, lower=True),
+            reals(shape=(4, 3)), solve=[(1,)], label="lower, left"),
+    Example(lambda a, b: lax.linalg.triangular_solve(a, b, left_side=False, lower=False, transpose_a=True),
+            nonsingular(4, lower=False), reals(shape=(3, 4)), solve=[(1,)], label="upper, right, transposed"),
+    Example(lambda a, b: lax.linalg.triangular_solve(a, b, left_side=True, lower=False, transpose_a=True,
+                                                     conjugate_a=True, unit_diagonal=True),
+            nonsingular(4), reals(shape=(4, 2)), solve=[(1,)], label="full a, upper unit triangle read, adjoint"),
+    Example(lambda a, b: jax.scipy.linalg.solve_triangular(a, b, lower=True, trans=1), nonsingular(3, batch=(2,)),
+            reals(shape=(2, 3, 2)), solve=[(1,)], label="batched solve_triangular"),
+], notes="recovers b = op(a) @ x (or x @ op(a)) from the known triangular a; a itself is not recoverable")
+pack.register_ivjp(P.triangular_solve_p, _triangular_solve_ivjp)
+pack.register_ildj(P.triangular_solve_p, _triangular_solve_ildj)
+
+# --------------------------------------------------------------------------
+# tridiagonal_solve: x = T^-1 b, T = tridiag(dl, d, du) known
+
+
+def _tridiagonal_product(dl, d, du, x):
+    # (T x)[i] = dl[i] x[i-1] + d[i] x[i] + du[i] x[i+1]; dl[0] and du[m-1] lie outside T and are never read.
+    zero = jnp.zeros_like(x[..., :1, :])
+    below = jnp.concatenate([zero, dl[..., 1:, None] * x[..., :-1, :]], axis=-2)
+    above = jnp.concatenate([du[..., :-1, None] * x[..., 1:, :], zero], axis=-2)
+    return d[..., None] * x + below + above
+
+
+def _tridiagonal_known(invals, perturb_singular):
+    _solve_only(invals, {3: "right-hand side b (dl, d and du must be known)"}, "tridiagonal_solve")
+    if perturb_singular:
+        raise NotInvertibleError("`tridiagonal_solve` with perturb_singular=True solves a perturbed system when T "
+                                 "is singular, so T @ x need not give back b")
+    return invals[:3]
+
+
+def _tridiagonal_solve_inverse(invals, outvals, *, perturb_singular=False, **_):
+    # T x = b with T known: b is the product T @ x run forward (no division).
+    dl, d, du = _tridiagonal_known(invals, perturb_singular)
+    return [dl, d, du, _as_input(_tridiagonal_product(dl, d, du, outvals[0]), 3)]
+
+
+def _tridiagonal_solve_ivjp(invals, outvals, out_cts, *, perturb_singular=False, **_):
+    dl, d, du = _tridiagonal_known(invals, perturb_singular)
+    x = outvals[0]
+    b = _as_input(_tridiagonal_product(dl, d, du, x), 3)
+    ct = jnp.zeros_like(x) if out_cts[0] is None else out_cts[0]
+    # ct_b = T^-T ct: T^T is tridiagonal with sub-diagonal du[i-1] and super-diagonal dl[i+1].
+    zero = jnp.zeros_like(d[..., :1])
+    ct_b = lax.linalg.tridiagonal_solve(jnp.concatenate([zero, du[..., :-1]], -1), d,
+                                        jnp.concatenate([dl[..., 1:], zero], -1), ct)
+    # dx = -T^-1 dT x, so ct_T[i, j] = -(ct_b x^T)[i, j] on T's three diagonals (none for dl[0], du[m-1]).
+    ct_d = -jnp.sum(ct_b * x, axis=-1)
+    ct_dl = jnp.concatenate([zero, -jnp.sum(ct_b[..., 1:, :] * x[..., :-1, :], axis=-1)], -1)
+    ct_du = jnp.concatenate([-jnp.sum(ct_b[..., :-1, :] * x[..., 1:, :], axis=-1), zero], -1)
+    return [dl, d, du, b], [_as_input(ct_dl, 0), _as_input(ct_d, 1), _as_input(ct_du, 2), _as_input(ct_b, 3)]
+
+
+def _tridiagonal(dl, d, du, b):
+    """``T x = b`` with the (m,) vectors given; ``dl[0]``, ``du[-1]`` are outside T (any value)."""
+    return lax.linalg.tridiagonal_solve(dl, d + 4.0, du, b)
+
+
+pack.register_inverse(P.tridiagonal_solve_p, _tridiagonal_solve_inverse, examples=[
+    Example(_tridiagonal, reals(-1, 1, shape=(5,)), reals(-1, 1, shape=(5,)), reals(-1, 1, shape=(5,)),
+            reals(shape=(5, 2)), solve=[(3,)], label="diagonally dominant"),
+    Example(_tridiagonal, reals(-1, 1, shape=(2, 4)), reals(-1, 1, shape=(2, 4)), reals(-1, 1, shape=(2, 4)),
+            reals(shape=(2, 4, 3)), solve=[(3,)], label="batched"),
+], notes="recovers b = T @ x from the known diagonals; the diagonals are not recoverable")
+pack.register_ivjp(P.tridiagonal_solve_p, _tridiagonal_solve_ivjp)
+
 # --------------------------------------------------------------------------
 # fft: lax.fft is unnormalised forward and 1/n-normalised backward (numpy's "backward" convention:
 # jnp.fft.ifft adds no scaling outside the primitive), so IFFT(FFT(x)) == x and IRFFT(RFFT(x), n) == x.
@@ -464,143 +530,6 @@ def _fft_ivjp(invals, outvals, out_cts, *, fft_type, fft_lengths, **params):
     return [x], [ct_x]
 
 
-# --------------------------------------------------------------------------
-# decompositions: the input reassembled from all the factors (cotangents: JAX's VJP)
-
-
-def _cholesky_inverse(invals, outvals, **_):
-    # A = L L^H. The primitive reads only A's lower triangle (jnp.linalg.cholesky symmetrises A first)
-    # and may leave the strict upper triangle of its output unzeroed (LAPACK potrf): use tril(L).
-    (l,) = _all_outputs(outvals, ["L"], "cholesky")
-    l = jnp.tril(l)
-    return [_as_input(_mm(l, _mH(l)))]
-
-
-def _eigh_inverse(invals, outvals, *, subset_by_index=None, **_):
-    # A = V diag(w) V^H for Hermitian A (the outputs are (v, w); any eigenvalue order, as long as the
-    # columns of V match w). Only one triangle of A is read, so A is assumed Hermitian, as jnp.linalg.eigh
-    # and lax.linalg.eigh(symmetrize_input=True) make it.
-    v, w = _all_outputs(outvals, ["v (eigenvectors)", "w (eigenvalues)"], "eigh")
-    _full_subset(subset_by_index, input_avals()[0].shape[-1], "eigh")
-    return [_as_input(_mm(v * w[..., None, :].astype(v.dtype), _mH(v)))]
-
-
-def _svd_inverse(invals, outvals, *, compute_uv=True, subset_by_index=None, **_):
-    # A = U[:, :k] diag(s) Vh[:k, :] (outputs (s, u, vh); full_matrices only pads U, Vh with unused columns).
-    if not compute_uv:
-        raise NotInvertibleError("`svd` with compute_uv=False keeps only the singular values; "
-                                 "the input cannot be reassembled without U and V")
-    s, u, vh = _all_outputs(outvals, ["s", "u", "vh"], "svd")
-    _full_subset(subset_by_index, min(input_avals()[0].shape[-2:]), "svd")
-    k = s.shape[-1]
-    return [_as_input(_mm(u[..., :, :k] * s[..., None, :].astype(u.dtype), vh[..., :k, :]))]
-
-
-def _qr_inverse(invals, outvals, *, pivoting=False, **_):
-    # A = Q R (either mode: reduced Q is m x k with R k x n, full Q is m x m with R m x n);
-    # with pivoting, A[:, p] = Q R, so A = (Q R)[:, argsort(p)].
-    names = ["q", "r", "p (column permutation)"] if pivoting else ["q", "r"]
-    q, r, *p = _all_outputs(outvals, names, "qr")
-    a = _mm(q, jnp.triu(r))
-    if pivoting:
-        undo = jnp.argsort(p[0], axis=-1)
-        a = jnp.take_along_axis(a, jnp.broadcast_to(undo[..., None, :], a.shape), axis=-1)
-    return [_as_input(a)]
-
-
-def _lu_inverse(invals, outvals, **_):
-    # A[perm] = L U, with L (unit lower, m x k) and U (upper, k x n) packed in `lu`: A = (L U)[argsort(perm)].
-    # The permutation is the third output, or is rebuilt from the pivots (lu_factor reads only lu, pivots).
-    lu, pivots, perm = outvals
-    if lu is None or (pivots is None and perm is None):
-        _all_outputs([lu, perm], ["lu", "permutation (or pivots)"], "lu")
-    m, n = lu.shape[-2:]
-    k = min(m, n)
-    if perm is None:
-        perm = lax.linalg.lu_pivots_to_permutation(pivots, m)
-    l = jnp.tril(lu[..., :, :k], -1) + jnp.eye(m, k, dtype=lu.dtype)
-    u = jnp.triu(lu[..., :k, :])
-    undo = jnp.argsort(perm, axis=-1)
-    a = jnp.take_along_axis(_mm(l, u), jnp.broadcast_to(undo[..., :, None], (*undo.shape, n)), axis=-2)
-    return [_as_input(a)]
-
-
-# ==========================================================================
-# registrations
-
-# --------------------------------------------------------------------------
-# solves with a known square matrix
-
-pack.register_inverse(P.dot_general_p, _dot_general_inverse, examples=[
-    Example(jnp.matmul, reals(shape=(5, 4)), nonsingular(4), solve=[(0,)], label="x @ W"),
-    Example(jnp.matmul, nonsingular(4), reals(shape=(4, 3)), solve=[(1,)], label="W @ x"),
-    Example(jnp.matmul, nonsingular(4), nonsingular(4), solve=[(0,), (1,)], label="square @ square"),
-    Example(jnp.matmul, nonsingular(4), reals(shape=(4,)), solve=[(1,)], label="W @ vector"),
-    Example(jnp.matmul, reals(shape=(2, 5, 4)), nonsingular(4), solve=[(0,)], label="x with two free dims"),
-    Example(lambda x, w: lax.dot_general(x, w, (((1,), (1,)), ((), ()))), reals(shape=(5, 4)), nonsingular(4),
-            solve=[(0,)], label="x @ W.T"),
-    Example(lambda x, w: jnp.einsum("bij,bjk->bik", x, w), reals(shape=(3, 5, 4)), nonsingular(4, batch=(3,)),
-            solve=[(0,)], label="batched x @ W"),
-    Example(lambda w, x: jnp.einsum("bij,bjk->bik", w, x), nonsingular(4, batch=(3,)), reals(shape=(3, 4, 2)),
-            solve=[(1,)], label="batched W @ x"),
-    Example(lambda x, w: lax.dot_general(x, w, (((0,), (1,)), ((2,), (0,)))), reals(shape=(4, 5, 3)),
-            nonsingular(4, batch=(3,)), solve=[(0,)], label="batch and contracting dims not in front"),
-], notes="the known operand must be a square (batch of) matrix, provably nonsingular; LU solve")
-pack.register_ivjp(P.dot_general_p, _dot_general_ivjp)
-
-def _conv1x1(layout: str, kernel: str):
-    """An invertible 1x1 convolution with the C x C matrix ``w`` as its kernel (Glow)."""
-    def conv(x, w):
-        k = w[:, :, None, None] if kernel == "OIHW" else w[None, None]
-        return lax.conv_general_dilated(x, k, (1, 1), "SAME", dimension_numbers=(layout, kernel, layout))
-    return conv
-
-
-pack.register_inverse(P.conv_general_dilated_p, _conv_inverse, examples=[
-    Example(_conv1x1("NCHW", "OIHW"), reals(shape=(2, 3, 2, 2)), nonsingular(3), solve=[(0,)], label="NCHW/OIHW"),
-    Example(_conv1x1("NHWC", "HWIO"), reals(shape=(2, 2, 2, 3)), nonsingular(3), solve=[(0,)], label="NHWC/HWIO"),
-    Example(lambda x, w: lax.conv(x, w[:, :, None], (1,), "VALID"), reals(shape=(2, 3, 4)), nonsingular(3),
-            solve=[(0,)], label="1-d"),
-    Example(lambda x, w: lax.conv_general_dilated(x, w[:, :, None, None], (1, 1), "VALID", rhs_dilation=(2, 2)),
-            reals(shape=(1, 4, 2, 3)), nonsingular(4), solve=[(0,)], label="rhs_dilation (a no-op on 1x1)"),
-], notes="invertible 1x1 convolution: square kernel with a 1x1 window, provably nonsingular; stride 1, no padding, "
-         "one group, any layout; the input is recovered, not the kernel")
-pack.register_ivjp(P.conv_general_dilated_p, _conv_ivjp)
-
-# --------------------------------------------------------------------------
-# solves run forward: b = op(A) x
-
-pack.register_inverse(P.triangular_solve_p, _triangular_solve_inverse, examples=[
-    Example(lambda a, b: lax.linalg.triangular_solve(a, b, left_side=True, lower=True), nonsingular(4, lower=True),
-            reals(shape=(4, 3)), solve=[(1,)], label="lower, left"),
-    Example(lambda a, b: lax.linalg.triangular_solve(a, b, left_side=False, lower=False, transpose_a=True),
-            nonsingular(4, lower=False), reals(shape=(3, 4)), solve=[(1,)], label="upper, right, transposed"),
-    Example(lambda a, b: lax.linalg.triangular_solve(a, b, left_side=True, lower=False, transpose_a=True,
-                                                     conjugate_a=True, unit_diagonal=True),
-            nonsingular(4), reals(shape=(4, 2)), solve=[(1,)], label="full a, upper unit triangle read, adjoint"),
-    Example(lambda a, b: jax.scipy.linalg.solve_triangular(a, b, lower=True, trans=1), nonsingular(3, batch=(2,)),
-            reals(shape=(2, 3, 2)), solve=[(1,)], label="batched solve_triangular"),
-], notes="recovers b = op(a) @ x (or x @ op(a)) from the known triangular a; a itself is not recoverable")
-pack.register_ivjp(P.triangular_solve_p, _triangular_solve_ivjp)
-
-
-def _tridiagonal(dl, d, du, b):
-    """``T x = b`` with the (m,) vectors given; ``dl[0]``, ``du[-1]`` are outside T (any value)."""
-    return lax.linalg.tridiagonal_solve(dl, d + 4.0, du, b)
-
-
-pack.register_inverse(P.tridiagonal_solve_p, _tridiagonal_solve_inverse, examples=[
-    Example(_tridiagonal, reals(-1, 1, shape=(5,)), reals(-1, 1, shape=(5,)), reals(-1, 1, shape=(5,)),
-            reals(shape=(5, 2)), solve=[(3,)], label="diagonally dominant"),
-    Example(_tridiagonal, reals(-1, 1, shape=(2, 4)), reals(-1, 1, shape=(2, 4)), reals(-1, 1, shape=(2, 4)),
-            reals(shape=(2, 4, 3)), solve=[(3,)], label="batched"),
-], notes="recovers b = T @ x from the known diagonals; the diagonals are not recoverable")
-pack.register_ivjp(P.tridiagonal_solve_p, _tridiagonal_solve_ivjp)
-
-# --------------------------------------------------------------------------
-# FFTs: the opposite transform
-
-
 def _complex_fft(fn):
     return lambda re, im: fn(lax.complex(re, im))
 
@@ -623,7 +552,15 @@ pack.register_inverse(P.fft_p, _fft_principal, principal_branch=True, examples=[
 ], notes="IRFFT -> RFFT: the Hermitian-consistent input (imaginary parts of the DC/Nyquist bins are lost)")
 
 # --------------------------------------------------------------------------
-# decompositions: the input reassembled from every factor
+# decompositions: the input reassembled from all the factors (cotangents: JAX's VJP)
+
+
+def _cholesky_inverse(invals, outvals, **_):
+    # A = L L^H. The primitive reads only A's lower triangle (jnp.linalg.cholesky symmetrises A first)
+    # and may leave the strict upper triangle of its output unzeroed (LAPACK potrf): use tril(L).
+    (l,) = _all_outputs(outvals, ["L"], "cholesky")
+    l = jnp.tril(l)
+    return [_as_input(_mm(l, _mH(l)))]
 
 
 def _spd_cholesky(a):
@@ -634,37 +571,88 @@ pack.register_inverse(P.cholesky_p, _cholesky_inverse, examples=[
     Example(jnp.linalg.cholesky, nonsingular(4, spd=True), label="jnp.linalg.cholesky"),
     Example(_spd_cholesky, nonsingular(3, batch=(2,), spd=True), label="batched, not symmetrised"),
 ], notes="A = L L^H; needs the factor; assumes a Hermitian input (only its lower triangle is read)")
+
+
+def _eigh_inverse(invals, outvals, *, subset_by_index=None, **_):
+    # A = V diag(w) V^H for Hermitian A (the outputs are (v, w); any eigenvalue order, as long as the
+    # columns of V match w). Only one triangle of A is read, so A is assumed Hermitian, as jnp.linalg.eigh
+    # and lax.linalg.eigh(symmetrize_input=True) make it.
+    v, w = _all_outputs(outvals, ["v (eigenvectors)", "w (eigenvalues)"], "eigh")
+    _full_subset(subset_by_index, input_avals()[0].shape[-1], "eigh")
+    return [_as_input(_mm(v * w[..., None, :].astype(v.dtype), _mH(v)))]
+
+
 pack.register_inverse(P.eigh_p, _eigh_inverse, examples=[
     Example(jnp.linalg.eigh, nonsingular(4, spd=True), label="jnp.linalg.eigh"),
     Example(lambda a: lax.linalg.eigh(a, lower=False, sort_eigenvalues=False), nonsingular(3, batch=(2,), spd=True),
             label="upper, unsorted, batched"),
 ], notes="A = V diag(w) V^H; needs both outputs and the whole spectrum; assumes a Hermitian input")
+# The VJPs of eigh and svd divide by the gaps between eigenvalues (singular
+# values): rebuilt with rounding, a repeated value (a rank-1 matrix's zeros)
+# becomes a tiny gap and the gradient NaN where jax.grad's is 0. The gradient
+# path saves their input instead (tests/test_fuzz_findings.py: svd with close singular values).
+pack.register_saturating(P.eigh_p, "its VJP divides by eigenvalue gaps, which a rebuilt input perturbs")
+
+
+def _svd_inverse(invals, outvals, *, compute_uv=True, subset_by_index=None, **_):
+    # A = U[:, :k] diag(s) Vh[:k, :] (outputs (s, u, vh); full_matrices only pads U, Vh with unused columns).
+    if not compute_uv:
+        raise NotInvertibleError("`svd` with compute_uv=False keeps only the singular values; "
+                                 "the input cannot be reassembled without U and V")
+    s, u, vh = _all_outputs(outvals, ["s", "u", "vh"], "svd")
+    _full_subset(subset_by_index, min(input_avals()[0].shape[-2:]), "svd")
+    k = s.shape[-1]
+    return [_as_input(_mm(u[..., :, :k] * s[..., None, :].astype(u.dtype), vh[..., :k, :]))]
+
+
 pack.register_inverse(P.svd_p, _svd_inverse, examples=[
     Example(jnp.linalg.svd, nonsingular(4), label="square, full_matrices"),
     Example(lambda a: jnp.linalg.svd(a, full_matrices=False), reals(shape=(4, 3)), label="tall, reduced"),
     Example(lambda a: jnp.linalg.svd(a, full_matrices=False), reals(shape=(2, 3, 4)), label="wide, batched"),
 ], notes="A = U diag(s) V^H; needs U, s and V (compute_uv) and the whole spectrum")
+pack.register_saturating(P.svd_p, "its VJP divides by singular-value gaps, which a rebuilt input perturbs")
+
+
+def _qr_inverse(invals, outvals, *, pivoting=False, **_):
+    # A = Q R (either mode: reduced Q is m x k with R k x n, full Q is m x m with R m x n);
+    # with pivoting, A[:, p] = Q R, so A = (Q R)[:, argsort(p)].
+    names = ["q", "r", "p (column permutation)"] if pivoting else ["q", "r"]
+    q, r, *p = _all_outputs(outvals, names, "qr")
+    a = _mm(q, jnp.triu(r))
+    if pivoting:
+        undo = jnp.argsort(p[0], axis=-1)
+        a = jnp.take_along_axis(a, jnp.broadcast_to(undo[..., None, :], a.shape), axis=-1)
+    return [_as_input(a)]
+
+
 pack.register_inverse(P.qr_p, _qr_inverse, examples=[
     Example(jnp.linalg.qr, nonsingular(4), label="square"),
     Example(jnp.linalg.qr, reals(shape=(2, 4, 3)), label="tall, reduced, batched"),
     Example(lambda a: jnp.linalg.qr(a, mode="complete"), reals(shape=(3, 4)), label="wide, complete"),
     Example(lambda a: jax.scipy.linalg.qr(a, pivoting=True), reals(shape=(4, 3)), label="column pivoting"),
 ], notes="A = Q R (A[:, p] = Q R with pivoting); needs every output")
+
+
+def _lu_inverse(invals, outvals, **_):
+    # A[perm] = L U, with L (unit lower, m x k) and U (upper, k x n) packed in `lu`: A = (L U)[argsort(perm)].
+    # The permutation is the third output, or is rebuilt from the pivots (lu_factor reads only lu, pivots).
+    lu, pivots, perm = outvals
+    if lu is None or (pivots is None and perm is None):
+        _all_outputs([lu, perm], ["lu", "permutation (or pivots)"], "lu")
+    m, n = lu.shape[-2:]
+    k = min(m, n)
+    if perm is None:
+        perm = lax.linalg.lu_pivots_to_permutation(pivots, m)
+    l = jnp.tril(lu[..., :, :k], -1) + jnp.eye(m, k, dtype=lu.dtype)
+    u = jnp.triu(lu[..., :k, :])
+    undo = jnp.argsort(perm, axis=-1)
+    a = jnp.take_along_axis(_mm(l, u), jnp.broadcast_to(undo[..., :, None], (*undo.shape, n)), axis=-2)
+    return [_as_input(a)]
+
+
 pack.register_inverse(P.lu_p, _lu_inverse, examples=[
     Example(lax.linalg.lu, nonsingular(4), label="square"),
     Example(lax.linalg.lu, reals(shape=(2, 4, 3)), label="tall, batched"),
     Example(lax.linalg.lu, reals(shape=(3, 5)), label="wide"),
     Example(lambda a: jax.scipy.linalg.lu_factor(a), nonsingular(4), label="lu_factor (lu and pivots only)"),
 ], notes="A = P L U from lu and the permutation (or the pivots)")
-
-# The VJPs of eigh and svd divide by the gaps between eigenvalues (singular
-# values): rebuilt with rounding, a repeated value (a rank-1 matrix's zeros)
-# becomes a tiny gap and the gradient NaN where jax.grad's is 0. The gradient
-# path saves their input instead (found by the fuzzer).
-pack.register_saturating(P.eigh_p, "its VJP divides by eigenvalue gaps, which a rebuilt input perturbs")
-pack.register_saturating(P.svd_p, "its VJP divides by singular-value gaps, which a rebuilt input perturbs")
-
-# log-dets (jaxinv.ildj) of the solves
-pack.register_ildj(P.dot_general_p, _dot_general_ildj)
-pack.register_ildj(P.conv_general_dilated_p, _conv_ildj)
-pack.register_ildj(P.triangular_solve_p, _triangular_solve_ildj)

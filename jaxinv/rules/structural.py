@@ -2,9 +2,12 @@
 windows, selections, sorts and scans; and documented refusals for the ones
 that drop or combine elements (slices, gathers, reductions).
 
-Only registrations live here (see ``jaxinv/registry.py`` for the conventions).
-Pure permutations are one ``defpermutation`` line each.  The other rules find
-an unknown input's shape with ``input_avals()``.
+Each rule is registered right after its definition (see CONTRIBUTING.md, "The
+conventions"). Pure permutations are one ``defpermutation`` line each. The
+other rules find an unknown input's shape with ``input_avals()``. Log-dets
+(``jaxinv.ildj``): permutations, selections, copies and unit-triangular maps
+(``cumsum``, scatter-add of known updates) change no volume, so their
+``register_ildj`` takes no rule (log-det 0).
 """
 
 from __future__ import annotations
@@ -31,9 +34,7 @@ pack = RulePack("jaxinv.structural", __version__, jax_versions=SUPPORTED_JAX, bu
                             "selections, sorts, cumulative ops; refusals for slices and reductions")
 
 # --------------------------------------------------------------------------
-# private helpers for the non-trivial rules
-
-
+# shared helpers
 
 
 def _all_known(outvals, prim: str):
@@ -49,8 +50,6 @@ def _fill(known, solved):
     return [s if k is None else k for k, s in zip(known, solved)]
 
 
-
-
 def _concrete(x):
     """``x`` as a numpy array if the rule can read its value (a literal, a
     constant called eagerly), else None (a tracer)."""
@@ -60,6 +59,25 @@ def _concrete(x):
         return np.asarray(x)
     except Exception:  # keys and other opaque values
         return None
+
+
+def _require_fact(x, fact: facts.Fact, reason: str):
+    """Like ``require_nonzero``, for another fact the planner may prove about a
+    known input: while jaxinv plans, raise NotInvertibleError(reason) unless
+    ``fact`` is proven for ``x``; free when a plan runs (it was checked)."""
+    return registry.require_fact(x, fact, reason)
+
+
+# --------------------------------------------------------------------------
+# permutations (each also declares "nonzero iff its input is")
+
+pack.defpermutation(P.reshape_p, examples=Example(lambda x: x.reshape(3, 4), reals(shape=(4, 3))))
+pack.defpermutation(P.transpose_p, examples=Example(lambda x: jnp.transpose(x, (2, 0, 1)), reals(shape=(2, 3, 4))))
+pack.defpermutation(P.rev_p, examples=Example(lambda x: lax.rev(x, (0, 2)), reals(shape=(2, 3, 4))))
+pack.defpermutation(P.squeeze_p, examples=Example(lambda x: lax.squeeze(x, (1,)), reals(shape=(3, 1, 4))))
+
+# --------------------------------------------------------------------------
+# copies, joins and splits (expand_dims is broadcast_in_dim in jaxprs)
 
 
 def _broadcast_in_dim_inverse(invals, outvals, *, shape, broadcast_dimensions, **_):
@@ -74,6 +92,52 @@ def _broadcast_in_dim_inverse(invals, outvals, *, shape, broadcast_dimensions, *
         raise NotInvertibleError("the broadcast output is empty; its operand is not")
     x = lax.slice(outvals[0], [0] * len(shape), limit)
     return [lax.reshape(x, x_shape)] + list(invals[1:])
+
+
+def _broadcast_in_dim_ivjp(invals, outvals, out_cts, *, shape, broadcast_dimensions, **params):
+    # Each operand element is copied to every position of the new dims and of
+    # its expanded size-1 dims; the transpose sums the cotangent over those dims.
+    solved = _broadcast_in_dim_inverse(invals, outvals, shape=shape, broadcast_dimensions=broadcast_dimensions,
+                                       **params)
+    x_aval, ct = input_avals()[0], out_cts[0]
+    if not is_float(x_aval):
+        return solved, [None] * len(invals)
+    if ct is None:
+        return solved, [jnp.zeros(x_aval.shape, x_aval.dtype)] + [None] * (len(invals) - 1)
+    kept = {d for i, d in enumerate(broadcast_dimensions) if x_aval.shape[i] == shape[d]}
+    summed = tuple(d for d in range(len(shape)) if d not in kept)
+    ct_x = lax.reshape(jnp.sum(ct, axis=summed) if summed else ct, tuple(x_aval.shape))
+    return solved, [ct_x] + [None] * (len(invals) - 1)
+
+
+def _broadcast_in_dim_ildj(invals, outvals, **_):
+    # Adding size-1 axes (v[None]) copies each element once: a reshape, no
+    # volume. A true broadcast repeats elements: not a bijection, no log-det.
+    (y,) = outvals
+    if input_avals()[0].size != np.size(y):
+        raise NotInvertibleError("a broadcast repeats elements: not a bijection, so it has no log-det")
+    return 0.0
+
+
+pack.register_inverse(P.broadcast_in_dim_p, _broadcast_in_dim_inverse, examples=[
+    Example(lambda x: jnp.expand_dims(x, 1), reals(shape=(3, 4)), label="expand_dims"),
+    Example(lambda x: jnp.broadcast_to(x, (5, 3, 4)), reals(shape=(3, 4)), label="new leading dim"),
+    Example(lambda x: jnp.broadcast_to(x, (2, 3, 4)), reals(shape=(3, 1)), label="size-1 dim expanded"),
+    Example(lambda x: jnp.broadcast_to(x, (2, 3)), reals(shape=()), label="scalar"),
+], notes="keeps one copy of each broadcast element")
+pack.register_ivjp(P.broadcast_in_dim_p, _broadcast_in_dim_ivjp)
+pack.register_nonzero(P.broadcast_in_dim_p, nonzero_if_first)
+pack.register_ildj(P.broadcast_in_dim_p, _broadcast_in_dim_ildj)
+
+
+def _tile_inverse(invals, outvals, *, reps, **_):
+    x_shape = tuple(input_avals()[0].shape)
+    return [lax.slice(outvals[0], [0] * len(x_shape), x_shape)]
+
+
+if available(tile_p):
+    pack.register_inverse(tile_p, _tile_inverse, examples=Example(lambda x: jnp.tile(x, (2, 3)), reals(shape=(3, 4))))
+    pack.register_nonzero(tile_p, nonzero_if_first)
 
 
 def _concatenate_inverse(invals, outvals, *, dimension, **_):
@@ -97,20 +161,12 @@ def _concatenate_ivjp(invals, outvals, out_cts, *, dimension, **_):
     return solved, cts
 
 
-def _broadcast_in_dim_ivjp(invals, outvals, out_cts, *, shape, broadcast_dimensions, **params):
-    # Each operand element is copied to every position of the new dims and of
-    # its expanded size-1 dims; the transpose sums the cotangent over those dims.
-    solved = _broadcast_in_dim_inverse(invals, outvals, shape=shape, broadcast_dimensions=broadcast_dimensions,
-                                       **params)
-    x_aval, ct = input_avals()[0], out_cts[0]
-    if not is_float(x_aval):
-        return solved, [None] * len(invals)
-    if ct is None:
-        return solved, [jnp.zeros(x_aval.shape, x_aval.dtype)] + [None] * (len(invals) - 1)
-    kept = {d for i, d in enumerate(broadcast_dimensions) if x_aval.shape[i] == shape[d]}
-    summed = tuple(d for d in range(len(shape)) if d not in kept)
-    ct_x = lax.reshape(jnp.sum(ct, axis=summed) if summed else ct, tuple(x_aval.shape))
-    return solved, [ct_x] + [None] * (len(invals) - 1)
+pack.register_inverse(P.concatenate_p, _concatenate_inverse, examples=Example(
+    lambda a, b, c: jnp.concatenate([a, b, c], axis=1), reals(shape=(3, 1)), reals(shape=(3, 4)),
+    reals(shape=(3, 2)), solve=[(0,), (1, 2), (0, 1, 2)]))
+pack.register_ivjp(P.concatenate_p, _concatenate_ivjp)
+pack.register_nonzero(P.concatenate_p, nonzero_if_all)
+pack.register_ildj(P.concatenate_p)
 
 
 def _split_inverse(invals, outvals, *, axis, **_):
@@ -125,86 +181,37 @@ def _split_ivjp(invals, outvals, out_cts, *, axis, **_):
     return [x], [lax.concatenate(cts, axis)]
 
 
+pack.register_inverse(split_p, _split_inverse, examples=[
+    Example(lambda x: jnp.split(x, [1, 3], axis=1), reals(shape=(3, 6))),
+    Example(lambda x: jnp.split(x, [2], axis=0), integers(shape=(4, 3)), label="integers"),
+], notes="needs every piece")
+pack.register_ivjp(split_p, _split_ivjp)
+pack.register_nonzero(split_p, nonzero_if_first)
+pack.register_ildj(split_p)
+
+
 def _stack_inverse(invals, outvals, *, axis, **_):
     return _fill(invals, [lax.index_in_dim(outvals[0], i, axis, keepdims=False) for i in range(len(invals))])
+
+
+if available(stack_p):
+    pack.register_inverse(stack_p, _stack_inverse, examples=Example(
+        lambda a, b, c: jnp.stack([a, b, c], axis=1), reals(shape=(3, 4)), reals(shape=(3, 4)), reals(shape=(3, 4)),
+        solve=[(1,), (0, 2), (0, 1, 2)]))
+    pack.register_nonzero(stack_p, nonzero_if_all)
+    pack.register_ildj(stack_p)
 
 
 def _unstack_inverse(invals, outvals, *, axis, **_):
     return [jnp.stack(_all_known(outvals, "unstack"), axis)]
 
 
-def _tile_inverse(invals, outvals, *, reps, **_):
-    x_shape = tuple(input_avals()[0].shape)
-    return [lax.slice(outvals[0], [0] * len(x_shape), x_shape)]
-
-
-def _neighbour(y, axis: int, reverse: bool, fill):
-    """What each step of a scan along ``axis`` combined with: ``y`` shifted one
-    place forward (``reverse``: backward), ``fill`` entering at the start (end)."""
-    n = y.shape[axis]
-    config = [(0, 0, 0)] * y.ndim
-    config[axis] = (0, 1, 0) if reverse else (1, 0, 0)
-    start, stop = (1, n) if reverse else (0, n - 1)
-    return lax.pad(lax.slice_in_dim(y, start, stop, axis=axis), jnp.asarray(fill, y.dtype), config)
-
-
-def _cumsum_inverse(invals, outvals, *, axis, reverse, **_):
-    # Forward y[i] = x[0] + ... + x[i]; backward (reverse) y[i] = x[i] + ... + x[n-1].
-    # So x[i] = y[i] - y[i-1] (resp. y[i] - y[i+1]), the missing neighbour being 0.
-    y = outvals[0]
-    if y.shape[axis] == 0:
-        return [y]
-    return [y - _neighbour(y, axis, reverse, 0)]
-
-
-def _cumsum_ivjp(invals, outvals, out_cts, *, axis, reverse, **_):
-    # cumsum is linear; its transpose is the cumsum running the other way.
-    (x,) = _cumsum_inverse(invals, outvals, axis=axis, reverse=reverse)
-    if not is_float(input_avals()[0]):
-        return [x], [None]
-    return [x], [lax.cumsum(out_cts[0], axis, reverse=not reverse)]
-
-
-def _cumprod_inverse(invals, outvals, *, axis, reverse, **_):
-    # y[i] = x[0] * ... * x[i] (reverse: x[i] * ... * x[n-1]), so x[i] = y[i] / y[i-1]
-    # (resp. y[i] / y[i+1]), the missing neighbour being 1. It divides by the
-    # outputs: they must be provably nonzero (iff the input is; see below).
-    if not is_float(input_avals()[0]):
-        raise NotInvertibleError("integer `cumprod` wraps around and divides inexactly: not invertible")
-    y = require_nonzero(outvals[0], "the cumulative product")
-    if y.shape[axis] == 0:
-        return [y]
-    return [y / _neighbour(y, axis, reverse, 1)]
-
-
-def _cumprod_ildj(invals, outvals, *, axis, reverse, **_):
-    # dx[i]/dy[j] is triangular with diagonal 1 / y[i-1] (reverse: 1 / y[i+1]),
-    # the missing neighbour being 1: log|det| = -sum log|neighbour|.
-    y = outvals[0]
-    return -jnp.sum(jnp.log(jnp.abs(_neighbour(y, axis, reverse, 1))))
-
-
-def _cumprod_ivjp(invals, outvals, out_cts, *, axis, reverse, **_):
-    # dy[j]/dx[i] = y[j] / x[i] for each j the scan carries x[i] into (j >= i;
-    # reverse: j <= i), so ct_x = (cumsum of ct * y, running the other way) / x.
-    # One cumsum, where JAX's own VJP transposes an associative scan.
-    (x,) = _cumprod_inverse(invals, outvals, axis=axis, reverse=reverse)
-    y, ct = outvals[0], out_cts[0]
-    if ct is None or y.shape[axis] == 0:
-        return [x], [jnp.zeros_like(x)]
-    return [x], [lax.cumsum(ct * y, axis, reverse=not reverse) / x]
-
-
-def _cumlogsumexp_inverse(invals, outvals, *, axis, reverse, **_):
-    # exp(y[i]) = exp(y[i-1]) + exp(x[i]) (reverse: y[i+1]), so
-    # x[i] = y[i] + log(1 - exp(y[i-1] - y[i])) = y[i] + log(-expm1(y[i-1] - y[i])),
-    # and x[i] = y[i] where nothing came before (y[i-1] = -inf, the fill).
-    # Ill-conditioned where x[i] is far below the running total (inherently).
-    y = outvals[0]
-    if y.shape[axis] == 0:
-        return [y]
-    prev = _neighbour(y, axis, reverse, -jnp.inf)
-    return [jnp.where(prev == -jnp.inf, y, y + jnp.log(-jnp.expm1(prev - y)))]
+if available(unstack_p):
+    pack.register_inverse(unstack_p, _unstack_inverse,
+                          examples=Example(lambda x: jnp.unstack(x, axis=1), reals(shape=(3, 4))),
+                          notes="needs every piece")
+    pack.register_nonzero(unstack_p, nonzero_if_first)
+    pack.register_ildj(unstack_p)
 
 
 def _pad_value_index(x_shape, config):
@@ -242,11 +249,130 @@ def _pad_inverse(invals, outvals, *, padding_config, **_):
     return [x, value]
 
 
+pack.register_inverse(P.pad_p, _pad_inverse, examples=[
+    Example(lambda x, v: lax.pad(x, v, ((1, 2, 1), (0, 1, 0))), reals(shape=(3, 4)), reals(shape=()),
+            solve=[(0,), (1,), (0, 1)]),
+    Example(lambda x, v: lax.pad(x, v, ((0, 0, 2), (0, 0, 0))), reals(shape=(3, 4)), reals(shape=()),
+            solve=[(0, 1)], label="interior padding only"),
+], notes="no negative padding; the padding value is read back when some output element holds it")
+pack.register_nonzero(P.pad_p, nonzero_if_all)
+
+
 def _device_put_inverse(invals, outvals, **_):
     # Input i is output i, moved: solving it needs that output only.
     if any(x is None and y is None for x, y in zip(invals, outvals)):
         raise NotInvertibleError("an unknown input of `device_put` needs its own output known")
     return _fill(invals, outvals)
+
+
+pack.register_inverse(P.device_put_p, _device_put_inverse, examples=Example(jax.device_put, reals()))
+pack.register_nonzero(P.device_put_p, nonzero_if_all)
+pack.register_ildj(P.device_put_p)
+
+# --------------------------------------------------------------------------
+# scans
+
+
+def _neighbour(y, axis: int, reverse: bool, fill):
+    """What each step of a scan along ``axis`` combined with: ``y`` shifted one
+    place forward (``reverse``: backward), ``fill`` entering at the start (end)."""
+    n = y.shape[axis]
+    config = [(0, 0, 0)] * y.ndim
+    config[axis] = (0, 1, 0) if reverse else (1, 0, 0)
+    start, stop = (1, n) if reverse else (0, n - 1)
+    return lax.pad(lax.slice_in_dim(y, start, stop, axis=axis), jnp.asarray(fill, y.dtype), config)
+
+
+def _cumsum_inverse(invals, outvals, *, axis, reverse, **_):
+    # Forward y[i] = x[0] + ... + x[i]; backward (reverse) y[i] = x[i] + ... + x[n-1].
+    # So x[i] = y[i] - y[i-1] (resp. y[i] - y[i+1]), the missing neighbour being 0.
+    y = outvals[0]
+    if y.shape[axis] == 0:
+        return [y]
+    return [y - _neighbour(y, axis, reverse, 0)]
+
+
+def _cumsum_ivjp(invals, outvals, out_cts, *, axis, reverse, **_):
+    # cumsum is linear; its transpose is the cumsum running the other way.
+    (x,) = _cumsum_inverse(invals, outvals, axis=axis, reverse=reverse)
+    if not is_float(input_avals()[0]):
+        return [x], [None]
+    return [x], [lax.cumsum(out_cts[0], axis, reverse=not reverse)]
+
+
+pack.register_inverse(P.cumsum_p, _cumsum_inverse, examples=[
+    Example(lambda x: lax.cumsum(x, axis=1), reals(shape=(3, 5)), label="forward"),
+    Example(lambda x: lax.cumsum(x, axis=0, reverse=True), reals(shape=(3, 5)), label="reverse"),
+    Example(lambda x: lax.cumsum(x, axis=0), reals(shape=(1, 5)), label="length 1"),
+    Example(lambda x: lax.cumsum(x, axis=1), integers(shape=(3, 5)), label="integers wrap around bijectively"),
+])
+pack.register_ivjp(P.cumsum_p, _cumsum_ivjp)
+pack.register_ildj(P.cumsum_p)
+
+
+def _cumprod_inverse(invals, outvals, *, axis, reverse, **_):
+    # y[i] = x[0] * ... * x[i] (reverse: x[i] * ... * x[n-1]), so x[i] = y[i] / y[i-1]
+    # (resp. y[i] / y[i+1]), the missing neighbour being 1. It divides by the
+    # outputs: they must be provably nonzero (iff the input is; see below).
+    if not is_float(input_avals()[0]):
+        raise NotInvertibleError("integer `cumprod` wraps around and divides inexactly: not invertible")
+    y = require_nonzero(outvals[0], "the cumulative product")
+    if y.shape[axis] == 0:
+        return [y]
+    return [y / _neighbour(y, axis, reverse, 1)]
+
+
+def _cumprod_ildj(invals, outvals, *, axis, reverse, **_):
+    # dx[i]/dy[j] is triangular with diagonal 1 / y[i-1] (reverse: 1 / y[i+1]),
+    # the missing neighbour being 1: log|det| = -sum log|neighbour|.
+    y = outvals[0]
+    return -jnp.sum(jnp.log(jnp.abs(_neighbour(y, axis, reverse, 1))))
+
+
+def _cumprod_ivjp(invals, outvals, out_cts, *, axis, reverse, **_):
+    # dy[j]/dx[i] = y[j] / x[i] for each j the scan carries x[i] into (j >= i;
+    # reverse: j <= i), so ct_x = (cumsum of ct * y, running the other way) / x.
+    # One cumsum, where JAX's own VJP transposes an associative scan.
+    (x,) = _cumprod_inverse(invals, outvals, axis=axis, reverse=reverse)
+    y, ct = outvals[0], out_cts[0]
+    if ct is None or y.shape[axis] == 0:
+        return [x], [jnp.zeros_like(x)]
+    return [x], [lax.cumsum(ct * y, axis, reverse=not reverse) / x]
+
+
+pack.register_inverse(P.cumprod_p, _cumprod_inverse, examples=[
+    Example(lambda x: jnp.cumprod(x, axis=1), nonzero(shape=(3, 5)), label="forward"),
+    Example(lambda x: lax.cumprod(x, axis=0, reverse=True), nonzero(shape=(3, 5)), label="reverse"),
+    Example(lambda x: lax.cumprod(x, axis=0), nonzero(shape=(1, 4)), label="length 1"),
+], notes="floats; divides by the running product: the input must be provably nonzero (and not underflow)")
+pack.register_ivjp(P.cumprod_p, _cumprod_ivjp)
+pack.register_ildj(P.cumprod_p, _cumprod_ildj)
+pack.register_nonzero(P.cumprod_p, nonzero_if_first)  # a product of nonzero factors is nonzero
+
+
+def _cumlogsumexp_inverse(invals, outvals, *, axis, reverse, **_):
+    # exp(y[i]) = exp(y[i-1]) + exp(x[i]) (reverse: y[i+1]), so
+    # x[i] = y[i] + log(1 - exp(y[i-1] - y[i])) = y[i] + log(-expm1(y[i-1] - y[i])),
+    # and x[i] = y[i] where nothing came before (y[i-1] = -inf, the fill).
+    # Ill-conditioned where x[i] is far below the running total (inherently).
+    y = outvals[0]
+    if y.shape[axis] == 0:
+        return [y]
+    prev = _neighbour(y, axis, reverse, -jnp.inf)
+    return [jnp.where(prev == -jnp.inf, y, y + jnp.log(-jnp.expm1(prev - y)))]
+
+
+pack.register_inverse(P.cumlogsumexp_p, _cumlogsumexp_inverse, examples=[
+    Example(lambda x: lax.cumlogsumexp(x, axis=1), reals(-2, 2, shape=(3, 4)), label="forward"),
+    Example(lambda x: lax.cumlogsumexp(x, axis=0, reverse=True), reals(-2, 2, shape=(3, 4)), label="reverse"),
+], notes="ill-conditioned where an element is far below the running log-sum-exp")
+pack.register_not_invertible(P.cummax_p, "a running maximum hides every element below it")
+pack.register_nonzero(P.cummax_p, nonzero_if_first)  # each output is one of the inputs
+pack.register_not_invertible(P.cummin_p, "a running minimum hides every element above it")
+pack.register_nonzero(P.cummin_p, nonzero_if_first)
+
+# --------------------------------------------------------------------------
+# windows, scatters and selections: what is not overwritten comes back
 
 
 def _dynamic_update_slice_inverse(invals, outvals, **_):
@@ -272,6 +398,18 @@ def _dynamic_update_slice_inverse(invals, outvals, **_):
     return [x, u, *starts]
 
 
+pack.register_inverse(P.dynamic_update_slice_p, _dynamic_update_slice_inverse, examples=[
+    Example(lambda x, u: lax.dynamic_update_slice(x, u, (1, 2)), reals(shape=(3, 4)), reals(shape=(2, 2)),
+            solve=[(1,)]),
+    Example(lambda x, u: lax.dynamic_update_slice(x, u, (5, -1)), reals(shape=(3, 4)), reals(shape=(2, 2)),
+            solve=[(1,)], label="clamped start indices"),
+    Example(lambda x, u, i: lax.dynamic_update_slice(x, u, (i, i)), reals(shape=(3, 4)), reals(shape=(1, 2)),
+            integers((-4, -1, 0, 2, 7), shape=()), solve=[(1,)], label="traced start indices"),
+], notes="recovers the update; the operand's overwritten window is lost")
+pack.register_nonzero(P.dynamic_update_slice_p, lambda nz, **_: nz[0] and nz[1])
+pack.register_ildj(P.dynamic_update_slice_p)
+
+
 def _scatter_add_inverse(invals, outvals, *, prim, **params):
     # y = x with each update added (scatter-sub: subtracted) at its index; updates
     # at out-of-range indices are dropped (mode FILL_OR_DROP) both ways. So with
@@ -286,6 +424,21 @@ def _scatter_add_inverse(invals, outvals, *, prim, **params):
             raise NotInvertibleError(f"`{prim.name}` on booleans is a logical or: not invertible")
         x = prim.bind(outvals[0], idx, -u, **params)
     return [x, idx, u]
+
+
+pack.register_inverse(P.scatter_add_p, functools.partial(_scatter_add_inverse, prim=P.scatter_add_p), examples=[
+    Example(lambda x, u: x.at[:, 1:].add(u), reals(shape=(2, 3)), reals(shape=(2, 2)), solve=[(0,)]),
+    Example(lambda x, u, i: x.at[i].add(u), reals(shape=(3, 2)), reals(shape=(4, 2)), fixed(np.array([0, 0, 2, 5])),
+            solve=[(0,)], label="repeated and out-of-range indices"),
+    Example(lambda x, u: x.at[1].add(u), integers(shape=(2, 3)), integers(shape=(3,)), solve=[(0,)],
+            label="integers wrap around bijectively"),
+], notes="recovers the operand from known indices and updates")
+pack.register_inverse(scatter_sub_p, functools.partial(_scatter_add_inverse, prim=scatter_sub_p), examples=[
+    Example(lambda x, u, i: x.at[i].subtract(u), reals(shape=(3, 2)), reals(shape=(2, 2)), fixed(np.array([1, 1])),
+            solve=[(0,)]),
+], notes="recovers the operand from known indices and updates")
+pack.register_ildj(P.scatter_add_p)
+pack.register_ildj(scatter_sub_p)
 
 
 def _scatter_mul_inverse(invals, outvals, **params):
@@ -304,13 +457,13 @@ def _scatter_mul_inverse(invals, outvals, **params):
     return [x, idx, u]
 
 
-def _require_fact(x, fact: facts.Fact, reason: str):
-    """Like ``require_nonzero``, for another fact the planner may prove about a
-    known input: while jaxinv plans, raise NotInvertibleError(reason) unless
-    ``fact`` is proven for ``x``; free when a plan runs (it was checked)."""
-    return registry.require_fact(x, fact, reason)
-
-
+pack.register_inverse(P.scatter_mul_p, _scatter_mul_inverse, examples=Example(
+    lambda x, u: x.at[0].multiply(u), reals(shape=(2, 3)), nonzero(shape=(3,)), solve=[(0,)]),
+    notes="recovers the operand from known indices and provably nonzero updates")
+pack.register_not_invertible(P.scatter_p, "it overwrites the operand at the indices (and drops updates at "
+                                          "repeated or out-of-range indices)")
+pack.register_not_invertible(P.scatter_min_p, "it keeps the smaller of each element and its updates")
+pack.register_not_invertible(P.scatter_max_p, "it keeps the larger of each element and its updates")
 
 
 def _select_n_inverse(invals, outvals, **_):
@@ -337,6 +490,19 @@ def _select_n_inverse(invals, outvals, **_):
         raise NotInvertibleError(reason)
     cases[k] = outvals[0]
     return [which, *cases]
+
+
+pack.register_inverse(P.select_n_p, _select_n_inverse, examples=[
+    Example(lambda a, b: lax.select_n(True, a, b), reals(), reals(), solve=[(2,)], label="literal predicate"),
+    Example(lambda a, b: jnp.where(False, a, b), reals(), reals(), solve=[(1,)], label="jnp.where, Python bool"),
+    Example(lambda a, b, c: lax.select_n(np.int32(2), a, b, c), reals(), reals(), reals(), solve=[(3,)],
+            label="integer case index"),
+], notes="only a case that a constant predicate selects everywhere")
+pack.register_nonzero(P.select_n_p, lambda nz, **_: all(nz[1:]))
+pack.register_ildj(P.select_n_p)
+
+# --------------------------------------------------------------------------
+# sorts: invertible when the permutation comes out too
 
 
 def _require_iota(x, dimension: int, what: str):
@@ -401,6 +567,19 @@ def _sort_ivjp(invals, outvals, out_cts, *, dimension, **_):
     return solved, cts
 
 
+pack.register_inverse(P.sort_p, _sort_inverse, examples=[
+    Example(lambda x: lax.sort((x, lax.broadcasted_iota(jnp.int32, x.shape, 1)), dimension=1, num_keys=1),
+            reals(shape=(3, 4)), solve=[(0,)], label="values and indices"),
+    Example(lambda x: lax.sort_key_val(x, jnp.arange(5)), integers(shape=(5,)), solve=[(0,)],
+            label="sort_key_val with arange, ties"),
+    Example(lambda x, v: lax.sort((x, v, lax.broadcasted_iota(jnp.int32, x.shape, 0)), dimension=0, num_keys=1),
+            reals(shape=(4, 2)), reals(shape=(4, 2)), solve=[(0,), (1,), (0, 1)], label="carried payload"),
+], notes="needs an operand carrying lax.iota along the sort dimension (the permutation) and its output")
+pack.register_ivjp(P.sort_p, _sort_ivjp)
+pack.register_nonzero(P.sort_p, nonzero_if_all)  # each output is a permutation of its operand
+pack.register_ildj(P.sort_p)
+
+
 def _top_k_solve(outvals, k, axis):
     # With k equal to the axis length, top_k sorts: values = take_along_axis(x,
     # indices), indices a permutation, so x = take_along_axis(values, indices^-1).
@@ -426,139 +605,11 @@ def _top_k_ivjp(invals, outvals, out_cts, *, k, axis=-1, **_):
     return [x], [jnp.zeros_like(x) if ct is None else jnp.take_along_axis(ct, inv, axis)]
 
 
-# --------------------------------------------------------------------------
-# permutations (each also declares "nonzero iff its input is")
-
-pack.defpermutation(P.reshape_p, examples=Example(lambda x: x.reshape(3, 4), reals(shape=(4, 3))))
-pack.defpermutation(P.transpose_p, examples=Example(lambda x: jnp.transpose(x, (2, 0, 1)), reals(shape=(2, 3, 4))))
-pack.defpermutation(P.rev_p, examples=Example(lambda x: lax.rev(x, (0, 2)), reals(shape=(2, 3, 4))))
-pack.defpermutation(P.squeeze_p, examples=Example(lambda x: lax.squeeze(x, (1,)), reals(shape=(3, 1, 4))))
-
-# --------------------------------------------------------------------------
-# copies, joins and splits (expand_dims is broadcast_in_dim in jaxprs)
-
-pack.register_inverse(P.broadcast_in_dim_p, _broadcast_in_dim_inverse, examples=[
-    Example(lambda x: jnp.expand_dims(x, 1), reals(shape=(3, 4)), label="expand_dims"),
-    Example(lambda x: jnp.broadcast_to(x, (5, 3, 4)), reals(shape=(3, 4)), label="new leading dim"),
-    Example(lambda x: jnp.broadcast_to(x, (2, 3, 4)), reals(shape=(3, 1)), label="size-1 dim expanded"),
-    Example(lambda x: jnp.broadcast_to(x, (2, 3)), reals(shape=()), label="scalar"),
-], notes="keeps one copy of each broadcast element")
-pack.register_ivjp(P.broadcast_in_dim_p, _broadcast_in_dim_ivjp)
-pack.register_nonzero(P.broadcast_in_dim_p, nonzero_if_first)
-if available(tile_p):
-    pack.register_inverse(tile_p, _tile_inverse, examples=Example(lambda x: jnp.tile(x, (2, 3)), reals(shape=(3, 4))))
-    pack.register_nonzero(tile_p, nonzero_if_first)
-pack.register_inverse(P.concatenate_p, _concatenate_inverse, examples=Example(
-    lambda a, b, c: jnp.concatenate([a, b, c], axis=1), reals(shape=(3, 1)), reals(shape=(3, 4)),
-    reals(shape=(3, 2)), solve=[(0,), (1, 2), (0, 1, 2)]))
-pack.register_ivjp(P.concatenate_p, _concatenate_ivjp)
-pack.register_nonzero(P.concatenate_p, nonzero_if_all)
-pack.register_inverse(split_p, _split_inverse, examples=[
-    Example(lambda x: jnp.split(x, [1, 3], axis=1), reals(shape=(3, 6))),
-    Example(lambda x: jnp.split(x, [2], axis=0), integers(shape=(4, 3)), label="integers"),
-], notes="needs every piece")
-pack.register_ivjp(split_p, _split_ivjp)
-pack.register_nonzero(split_p, nonzero_if_first)
-if available(stack_p, unstack_p):
-    pack.register_inverse(stack_p, _stack_inverse, examples=Example(
-        lambda a, b, c: jnp.stack([a, b, c], axis=1), reals(shape=(3, 4)), reals(shape=(3, 4)), reals(shape=(3, 4)),
-        solve=[(1,), (0, 2), (0, 1, 2)]))
-    pack.register_nonzero(stack_p, nonzero_if_all)
-    pack.register_inverse(unstack_p, _unstack_inverse, examples=Example(lambda x: jnp.unstack(x, axis=1),
-                                                                         reals(shape=(3, 4))), notes="needs every piece")
-    pack.register_nonzero(unstack_p, nonzero_if_first)
-pack.register_inverse(P.pad_p, _pad_inverse, examples=[
-    Example(lambda x, v: lax.pad(x, v, ((1, 2, 1), (0, 1, 0))), reals(shape=(3, 4)), reals(shape=()),
-            solve=[(0,), (1,), (0, 1)]),
-    Example(lambda x, v: lax.pad(x, v, ((0, 0, 2), (0, 0, 0))), reals(shape=(3, 4)), reals(shape=()),
-            solve=[(0, 1)], label="interior padding only"),
-], notes="no negative padding; the padding value is read back when some output element holds it")
-pack.register_nonzero(P.pad_p, nonzero_if_all)
-pack.register_inverse(P.device_put_p, _device_put_inverse, examples=Example(jax.device_put, reals()))
-pack.register_nonzero(P.device_put_p, nonzero_if_all)
-
-# --------------------------------------------------------------------------
-# scans
-
-pack.register_inverse(P.cumsum_p, _cumsum_inverse, examples=[
-    Example(lambda x: lax.cumsum(x, axis=1), reals(shape=(3, 5)), label="forward"),
-    Example(lambda x: lax.cumsum(x, axis=0, reverse=True), reals(shape=(3, 5)), label="reverse"),
-    Example(lambda x: lax.cumsum(x, axis=0), reals(shape=(1, 5)), label="length 1"),
-    Example(lambda x: lax.cumsum(x, axis=1), integers(shape=(3, 5)), label="integers wrap around bijectively"),
-])
-pack.register_ivjp(P.cumsum_p, _cumsum_ivjp)
-pack.register_inverse(P.cumprod_p, _cumprod_inverse, examples=[
-    Example(lambda x: jnp.cumprod(x, axis=1), nonzero(shape=(3, 5)), label="forward"),
-    Example(lambda x: lax.cumprod(x, axis=0, reverse=True), nonzero(shape=(3, 5)), label="reverse"),
-    Example(lambda x: lax.cumprod(x, axis=0), nonzero(shape=(1, 4)), label="length 1"),
-], notes="floats; divides by the running product: the input must be provably nonzero (and not underflow)")
-pack.register_ivjp(P.cumprod_p, _cumprod_ivjp)
-pack.register_ildj(P.cumprod_p, _cumprod_ildj)
-pack.register_nonzero(P.cumprod_p, nonzero_if_first)  # a product of nonzero factors is nonzero
-pack.register_inverse(P.cumlogsumexp_p, _cumlogsumexp_inverse, examples=[
-    Example(lambda x: lax.cumlogsumexp(x, axis=1), reals(-2, 2, shape=(3, 4)), label="forward"),
-    Example(lambda x: lax.cumlogsumexp(x, axis=0, reverse=True), reals(-2, 2, shape=(3, 4)), label="reverse"),
-], notes="ill-conditioned where an element is far below the running log-sum-exp")
-pack.register_not_invertible(P.cummax_p, "a running maximum hides every element below it")
-pack.register_nonzero(P.cummax_p, nonzero_if_first)  # each output is one of the inputs
-pack.register_not_invertible(P.cummin_p, "a running minimum hides every element above it")
-pack.register_nonzero(P.cummin_p, nonzero_if_first)
-
-# --------------------------------------------------------------------------
-# windows, scatters and selections: what is not overwritten comes back
-
-pack.register_inverse(P.dynamic_update_slice_p, _dynamic_update_slice_inverse, examples=[
-    Example(lambda x, u: lax.dynamic_update_slice(x, u, (1, 2)), reals(shape=(3, 4)), reals(shape=(2, 2)),
-            solve=[(1,)]),
-    Example(lambda x, u: lax.dynamic_update_slice(x, u, (5, -1)), reals(shape=(3, 4)), reals(shape=(2, 2)),
-            solve=[(1,)], label="clamped start indices"),
-    Example(lambda x, u, i: lax.dynamic_update_slice(x, u, (i, i)), reals(shape=(3, 4)), reals(shape=(1, 2)),
-            integers((-4, -1, 0, 2, 7), shape=()), solve=[(1,)], label="traced start indices"),
-], notes="recovers the update; the operand's overwritten window is lost")
-pack.register_nonzero(P.dynamic_update_slice_p, lambda nz, **_: nz[0] and nz[1])
-pack.register_inverse(P.scatter_add_p, functools.partial(_scatter_add_inverse, prim=P.scatter_add_p), examples=[
-    Example(lambda x, u: x.at[:, 1:].add(u), reals(shape=(2, 3)), reals(shape=(2, 2)), solve=[(0,)]),
-    Example(lambda x, u, i: x.at[i].add(u), reals(shape=(3, 2)), reals(shape=(4, 2)), fixed(np.array([0, 0, 2, 5])),
-            solve=[(0,)], label="repeated and out-of-range indices"),
-    Example(lambda x, u: x.at[1].add(u), integers(shape=(2, 3)), integers(shape=(3,)), solve=[(0,)],
-            label="integers wrap around bijectively"),
-], notes="recovers the operand from known indices and updates")
-pack.register_inverse(scatter_sub_p, functools.partial(_scatter_add_inverse, prim=scatter_sub_p), examples=[
-    Example(lambda x, u, i: x.at[i].subtract(u), reals(shape=(3, 2)), reals(shape=(2, 2)), fixed(np.array([1, 1])),
-            solve=[(0,)]),
-], notes="recovers the operand from known indices and updates")
-pack.register_inverse(P.scatter_mul_p, _scatter_mul_inverse, examples=Example(
-    lambda x, u: x.at[0].multiply(u), reals(shape=(2, 3)), nonzero(shape=(3,)), solve=[(0,)]),
-    notes="recovers the operand from known indices and provably nonzero updates")
-pack.register_not_invertible(P.scatter_p, "it overwrites the operand at the indices (and drops updates at "
-                                          "repeated or out-of-range indices)")
-pack.register_not_invertible(P.scatter_min_p, "it keeps the smaller of each element and its updates")
-pack.register_not_invertible(P.scatter_max_p, "it keeps the larger of each element and its updates")
-pack.register_inverse(P.select_n_p, _select_n_inverse, examples=[
-    Example(lambda a, b: lax.select_n(True, a, b), reals(), reals(), solve=[(2,)], label="literal predicate"),
-    Example(lambda a, b: jnp.where(False, a, b), reals(), reals(), solve=[(1,)], label="jnp.where, Python bool"),
-    Example(lambda a, b, c: lax.select_n(np.int32(2), a, b, c), reals(), reals(), reals(), solve=[(3,)],
-            label="integer case index"),
-], notes="only a case that a constant predicate selects everywhere")
-pack.register_nonzero(P.select_n_p, lambda nz, **_: all(nz[1:]))
-
-# --------------------------------------------------------------------------
-# sorts: invertible when the permutation comes out too
-
-pack.register_inverse(P.sort_p, _sort_inverse, examples=[
-    Example(lambda x: lax.sort((x, lax.broadcasted_iota(jnp.int32, x.shape, 1)), dimension=1, num_keys=1),
-            reals(shape=(3, 4)), solve=[(0,)], label="values and indices"),
-    Example(lambda x: lax.sort_key_val(x, jnp.arange(5)), integers(shape=(5,)), solve=[(0,)],
-            label="sort_key_val with arange, ties"),
-    Example(lambda x, v: lax.sort((x, v, lax.broadcasted_iota(jnp.int32, x.shape, 0)), dimension=0, num_keys=1),
-            reals(shape=(4, 2)), reals(shape=(4, 2)), solve=[(0,), (1,), (0, 1)], label="carried payload"),
-], notes="needs an operand carrying lax.iota along the sort dimension (the permutation) and its output")
-pack.register_ivjp(P.sort_p, _sort_ivjp)
-pack.register_nonzero(P.sort_p, nonzero_if_all)  # each output is a permutation of its operand
 pack.register_inverse(P.top_k_p, _top_k_inverse, examples=Example(lambda x: lax.top_k(x, 4), reals(shape=(3, 4)),
                                                                   solve=[(0,)]),
                       notes="only with k equal to the axis length (a sort that returns its permutation)")
 pack.register_ivjp(P.top_k_p, _top_k_ivjp)
+pack.register_ildj(P.top_k_p)
 pack.register_not_invertible(P.approx_top_k_p, "it keeps only k elements, approximately the largest")
 
 # --------------------------------------------------------------------------
@@ -584,22 +635,3 @@ for _prim in (P.reduce_window_sum_p, P.reduce_window_max_p, P.reduce_window_min_
     pack.register_not_invertible(_prim, "each pooling window combines several elements into one")
 pack.register_not_invertible(P.select_and_scatter_add_p, "it sums window cotangents onto selected elements")
 pack.register_not_invertible(P.select_and_gather_add_p, "it keeps one element per pooling window")
-
-# --------------------------------------------------------------------------
-# log-dets (jaxinv.ildj): permutations, selections, copies and unit-triangular
-# maps (cumsum, scatter-add of known updates) change no volume
-
-for _prim in (P.concatenate_p, split_p, *[p for p in (stack_p, unstack_p) if available(p)], P.device_put_p, P.cumsum_p, P.select_n_p, P.dynamic_update_slice_p, P.sort_p, P.top_k_p, P.scatter_add_p, scatter_sub_p):
-    pack.register_ildj(_prim)
-
-
-def _broadcast_in_dim_ildj(invals, outvals, **_):
-    # Adding size-1 axes (v[None]) copies each element once: a reshape, no
-    # volume. A true broadcast repeats elements: not a bijection, no log-det.
-    (y,) = outvals
-    if input_avals()[0].size != np.size(y):
-        raise NotInvertibleError("a broadcast repeats elements: not a bijection, so it has no log-det")
-    return 0.0
-
-
-pack.register_ildj(P.broadcast_in_dim_p, _broadcast_in_dim_ildj)
