@@ -52,6 +52,14 @@ def _domain(entry: packs.PackRule, principal: bool = False) -> str:
     return "<br>".join(_cell(p) for p in parts)
 
 
+def _table(columns: list[str], rows, code_first: bool = True) -> list[str]:
+    """A Markdown table: the header, its rule, and one line per row, in order
+    of ``rows``; the first column (a primitive's name) as code."""
+    first = (lambda name: f"`{name}`") if code_first else (lambda name: name)
+    return [f"| {' | '.join(columns)} |", "|" + "---|" * len(columns),
+            *(f"| {' | '.join([first(name), *rest])} |" for name, *rest in rows)]
+
+
 def render() -> str:
     rows, principal_rows, refusals, saturating = [], [], [], []
     for pack in BUILTIN_PACKS:
@@ -63,7 +71,7 @@ def render() -> str:
                              "yes" if e.ivjp is not None else "", log_det, _jax(prim.name), _domain(e),
                              _cell(e.notes)))
             if e.principal is not None:
-                principal_rows.append((prim.name, pack.name, _domain(e, principal=True), _cell(e.notes)))
+                principal_rows.append((prim.name, pack.name, _domain(e, principal=True), _cell(e.principal_notes)))
             if e.not_invertible is not None:
                 refusals.append((prim.name, pack.name, _cell(e.not_invertible)))
             if e.saturates is not None:
@@ -91,10 +99,9 @@ def render() -> str:
         "",
         "## Inverse rules",
         "",
-        "| primitive | pack | inverse | fused ivjp | log-det | JAX | domain (checked) | notes |",
-        "|---|---|---|---|---|---|---|---|",
     ]
-    out += [f"| `{n}` | {p} | {i} | {v} | {g} | {j} | {d} | {t} |" for n, p, i, v, g, j, d, t in sorted(rows)]
+    out += _table(["primitive", "pack", "inverse", "fused ivjp", "log-det", "JAX", "domain (checked)", "notes"],
+                  sorted(rows))
     out += [
         "",
         "## Principal branches (`jaxinv.inverse` only, never gradients)",
@@ -102,10 +109,8 @@ def render() -> str:
         "Non-injective primitives: `jaxinv.inverse` returns the input on the stated branch; the gradient path "
         "never uses these rules (it saves the input instead).",
         "",
-        "| primitive | pack | branch (checked) | notes |",
-        "|---|---|---|---|",
     ]
-    out += [f"| `{n}` | {p} | {d} | {t} |" for n, p, d, t in sorted(principal_rows)]
+    out += _table(["primitive", "pack", "branch (checked)", "notes"], sorted(principal_rows))
     out += [
         "",
         "## Partial knowledge: equations that move known elements",
@@ -127,18 +132,14 @@ def render() -> str:
         "limit. A gradient saves such a map's input instead of inverting its output (no NaN where `jax.grad` "
         "is finite); a loop body, where saving is impossible, and `jaxinv.inverse` still invert them.",
         "",
-        "| primitive | pack | where it saturates |",
-        "|---|---|---|",
     ]
-    out += [f"| `{n}` | {p} | {w} |" for n, p, w in sorted(saturating)]
+    out += _table(["primitive", "pack", "where it saturates"], sorted(saturating))
     out += [
         "",
         "## Inlined, no rule needed",
         "",
-        "| primitive | how |",
-        "|---|---|",
     ]
-    out += [f"| {n} | {h} |" for n, h in INLINED.items()]
+    out += _table(["primitive", "how"], INLINED.items(), code_first=False)
     out += [
         "",
         "## Not invertible (deliberately left out)",
@@ -146,10 +147,8 @@ def render() -> str:
         "The planner quotes these reasons in `NotInvertibleError` and `jaxinv.explain`; in a gradient, such an "
         "equation's inputs are saved instead.",
         "",
-        "| primitive | pack | why |",
-        "|---|---|---|",
     ]
-    out += [f"| `{n}` | {p} | {w} |" for n, p, w in sorted(refusals)]
+    out += _table(["primitive", "pack", "why"], sorted(refusals))
     out += [
         "",
         "Primitives in none of these tables have no rule yet: an equation using one is saved, and "

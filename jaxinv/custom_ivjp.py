@@ -94,12 +94,7 @@ class custom_ivjp:
             def rotate_ivjp(xs, ys, cts): ...
             ```
         """
-        if ivjp is None:
-            return lambda rule: self.defivjp(rule, ildj=ildj)
-        self.ivjp = ivjp
-        if ildj is not None:
-            self.ildj = ildj
-        return ivjp
+        return self._define("ivjp", ivjp, ildj)
 
     def definverse(self, inverse: Callable | None = None, *, ildj: Callable | None = None) -> Callable:
         """Set ``inverse(*ys) -> xs``; returns ``inverse``. ``ildj(*ys) ->
@@ -112,12 +107,15 @@ class custom_ivjp:
             double.definverse(lambda y: y / 2.0, ildj=lambda y: -y.size * jnp.log(2.0))
             ```
         """
-        if inverse is None:
-            return lambda inv: self.definverse(inv, ildj=ildj)
-        self.inverse = inverse
+        return self._define("inverse", inverse, ildj)
+
+    def _define(self, kind: str, rule: Callable | None, ildj: Callable | None) -> Callable:
+        if rule is None:  # used as a decorator with arguments
+            return lambda rule: self._define(kind, rule, ildj)
+        setattr(self, kind, rule)
         if ildj is not None:
             self.ildj = ildj
-        return inverse
+        return rule
 
     def __call__(self, *args, **kwargs):
         if kwargs:  # resolve keywords against the signature, as jax.custom_vjp does

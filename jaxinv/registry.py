@@ -341,6 +341,35 @@ def tables_changed() -> None:
         cache.clear()
 
 
+_deferred_loaders: list[Callable[[], None]] = []
+
+
+def defer_loading(loader: Callable[[], None]) -> None:
+    """Have ``loader`` fill the tables the first time the planner needs them
+    (``jaxinv.packs`` defers loading third-party packs this way, so that
+    ``import jaxinv`` imports none of them).
+
+    Example:
+        ```python
+        registry.defer_loading(load_entry_point_packs)
+        ```
+    """
+    _deferred_loaders.append(loader)
+
+
+def load_deferred() -> None:
+    """Run the deferred loaders (each runs once); the planner calls this before
+    it reads the tables.
+
+    Example:
+        ```python
+        registry.load_deferred()     # in make_plan
+        ```
+    """
+    while _deferred_loaders:
+        _deferred_loaders.pop(0)()
+
+
 def inverse_table(principal_branch: bool = False, well_conditioned: bool = False) -> dict:
     """The inverse rules the planner may use: with ``principal_branch=True``
     (``jaxinv.inverse`` only) the principal-branch rules are added; with

@@ -110,6 +110,7 @@ class _Equation:
     invals: list  # concrete inputs
     fixed: tuple[bool, ...]  # literal/constant inputs: always known
     avals: list
+    out_avals: list
 
     def outvals(self) -> list:
         out = bind_equation(self.prim, self.invals, self.params)
@@ -133,7 +134,8 @@ def _equation(prim: Primitive, fn: Callable, args: Sequence[Any]) -> _Equation:
     for eqn in closed.jaxpr.eqns[:index]:
         env.update(zip(eqn.outvars, eval_eqn(eqn, [read(v) for v in eqn.invars])))
     eqn = closed.jaxpr.eqns[index]
-    return _Equation(prim, dict(eqn.params), [read(v) for v in eqn.invars], fixed, [v.aval for v in eqn.invars])
+    return _Equation(prim, dict(eqn.params), [read(v) for v in eqn.invars], fixed, [v.aval for v in eqn.invars],
+                     [v.aval for v in eqn.outvars])
 
 
 def _locate(prim, fn, args):
@@ -325,11 +327,10 @@ def _abstract_ok(rule, eqn: _Equation, pattern) -> str | None:
 
 def _abstract_ok_uncached(rule, eqn: _Equation, pattern) -> str | None:
     known = [i not in pattern for i in range(len(eqn.invals))]
-    outvals = eqn.outvals()
-    granted = [frozenset({facts.NONZERO, facts.NONSINGULAR})] * max(len(eqn.invals), len(outvals))
+    granted = [frozenset({facts.NONZERO, facts.NONSINGULAR})] * max(len(eqn.invals), len(eqn.out_avals))
     try:
-        solve_abstractly(rule, eqn.params, eqn.avals, [_spec(o) for o in outvals], known,
-                         [True] * len(outvals), {i: v for i, v in enumerate(eqn.invals) if eqn.fixed[i] and known[i]},
+        solve_abstractly(rule, eqn.params, eqn.avals, eqn.out_avals, known,
+                         [True] * len(eqn.out_avals), {i: v for i, v in enumerate(eqn.invals) if eqn.fixed[i] and known[i]},
                          granted, granted)
     except NotInvertibleError as e:
         return f"refused: {e.reason}"
@@ -337,10 +338,6 @@ def _abstract_ok_uncached(rule, eqn: _Equation, pattern) -> str | None:
         return (f"the rule fails on abstract values ({type(e).__name__}: {e}); rules run under jax.eval_shape "
                 "while jaxinv plans, so they must decide from shapes and params, never from values")
     return None
-
-
-def _spec(x) -> jax.ShapeDtypeStruct:
-    return jax.ShapeDtypeStruct(np.shape(x), jnp.result_type(x))
 
 
 # --------------------------------------------------------------------------
@@ -601,8 +598,10 @@ def _check_given(prim, example_invals, params, inverse, ivjp, solve, modes, dtyp
     for dtype in (dtypes or [None]):
         with enable_x64(dtype is not None and np.dtype(dtype) == np.float64) if dtype else _nothing():
             invals = _cast_floats(example_invals, dtype) if dtype else [jnp.asarray(v) for v in example_invals]
+            outs = jax.eval_shape(lambda *xs: bind_equation(prim, xs, params), *invals)
             eqn = _Equation(prim, params, invals, (False,) * len(invals),
-                            [jax.ShapeDtypeStruct(np.shape(v), jnp.result_type(v)) for v in invals])
+                            [jax.ShapeDtypeStruct(np.shape(v), jnp.result_type(v)) for v in invals],
+                            list(outs) if prim.multiple_results else [outs])
             # vmap needs a batch: the example, and two copies (values cannot be varied blindly)
             _check_batch(report, [eqn] * BATCH if "vmap" in modes else [eqn], inverse, ivjp, solve, modes,
                          tolerance, f"given example{'' if dtype is None else ', ' + str(dtype)}")

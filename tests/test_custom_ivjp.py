@@ -399,8 +399,12 @@ def test_pytree_grad_in_a_loss():
 # ---------------------------------------------------------------- closures over traced values
 
 
+RULE_STYLES = ("definverse", "defivjp", "dict-in-closure", "helper-function", "functools.partial",
+               "object-attribute")
+
+
 def make_coupling(W, rule=None):
-    """A coupling layer closing over W; rule: None, "definverse" or "defivjp" (closing over W too)."""
+    """A coupling layer closing over W, with no rule or a rule reaching W in one of RULE_STYLES."""
     @jaxinv.custom_ivjp
     def couple(x1, x2):
         return x1, x2 + jnp.tanh(x1 @ W)
@@ -413,6 +417,17 @@ def make_coupling(W, rule=None):
             t = jnp.tanh(y1 @ W)
             return (y1, y2 - t), (c1 + (c2 * (1 - t ** 2)) @ W.T, c2)
         couple.defivjp(ivjp)
+    elif rule == "dict-in-closure":
+        state = {"W": W}
+        couple.definverse(lambda y1, y2: (y1, y2 - jnp.tanh(y1 @ state["W"])))
+    elif rule == "helper-function":
+        shift = lambda y1: jnp.tanh(y1 @ W)
+        couple.definverse(lambda y1, y2: (y1, y2 - shift(y1)))
+    elif rule == "functools.partial":
+        couple.definverse(functools.partial(lambda W_, y1, y2: (y1, y2 - jnp.tanh(y1 @ W_)), W))
+    elif rule == "object-attribute":
+        layer = types.SimpleNamespace(W=W)
+        couple.definverse(lambda y1, y2: (y1, y2 - jnp.tanh(y1 @ layer.W)))
     return couple
 
 
@@ -456,34 +471,11 @@ def test_closure_over_a_concrete_value_with_rule(rule):
     assert nbytes(vjp_fn) == nbytes(out) + W4.nbytes  # W is a closure value
 
 
-def make_coupling_with_closure(W, style):
-    """A coupling layer whose inverse reaches the traced W in one of several ways."""
-    @jaxinv.custom_ivjp
-    def couple(x1, x2):
-        return x1, x2 + jnp.tanh(x1 @ W)
-
-    if style == "closure":
-        couple.definverse(lambda y1, y2: (y1, y2 - jnp.tanh(y1 @ W)))
-    elif style == "dict-in-closure":
-        state = {"W": W}
-        couple.definverse(lambda y1, y2: (y1, y2 - jnp.tanh(y1 @ state["W"])))
-    elif style == "helper-function":
-        shift = lambda y1: jnp.tanh(y1 @ W)
-        couple.definverse(lambda y1, y2: (y1, y2 - shift(y1)))
-    elif style == "functools.partial":
-        couple.definverse(functools.partial(lambda W_, y1, y2: (y1, y2 - jnp.tanh(y1 @ W_)), W))
-    elif style == "object-attribute":
-        layer = types.SimpleNamespace(W=W)
-        couple.definverse(lambda y1, y2: (y1, y2 - jnp.tanh(y1 @ layer.W)))
-    return couple
-
-
-@pytest.mark.parametrize("style", ["closure", "dict-in-closure", "helper-function", "functools.partial",
-                                   "object-attribute"])
+@pytest.mark.parametrize("style", RULE_STYLES)
 def test_rule_closing_over_differentiated_value_is_a_rule_error(style):
     """As with jax.custom_vjp, a rule must not close over a value being transformed (the
     differentiated W): jaxinv raises RuleError saying to pass it as an argument."""
-    f = lambda W, a, b: make_coupling_with_closure(W, style)(a, b)
+    f = lambda W, a, b: make_coupling(W, style)(a, b)
     with pytest.raises(jaxinv.RuleError, match="closes over a traced value"):
         out, vjp_fn = jaxinv.vjp(f, W4, XA, XB)
         vjp_fn(out)

@@ -21,6 +21,7 @@ A failure prints the program (shrunk, in a long run, unless
 it uses.
 """
 
+import contextlib
 import os
 
 import jax
@@ -45,22 +46,20 @@ FUZZ = settings(max_examples=int(os.environ.get("JAXINV_FUZZ_PROGRAMS", 12)), de
                 else [Phase.explicit, Phase.generate])
 
 
-def in_dtype(data):
-    """A dtype for the program (most in float64, where tolerances are tight),
-    and the matching x64 context to draw and run it in."""
+@contextlib.contextmanager
+def drawn(data, **kw):
+    """Draw a dtype (most often float64, where tolerances are tight), a program
+    of it and the same program with its outputs permuted; inside the dtype's
+    x64 context, yield ``(dtype, program, permuted, inputs)``."""
     dtype = np.dtype(data.draw(st.sampled_from(["float64", "float64", "float32"]), label="dtype"))
-    return dtype, enable_x64(dtype == np.float64)
-
-
-def draw_program(data, dtype, **kw) -> tuple[Program, Program]:
-    """A program and the same program with its outputs permuted."""
-    program = data.draw(programs(dtype=dtype, **kw), label="program")
-    perm = data.draw(st.permutations(range(len(program.outputs))), label="output order")
-    for feature in sorted(program.features()):
-        event(feature)
-    note(repr(program))
-    note(f"outputs in the order {perm}")
-    return program, program.permuted(perm)
+    with enable_x64(dtype == np.float64):
+        program = data.draw(programs(dtype=dtype, **kw), label="program")
+        perm = data.draw(st.permutations(range(len(program.outputs))), label="output order")
+        for feature in sorted(program.features()):
+            event(feature)
+        note(repr(program))
+        note(f"outputs in the order {perm}")
+        yield dtype, program, program.permuted(perm), [jnp.asarray(v) for v in program.values]
 
 
 def reference(fn, *args):
@@ -175,10 +174,7 @@ def test_the_fuzzer_composes_every_kind_of_rule():
 @FUZZ
 @given(st.data())
 def test_vjp_equals_jax_vjp(data):
-    dtype, x64 = in_dtype(data)
-    with x64:
-        _, program = draw_program(data, dtype)
-        xs = [jnp.asarray(v) for v in program.values]
+    with drawn(data) as (dtype, _, program, xs):
         want_out, want_vjp = reference(jax.vjp, program, *xs)
         cts = cotangents(program, want_out)
         got_out, got_vjp = jaxinv.vjp(program, *xs)
@@ -198,10 +194,7 @@ def test_vjp_equals_jax_vjp(data):
 @FUZZ
 @given(st.data())
 def test_invertible_grad_under_jit_and_vmap_equals_jax_grad(data):
-    dtype, x64 = in_dtype(data)
-    with x64:
-        _, program = draw_program(data, dtype)
-        xs = [jnp.asarray(v) for v in program.values]
+    with drawn(data) as (dtype, _, program, xs):
         cts = cotangents(program, program(*xs))
         argnums = tuple(range(len(xs)))
         reference_grad = jax.grad(loss_of(program, cts), argnums)
@@ -219,11 +212,8 @@ def test_invertible_grad_under_jit_and_vmap_equals_jax_grad(data):
 @FUZZ
 @given(st.data())
 def test_invertible_programs_round_trip_and_exact_ones_save_nothing(data):
-    dtype, x64 = in_dtype(data)
-    with x64:
-        program, permuted = draw_program(data, dtype, lossy=False)
+    with drawn(data, lossy=False) as (dtype, program, permuted, xs):
         assert program.invertible
-        xs = [jnp.asarray(v) for v in program.values]
         atol = tolerance(lambda *x: x, xs, xs, dtype)
         for f in (program, permuted):
             back = jaxinv.inverse(f, *xs)(*f(*xs))

@@ -21,6 +21,7 @@ from jax.interpreters import ad, batching, mlir
 import jaxinv
 from helpers import assert_trees_close, input_fates
 from jaxinv import packs, registry
+from jaxinv.packs import entry_points, precedence, rule_pack
 from jaxinv.domains import Example, reals
 
 
@@ -33,8 +34,8 @@ def scratch_packs():
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", jaxinv.RulePackConflictWarning)
             jaxinv.uninstall_rule_pack(pack)
-        if pack in packs._known:
-            packs._known.remove(pack)
+        if pack in precedence._known:
+            precedence._known.remove(pack)
 
 
 def make_pack(name, prim=lax.exp_p, *, priority=0, scale=1.0, made=None, **kw):
@@ -112,7 +113,7 @@ def test_the_builtin_packs_declare_the_jax_range_jaxinv_installs_with():
     from jaxinv.rules import BUILTIN_PACKS
     pyproject = tomllib.loads((pathlib.Path(__file__).resolve().parents[1] / "pyproject.toml").read_text())
     assert f"jax{SUPPORTED_JAX}" in pyproject["project"]["dependencies"]
-    assert packs._version_matches(jax.__version__, SUPPORTED_JAX)
+    assert rule_pack._version_matches(jax.__version__, SUPPORTED_JAX)
     assert all(p.jax_versions == SUPPORTED_JAX and p.status == "loaded" for p in BUILTIN_PACKS)
 
 
@@ -125,12 +126,12 @@ def test_the_builtin_packs_declare_the_jax_range_jaxinv_installs_with():
     ("0.11.0.dev20261101", ">=0.6,<0.11", False),
 ])
 def test_jax_version_specifiers(version, spec, ok):
-    assert packs._version_matches(version, spec) is ok
+    assert rule_pack._version_matches(version, spec) is ok
 
 
 def test_an_unreadable_version_specifier_is_an_error():
     with pytest.raises(ValueError, match="unreadable JAX version specifier"):
-        packs._version_matches("0.10.2", "newer than 0.9")
+        rule_pack._version_matches("0.10.2", "newer than 0.9")
 
 
 class FakeEntryPoint:
@@ -153,7 +154,7 @@ def test_entry_point_packs_load_lazily_and_broken_ones_are_reported(monkeypatch,
                                                                                      made=scratch_packs))),
            FakeEntryPoint("not_a_pack", "x:y", lambda: 42)]
     monkeypatch.setattr(importlib.metadata, "entry_points", lambda group: eps if group == "jaxinv.rule_packs" else [])
-    monkeypatch.setattr(packs, "_plugins_loaded", False)
+    monkeypatch.setattr(entry_points, "_plugins_loaded", False)
     with pytest.warns(jaxinv.RulePackWarning) as record:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", jaxinv.RulePackConflictWarning)
@@ -166,7 +167,7 @@ def test_entry_point_packs_load_lazily_and_broken_ones_are_reported(monkeypatch,
     assert listed["broken"].status == "failed" and "ImportError" in listed["broken"].error
     assert listed["not_a_pack"].status == "failed"
     for failed in ("broken", "not_a_pack"):
-        packs._known.remove(listed[failed])
+        precedence._known.remove(listed[failed])
     # jaxinv still works
     x = jnp.linspace(0.1, 1, 4)
     np.testing.assert_allclose(jaxinv.grad(lambda x: jnp.sum(jnp.tanh(x) ** 2))(x),
@@ -174,29 +175,53 @@ def test_entry_point_packs_load_lazily_and_broken_ones_are_reported(monkeypatch,
 
 
 def test_import_jaxinv_does_not_load_plugins():
-    code = "import jaxinv, jaxinv.packs as p; print(p._plugins_loaded)"
+    code = "import jaxinv, jaxinv.packs.entry_points as p; print(p._plugins_loaded)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
 
 
 def test_plugins_can_be_disabled(monkeypatch):
     monkeypatch.setenv("JAXINV_DISABLE_PLUGINS", "1")
-    monkeypatch.setattr(packs, "_plugins_loaded", False)
+    monkeypatch.setattr(entry_points, "_plugins_loaded", False)
     called = []
     monkeypatch.setattr(importlib.metadata, "entry_points", lambda group: called.append(group) or [])
     packs.load_entry_point_packs()
     assert called == []
 
 
+def scaling_primitive(name: str, scale: float) -> Primitive:
+    """A brand-new primitive ``x -> scale * x`` that JAX can differentiate, batch and lower."""
+    p = Primitive(name)
+    p.def_impl(lambda x: scale * x)
+    p.def_abstract_eval(lambda a: a)
+    ad.deflinear2(p, lambda ct, x: [scale * ct])
+    batching.primitive_batchers[p] = lambda args, dims: (p.bind(*args), dims[0])
+    mlir.register_lowering(p, mlir.lower_fun(lambda x: scale * x, multiple_results=False))
+    return p
+
+
+def test_the_first_plan_loads_entry_point_packs(monkeypatch, scratch_packs):
+    """A user who installs a pack and calls jaxinv.grad gets its rules: planning loads the plugins."""
+    quadruple_p = scaling_primitive("test_quadruple", 4.0)
+    pack = jaxinv.RulePack("quadruple_plugin", "1.0")
+    pack.register_inverse(quadruple_p, lambda invals, outvals: [outvals[0] / 4.0])
+    scratch_packs.append(pack)
+    eps = [FakeEntryPoint("quadruple", "quad_mod:PACK", lambda: pack)]
+    monkeypatch.setattr(importlib.metadata, "entry_points", lambda group: eps if group == "jaxinv.rule_packs" else [])
+    monkeypatch.setattr(entry_points, "_plugins_loaded", False)
+    monkeypatch.setattr(registry, "_deferred_loaders", [entry_points.load_entry_point_packs])  # as after import
+    assert pack.status == "not installed"
+    f = lambda x: jnp.sinh(quadruple_p.bind(x))
+    x = jnp.linspace(-0.5, 0.5, 4)
+    assert input_fates(f, x) == ["reconstructed"]      # without the pack, x would be saved
+    assert pack.status == "loaded" and entry_points._plugins_loaded
+    assert_trees_close(jaxinv.grad(lambda x: jnp.sum(f(x) ** 2))(x), jax.grad(lambda x: jnp.sum(f(x) ** 2))(x))
+
+
 def test_a_new_primitive_needs_only_a_registered_rule():
     """Registering an inverse rule for a brand-new Primitive is all it takes."""
     X = jnp.array([0.5, -1.0, 2.0, 0.25], dtype=jnp.float32)
-    triple_p = Primitive("test_triple")
-    triple_p.def_impl(lambda x: 3.0 * x)
-    triple_p.def_abstract_eval(lambda a: a)
-    ad.deflinear2(triple_p, lambda ct, x: [3.0 * ct])
-    batching.primitive_batchers[triple_p] = lambda args, dims: (triple_p.bind(*args), dims[0])
-    mlir.register_lowering(triple_p, mlir.lower_fun(lambda x: 3.0 * x, multiple_results=False))
+    triple_p = scaling_primitive("test_triple", 3.0)
     f = lambda x: jnp.sinh(triple_p.bind(x))
     assert input_fates(f, X) == ["saved"]          # before: unknown primitive, saved
     jaxinv.register_inverse(triple_p, lambda invals, outvals: [outvals[0] / 3.0])
@@ -219,3 +244,10 @@ def test_not_invertible_reasons_reach_the_error():
 def test_registering_for_a_non_primitive_is_a_clear_error():
     with pytest.raises(TypeError, match="expected a jax.extend.core.Primitive"):
         jaxinv.register_inverse(jnp.exp, lambda invals, outvals: outvals)
+
+
+def test_an_inverse_and_its_principal_branch_keep_their_own_notes():
+    power = packs.provider(lax.integer_pow_p).rules[lax.integer_pow_p]
+    assert power.notes.startswith("odd exponents only") and power.principal_notes == "x >= 0 for even y"
+    fft = packs.provider(lax.fft_p).rules[lax.fft_p]
+    assert fft.notes.startswith("FFT <-> IFFT") and fft.principal_notes.startswith("IRFFT -> RFFT")

@@ -9,9 +9,10 @@ show a figure older than the code or the measurements it describes.
 from __future__ import annotations
 
 import pathlib
-import sys
 
 from mkdocs.structure.files import File
+
+import figures  # docs/_tools/figures.py: MkDocs (>= 1.6) imports a hook with its folder on sys.path
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 BENCHMARK_RESULTS = ROOT / "benchmarks" / "results" / "cpu"
@@ -19,11 +20,6 @@ BENCHMARK_RESULTS = ROOT / "benchmarks" / "results" / "cpu"
 
 def on_files(files, config):
     """Add the generated figures as if they were files under docs/images/."""
-    sys.path.insert(0, str(pathlib.Path(__file__).parent))
-    try:
-        import figures
-    finally:
-        sys.path.pop(0)
     for name in ("memory.png", "time_ratio.png"):
         files.append(File.generated(config, f"images/{name}", abs_src_path=str(BENCHMARK_RESULTS / name)))
     files.append(File.generated(config, "images/coupling-plan.png", content=figures.coupling_plan_png()))

@@ -85,6 +85,7 @@ def make_plan(closed: ClosedJaxpr, known_inputs: Sequence[bool], *, input_values
         plan.saved   # what the forward pass keeps
         ```
     """
+    registry.load_deferred()  # third-party rule packs, the first time anything is planned
     with registry.principal_branches(principal_branch), \
             registry.well_conditioned(allow_saving and not principal_branch):  # bodies planned by rules: the same mode
         return _make_plan(closed, known_inputs, input_values, allow_saving, principal_branch)

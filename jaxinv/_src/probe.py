@@ -22,7 +22,7 @@ import jax
 import numpy as np
 from jax.extend.core import Literal
 
-from jaxinv._src.compat import literal_value
+from jaxinv._src.compat import aval_spec, literal_value
 from jaxinv import registry
 from jaxinv._src.flatten import hashable_params
 from jaxinv.registry import NotInvertibleError
@@ -81,11 +81,6 @@ def probe(eqn, known: Sequence[bool], facts: Sequence[frozenset], table,
     return reason
 
 
-def spec(aval):
-    """``aval`` as a ShapeDtypeStruct (for eval_shape / make_jaxpr)."""
-    return jax.ShapeDtypeStruct(aval.shape, aval.dtype)
-
-
 def solve_abstractly(rule, params: dict, in_avals, out_avals, known: Sequence[bool], out_known: Sequence[bool],
                      concrete: dict[int, Any], facts: Sequence[frozenset], out_facts: Sequence[frozenset]) -> list:
     """Run ``rule`` under ``jax.eval_shape``, as the planner does: the known
@@ -115,8 +110,8 @@ def solve_abstractly(rule, params: dict, in_avals, out_avals, known: Sequence[bo
             res = rule(invals, list(outvals), **params)
         return [res[i] for i, k in enumerate(known) if not k]
 
-    return jax.eval_shape(solve, [spec(in_avals[i]) for i in traced_idx],
-                          [spec(a) for a, k in zip(out_avals, out_known) if k])
+    return jax.eval_shape(solve, [aval_spec(in_avals[i]) for i in traced_idx],
+                          [aval_spec(a) for a, k in zip(out_avals, out_known) if k])
 
 
 def _run_probe(eqn, rule, known, facts, in_avals, out_avals, out_known, out_facts) -> str | None:

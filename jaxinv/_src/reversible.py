@@ -17,8 +17,8 @@ import jax.numpy as jnp
 from jax.extend.core import ClosedJaxpr
 
 from jaxinv._src import interpreter
+from jaxinv._src.compat import aval_spec
 from jaxinv._src.plan import Plan
-from jaxinv._src.probe import spec as _spec
 
 
 class Reversible:
@@ -76,7 +76,7 @@ class Batched(Reversible):
 
     def _residual_axes(self):
         """A residual is batched iff it depends on a batched input."""
-        closed = jax.make_jaxpr(self.parent.forward)(*[_spec(a) for a in self.parent.in_avals])
+        closed = jax.make_jaxpr(self.parent.forward)(*[aval_spec(a) for a in self.parent.in_avals])
         batched = {v for v, ax in zip(closed.jaxpr.invars, self.in_axes) if ax is not None}
         for e in closed.jaxpr.eqns:
             if any(v in batched for v in e.invars if not hasattr(v, "val")):
@@ -111,4 +111,4 @@ class Batched(Reversible):
         return [x if ax == 0 else x[0] for x, ax in zip(xs, self.in_axes)]
 
     def body(self) -> ClosedJaxpr:
-        return jax.make_jaxpr(self.call)(*[_spec(a) for a in self.in_avals])
+        return jax.make_jaxpr(self.call)(*[aval_spec(a) for a in self.in_avals])

@@ -162,27 +162,21 @@ class RevSequential(Layer):
 
     def forward_and_log_det(self, params: Params, x: jax.Array) -> tuple[jax.Array, jax.Array]:
         self._check(params)
-
-        def step(carry, p):
-            x, total = carry
-            y, ld = self.layer.forward_and_log_det(p, x)
-            return (y, total + ld), None
-
-        (y, total), _ = lax.scan(step, (x, _zero_log_det(x)), params,
-                                 length=self.depth, unroll=self.unroll)
-        return y, total
+        return self._scan_with_log_det(self.layer.forward_and_log_det, params, x, reverse=False)
 
     def inverse_and_log_det(self, params: Params, y: jax.Array) -> tuple[jax.Array, jax.Array]:
         self._check(params)
+        return self._scan_with_log_det(self.layer.inverse_and_log_det, params, y, reverse=True)
 
+    def _scan_with_log_det(self, step_and_log_det, params, z, reverse):
         def step(carry, p):
-            y, total = carry
-            x, ld = self.layer.inverse_and_log_det(p, y)
-            return (x, total + ld), None
+            z, total = carry
+            z, ld = step_and_log_det(p, z)
+            return (z, total + ld), None
 
-        (x, total), _ = lax.scan(step, (y, _zero_log_det(y)), params, reverse=True,
+        (z, total), _ = lax.scan(step, (z, _zero_log_det(z)), params, reverse=reverse,
                                  length=self.depth, unroll=self.unroll)
-        return x, total
+        return z, total
 
 
 def rev_sequential(layer: Layer, depth: int, unroll: int = 1) -> RevSequential:

@@ -1,6 +1,9 @@
 """The example pack passes jaxinv's conformance harness and is found through
 its entry point once installed (``pip install -e examples/rule_pack_example``)."""
 
+import subprocess
+import sys
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -21,6 +24,16 @@ def test_the_pack_is_loaded_through_its_entry_point():
     assert pack is PACK and pack.status == "loaded"
     assert pack.origin.startswith("entry point leaky_relu = jaxinv_rule_pack_example:PACK")
     assert pack.coverage()["inverse"] == 1 and pack.coverage()["ivjp"] == 1
+
+
+def test_installing_the_distribution_is_all_a_user_does():
+    """In a fresh process, the first plan loads the pack: no rule_packs() call, no import of the pack."""
+    code = ("import jax.numpy as jnp, jaxinv\n"
+            "import jaxinv_rule_pack_example as ex\n"   # the user's model uses the primitive
+            "flow = lambda x: jnp.sinh(ex.leaky_relu(x * 2.0 + 1.0, 0.2))\n"
+            "print(ex.PACK.status, jaxinv.explain(flow, jnp.ones(3)).saved_bytes, ex.PACK.status)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["not", "installed", "0", "loaded"]
 
 
 def revnet_block(x1, x2):

@@ -1,75 +1,26 @@
-"""Rule packs: named, versioned sets of rules, and how they fill the tables.
+"""What a rule pack is: ``RulePack``, a named, versioned set of rules with
+the examples that declare where each one must work.
 
-A ``RulePack`` records rules (inverse, fused ivjp, principal branch,
-nonzero facts, documented refusals) together with the *examples* that declare
-where each rule must work (``jaxinv.domains``). Installing a pack writes its
-rules into the tables of ``jaxinv.registry``. The built-in packs
-(``jaxinv/rules/*.py``) are installed by ``import jaxinv``; third-party packs are
-found through the entry-point group ``jaxinv.rule_packs`` and loaded lazily,
-the first time jaxinv plans a function (or ``rule_packs`` is called).
-
-Precedence, per primitive and per kind of rule (inverse, ivjp, ...):
-
-1. a direct registration (``jaxinv.register_inverse`` and friends) wins;
-2. then the pack with the highest ``priority`` (default 0);
-3. then a third-party pack over a built-in one (a pack exists to add or
-   improve rules);
-4. then the pack whose name sorts first.
-
-When two packs provide the same kind of rule for a primitive, a
-``RulePackConflictWarning`` names both and the winner. A pack that fails
-to load, or that does not support the installed JAX, is reported with a
-``RulePackWarning`` and in ``rule_packs``, never breaks ``import jaxinv``.
+A pack only records; ``jaxinv.packs.precedence`` decides which pack's rule
+enters the tables of ``jaxinv.registry``.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import importlib.metadata
 import inspect
-import math
-import os
-import warnings
 from typing import Any, Callable, Sequence
 
 import jax
 from jax.extend.core import Primitive
 from packaging.specifiers import InvalidSpecifier, SpecifierSet
 
-from jaxinv import registry
 from jaxinv.domains import Example
 from jaxinv.registry import InverseRule, IvjpRule, NotInvertibleError, input_avals
 
-ENTRY_POINT_GROUP = "jaxinv.rule_packs"
+#: The kinds of rule a pack may give a primitive (one table of jaxinv.registry each).
 KINDS = ("inverse", "ivjp", "principal", "ildj", "elementwise", "nonzero", "nonsingular", "not_invertible",
          "saturates")
-
-
-class RulePackWarning(UserWarning):
-    """A rule pack could not be loaded, or does not support this JAX.
-
-    Example:
-        ```python
-        import warnings
-        warnings.simplefilter("error", jaxinv.RulePackWarning)   # a broken pack fails loudly
-        ```
-    """
-
-
-class RulePackConflictWarning(UserWarning):
-    """Two rule packs register the same kind of rule for one primitive.
-
-    The warning names both packs and the winner (the higher ``priority``,
-    then a third-party pack over a built-in one, then the name that sorts
-    first); ``jaxinv.rule_packs()`` shows which provides what.
-
-    Example:
-        ```python
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", jaxinv.RulePackConflictWarning)
-            jaxinv.install_rule_pack(my_faster_exp_pack)    # third-party: wins over the built-in exp
-        ```
-    """
 
 
 @dataclasses.dataclass
@@ -88,7 +39,8 @@ class PackRule:
     saturates: str | None = None      # where the inverse loses precision (see registry.saturating)
     examples: list[Example] = dataclasses.field(default_factory=list)  # for inverse and ivjp
     principal_examples: list[Example] = dataclasses.field(default_factory=list)  # on the principal branch
-    notes: str = ""
+    notes: str = ""              # on the inverse (and ivjp)
+    principal_notes: str = ""    # on the principal branch
 
     def provides(self, kind: str) -> bool:
         value = getattr(self, kind)
@@ -143,6 +95,9 @@ class RulePack:
         self.status = "not installed"
         self.origin = "built-in" if builtin else "constructed"
         self.error: str | None = None
+        # Set by jaxinv.packs.precedence while the pack is installed: a rule
+        # registered then is resolved against the other packs' at once.
+        self._on_change: Callable[[Primitive], None] | None = None
 
     # ---- bookkeeping
     def _entry(self, prim: Primitive) -> PackRule:
@@ -157,9 +112,9 @@ class RulePack:
         setattr(entry, kind, value)
         (entry.principal_examples if kind == "principal" else entry.examples).extend(_examples(examples))
         if notes:
-            entry.notes = notes
-        if self in _installed:
-            _resolve(prim)
+            setattr(entry, "principal_notes" if kind == "principal" else "notes", notes)
+        if self._on_change is not None:
+            self._on_change(prim)
 
     @property
     def primitives(self) -> list[Primitive]:
@@ -441,226 +396,6 @@ def nonzero_if_all(nonzero_in, **_) -> bool:
     return all(nonzero_in)
 
 
-# --------------------------------------------------------------------------
-# installing packs, and precedence
-
-_installed: list[RulePack] = []
-_known: list[RulePack] = []  # every pack seen, installed or not (for rule_packs())
-_warned: set = set()
-
-#: Direct registrations (``jaxinv.register_inverse`` ...): they always win.
-direct = RulePack("direct registrations", version="-", priority=math.inf,
-                  description="rules registered with jaxinv.register_* rather than through a pack")
-
-
-def _precedence(pack: RulePack):
-    return (-pack.priority, pack.builtin, pack.name)
-
-
-def _table_set(kind: str, prim: Primitive, value: Any) -> None:
-    if kind in ("nonsingular", "elementwise"):
-        members = registry.nonsingular_primitives if kind == "nonsingular" else registry.elementwise_primitives
-        (members.add if value else members.discard)(prim)
-        return
-    table = {"inverse": registry.inverse_rules, "ivjp": registry.ivjp_rules,
-             "principal": registry.principal_inverse_rules, "ildj": registry.ildj_rules,
-             "nonzero": registry.nonzero_rules, "not_invertible": registry.not_invertible_reasons,
-             "saturates": registry.saturating}[kind]
-    if value is None:
-        table.pop(prim, None)
-    else:
-        table[prim] = value
-
-
-def _resolve(prim: Primitive) -> None:
-    """Write the winning rule of each kind for ``prim`` into the tables."""
-    for kind in KINDS:
-        candidates = sorted((p for p in _installed if prim in p.rules and p.rules[prim].provides(kind)),
-                            key=_precedence)
-        winner = candidates[0] if candidates else None
-        _table_set(kind, prim, getattr(winner.rules[prim], kind) if winner else None)
-        rivals = [p for p in candidates if p is not direct]
-        if len(rivals) > 1 and winner is not direct:
-            key = (prim, kind, tuple(p.name for p in rivals))
-            if key not in _warned:
-                _warned.add(key)
-                warnings.warn(
-                    f"rule packs {', '.join(repr(p.name) for p in rivals)} all register a{'n' if kind[0] in 'aeiou' else ''} "
-                    f"{kind} rule for `{prim.name}`; using {winner.name!r} (highest priority, then third-party over "
-                    f"built-in, then name; see jaxinv.packs)", RulePackConflictWarning, stacklevel=3)
-    registry.tables_changed()
-
-
-def install_rule_pack(pack: RulePack, *, origin: str | None = None) -> RulePack:
-    """Install ``pack``: its rules enter the tables, subject to precedence.
-
-    A pack that does not support the installed JAX is skipped with a
-    ``RulePackWarning``. Installing twice is a no-op.
-
-    Example:
-        ```python
-        jaxinv.install_rule_pack(my_pack)
-        ```
-    """
-    if not isinstance(pack, RulePack):
-        raise TypeError(f"install_rule_pack expects a jaxinv.RulePack, got {type(pack).__name__}")
-    if origin is not None:
-        pack.origin = origin
-    if pack not in _known:
-        _known.append(pack)
-    if pack in _installed:
-        return pack
-    if not pack.supports():
-        pack.status = "skipped"
-        pack.error = f"supports JAX {pack.jax_versions}, not {jax.__version__}"
-        warnings.warn(f"rule pack {pack.name!r} skipped: it {pack.error}", RulePackWarning, stacklevel=2)
-        return pack
-    _installed.append(pack)
-    pack.status = "loaded"
-    pack.error = None
-    for prim in pack.rules:
-        _resolve(prim)
-    return pack
-
-
-def provider(prim: Primitive, kind: str = "inverse") -> RulePack | None:
-    """The installed pack whose ``kind`` rule for ``prim`` is in the tables.
-
-    Example:
-        ```python
-        provider(lax.exp_p).name    # 'jaxinv.elementwise'
-        ```
-    """
-    candidates = sorted((p for p in _installed if prim in p.rules and p.rules[prim].provides(kind)), key=_precedence)
-    return candidates[0] if candidates else None
-
-
-def declared_examples(prim: Primitive, kind: str = "inverse") -> list[Example]:
-    """The examples the winning pack declares for ``prim``'s ``kind`` rule."""
-    owner = provider(prim, kind) or provider(prim, "ivjp")
-    if owner is None:
-        return []
-    entry = owner.rules[prim]
-    return list(entry.principal_examples if kind == "principal" else entry.examples)
-
-
-def uninstall_rule_pack(pack: RulePack) -> None:
-    """Take ``pack``'s rules out of the tables (the others' come back).
-
-    Example:
-        ```python
-        jaxinv.uninstall_rule_pack(my_pack)
-        ```
-    """
-    if pack in _installed:
-        _installed.remove(pack)
-        pack.status = "not installed"
-        for prim in pack.rules:
-            _resolve(prim)
-
-
-
-# --------------------------------------------------------------------------
-# third-party packs, found through entry points
-
-_plugins_loaded = False
-
-
-def load_entry_point_packs(*, reload: bool = False) -> None:
-    """Load the packs published under the ``jaxinv.rule_packs`` entry-point
-    group (once; ``JAXINV_DISABLE_PLUGINS=1`` turns this off).
-
-    An entry point names a ``RulePack`` or a function returning one. A
-    pack that fails to import or build is recorded as ``failed`` with the
-    error and a ``RulePackWarning``; jaxinv carries on without it.
-
-    Example (in the pack's ``pyproject.toml``):
-    ```toml
-    [project.entry-points."jaxinv.rule_packs"]
-    my_pack = "my_package.rules:PACK"
-    ```
-    """
-    global _plugins_loaded
-    if _plugins_loaded and not reload:
-        return
-    _plugins_loaded = True
-    if os.environ.get("JAXINV_DISABLE_PLUGINS", "") not in ("", "0"):
-        return
-    try:
-        entry_points = importlib.metadata.entry_points(group=ENTRY_POINT_GROUP)
-    except Exception as e:  # a broken environment must not break jaxinv
-        warnings.warn(f"could not list jaxinv rule packs: {e}", RulePackWarning, stacklevel=2)
-        return
-    for ep in sorted(entry_points, key=lambda e: e.name):
-        dist = getattr(getattr(ep, "dist", None), "name", None)
-        origin = f"entry point {ep.name} = {ep.value}" + (f" (distribution {dist})" if dist else "")
-        if any(p.origin == origin for p in _known):
-            continue
-        try:
-            obj = ep.load()
-            pack = obj() if callable(obj) and not isinstance(obj, RulePack) else obj
-            if not isinstance(pack, RulePack):
-                raise TypeError(f"it gave {type(pack).__name__}, not a jaxinv.RulePack")
-        except Exception as e:
-            failed = RulePack(ep.name)
-            failed.origin, failed.status = origin, "failed"
-            failed.error = f"{type(e).__name__}: {e}"
-            _known.append(failed)
-            warnings.warn(f"jaxinv rule pack {ep.name!r} ({origin}) failed to load and is ignored: {failed.error}",
-                          RulePackWarning, stacklevel=2)
-            continue
-        install_rule_pack(pack, origin=origin)
-
-
-def rule_packs() -> list[RulePack]:
-    """Every rule pack jaxinv knows, loaded or not, with the JAX releases it
-    supports, its status on this JAX (``loaded``, ``failed``, ``skipped``, with
-    the reason) and ``RulePack.coverage``.
-
-    Example:
-        ```python
-        >>> for pack in jaxinv.rule_packs():
-        ...     print(pack.name, pack.status, pack.coverage()["inverse"])
-        jaxinv.elementwise loaded 40
-        ...
-        ```
-    """
-    load_entry_point_packs()
-    return [p for p in _known if p is not direct or p.rules]
-
-
-# --------------------------------------------------------------------------
-# the public one-line helpers: methods of the pack of direct registrations
-
-def _direct(method: Callable) -> Callable:
-    """``method`` of the pack of direct registrations, as a module-level
-    function with the method's docstring and its signature without ``self``
-    (what ``help`` and the API reference show)."""
-    bound = getattr(direct, method.__name__)
-
-    def call(*args, **kwargs):
-        return bound(*args, **kwargs)
-
-    call.__name__ = call.__qualname__ = method.__name__
-    call.__doc__ = method.__doc__
-    call.__signature__ = inspect.signature(bound)
-    return call
-
-
-register_inverse = _direct(RulePack.register_inverse)
-register_ivjp = _direct(RulePack.register_ivjp)
-register_nonzero = _direct(RulePack.register_nonzero)
-register_ildj = _direct(RulePack.register_ildj)
-register_not_invertible = _direct(RulePack.register_not_invertible)
-defunary = _direct(RulePack.defunary)
-defbinary = _direct(RulePack.defbinary)
-defpermutation = _direct(RulePack.defpermutation)
-
-
-# --------------------------------------------------------------------------
-# version specifiers (">=0.10,<0.11", "==0.10.*"), without a dependency
-
-
 def _version_matches(version: str, spec: str | None) -> bool:
     """Whether ``version`` (JAX's, pre-releases included) meets ``spec`` (PEP 440, e.g. ``">=0.10,<0.11"``)."""
     if not spec:
@@ -670,6 +405,3 @@ def _version_matches(version: str, spec: str | None) -> bool:
     except InvalidSpecifier:
         raise ValueError(f"unreadable JAX version specifier {spec!r} (use e.g. '>=0.10,<0.11')") from None
     return specifiers.contains(version, prereleases=True)
-
-
-install_rule_pack(direct)
