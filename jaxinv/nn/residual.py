@@ -1,0 +1,168 @@
+"""Residual networks made reversible without rewriting them.
+
+A residual network is a list of residual functions ``f_k`` applied as
+``x <- x + f_k(x)``; it stores every ``x`` for the backward pass. Two
+reversible forms run the *same* functions (the same parameters) so that
+jaxinv rebuilds every activation from the output instead:
+
+* the **momentum** form (MomentumNet, Sander et al. 2021), one residual
+  function per step, with a velocity ``v`` (zero at the start):
+  ```python
+  v = gamma * v + (1 - gamma) * f(x)
+  x = x + v
+  ```
+  inverted as ``x = x' - v'``, ``v = (v' - (1 - gamma) f(x)) / gamma``;
+* the **RevNet** form (Gomez et al. 2017; Reformer), two residual functions
+  per block (a transformer's attention and MLP branches) on two copies of the
+  input, averaged at the end:
+  ```python
+  x1 = x1 + f(x2)
+  x2 = x2 + g(x1)
+  ```
+
+A residual function is any callable ``x -> f(x)``: a function closing over
+its parameters, an Equinox module, a Flax NNX module. Under ``jax.grad``,
+``nnx.grad`` or ``eqx.filter_grad`` their parameters get gradients as usual;
+the network's backward pass is jaxinv's (``jaxinv.invertible``), keeping
+one activation and the parameters whatever the depth.
+
+Example:
+    ```python
+    blocks = [lambda x, w=w: jnp.tanh(x @ w) for w in weights]   # x <- x + tanh(x @ w)
+    net = jaxinv.nn.momentum_net(blocks, gamma=0.9)
+    y = net(x)
+    ```
+"""
+
+from __future__ import annotations
+
+import numbers
+from typing import Any, Callable, Sequence
+
+import jax
+import jax.numpy as jnp
+
+import jaxinv
+
+__all__ = ["momentum_net", "reversible_blocks"]
+
+Residual = Callable[[jax.Array], jax.Array]
+
+
+def _check_gamma(gamma: Any) -> float:
+    if isinstance(gamma, jax.Array) or not isinstance(gamma, numbers.Real):
+        raise TypeError(f"gamma must be a Python float in (0, 1), got {type(gamma).__name__}: jaxinv divides by "
+                        "it when it rebuilds a velocity, and only a constant is provably nonzero")
+    if not 0.0 < gamma < 1.0:
+        raise ValueError(f"gamma must be in (0, 1), got {gamma}: gamma = 0 is a plain residual network "
+                         "(not invertible), gamma = 1 ignores the residual functions")
+    return float(gamma)
+
+
+def _check_residuals(residuals: Sequence[Residual], what: str) -> list[Residual]:
+    residuals = list(residuals)
+    if not residuals:
+        raise ValueError(f"{what} needs at least one residual function")
+    for i, f in enumerate(residuals):
+        if not callable(f):
+            raise TypeError(f"{what}: residual function {i} is not callable: {f!r}")
+    return residuals
+
+
+def _momentum_steps(residuals: Sequence[Residual], gamma: float, x: jax.Array, v: jax.Array):
+    for f in residuals:
+        fx = f(x)
+        if jnp.shape(fx) != jnp.shape(x):
+            raise ValueError(f"a residual function must keep its input's shape: {jnp.shape(x)} became "
+                             f"{jnp.shape(fx)} ({f!r})")
+        v = gamma * v + (1.0 - gamma) * fx
+        x = x + v
+    return x, v
+
+
+def _run(fn: Callable, reversible: bool) -> Callable:
+    return jaxinv.invertible(fn) if reversible else fn
+
+
+def momentum_net(residuals: Sequence[Residual], gamma: float = 0.9, *, reversible: bool = True,
+                 return_velocity: bool = False) -> Callable[..., Any]:
+    """A momentum residual network (MomentumNet) running ``residuals`` in order.
+
+    Each step is ``v = gamma * v + (1 - gamma) * f(x); x = x + v``, with
+    ``v`` zero at the start (or ``net(x, v)``). With ``gamma`` near 0 it is
+    the residual network ``x + f(x)`` it is built from; any ``gamma`` in
+    (0, 1) makes it invertible, so ``jax.grad`` (and ``nnx.grad``,
+    ``eqx.filter_grad``) keep one activation whatever the depth. Rebuilding
+    ``v`` divides by ``gamma`` once per step: rounding errors grow like
+    ``gamma ** -depth`` (``jaxinv.check_reconstruction`` measures it), so keep
+    ``gamma`` near 1 in deep networks, or put a ``jaxinv.anchor`` every few
+    dozen steps. ``reversible=False`` runs the same network with plain AD
+    (for debugging against it). ``return_velocity=True`` returns ``(x, v)``.
+
+    Example:
+        ```python
+        blocks = [eqx.nn.MLP(16, 16, 32, 1, key=k) for k in jax.random.split(key, 8)]
+        net = jaxinv.nn.momentum_net(blocks, gamma=0.9)
+        y = net(x)
+        loss = lambda blocks, x: jnp.sum(jaxinv.nn.momentum_net(blocks, 0.9)(x) ** 2)
+        grads = eqx.filter_grad(loss)(blocks, x)        # the blocks' parameters get their gradients
+        ```
+    """
+    gamma = _check_gamma(gamma)
+    residuals = _check_residuals(residuals, "momentum_net")
+
+    def steps(x, v):
+        x, v = _momentum_steps(residuals, gamma, x, v)
+        return (x, v) if return_velocity else x
+
+    def net(x: jax.Array, v: jax.Array | None = None):
+        x = jnp.asarray(x)
+        if v is None:
+            return _run(lambda x: steps(x, jnp.zeros_like(x)), reversible)(x)
+        return _run(steps, reversible)(x, jnp.asarray(v, x.dtype))
+
+    return net
+
+
+def reversible_blocks(blocks: Sequence[Any], branches: Callable[[Any], tuple[Residual, Residual]], *,
+                      form: str = "revnet", gamma: float = 0.9, reversible: bool = True) -> Callable[..., Any]:
+    """A stack of two-branch residual blocks (a transformer's ``x + attn(x)``,
+    then ``+ mlp(.)``) run in a reversible form, with the blocks' own parameters.
+
+    ``branches(block) -> (f, g)`` names a block's two residual functions: for
+    a pre-LayerNorm transformer block, ``f = lambda x: block.attn(block.ln1(x))``
+    and ``g = lambda x: block.mlp(block.ln2(x))``. ``form="revnet"`` runs
+    ``x1 = x1 + f(x2); x2 = x2 + g(x1)`` on two copies of the input and
+    returns their mean (Reformer's recipe); ``form="momentum"`` runs
+    ``f, g, f, g, ...`` as momentum steps (``momentum_net``). Either way the
+    network's backward pass rebuilds its activations, so its memory is flat in
+    depth; ``reversible=False`` runs the same form with plain AD.
+
+    Example:
+        ```python
+        body = jaxinv.nn.reversible_blocks(model.blocks, lambda b: (lambda x: b.attn(b.ln1(x)),
+                                                                    lambda x: b.mlp(b.ln2(x))))
+        h = body(model.embed(tokens))
+        ```
+    """
+    if form not in ("revnet", "momentum"):
+        raise ValueError(f"form must be 'revnet' or 'momentum', got {form!r}")
+    pairs = [tuple(branches(b)) for b in blocks]
+    for i, pair in enumerate(pairs):
+        if len(pair) != 2:
+            raise ValueError(f"branches(block) must return two residual functions (f, g); block {i} gave {len(pair)}")
+    residuals = _check_residuals([r for pair in pairs for r in pair], "reversible_blocks")
+    if form == "momentum":
+        return momentum_net(residuals, gamma, reversible=reversible)
+
+    def couple(x):
+        x1 = x2 = x
+        for f, g in pairs:
+            x1 = x1 + f(x2)
+            x2 = x2 + g(x1)
+        return (x1 + x2) / 2
+
+    def net(x: jax.Array) -> jax.Array:
+        return _run(couple, reversible)(jnp.asarray(x))
+
+    return net

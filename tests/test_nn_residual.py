@@ -1,0 +1,186 @@
+"""Residual networks made reversible without rewriting them (``jaxinv.nn.momentum_net``,
+``jaxinv.nn.reversible_blocks``): functional blocks, Equinox modules and Flax NNX
+modules; gradients equal plain AD's on the same network, and the memory the
+backward pass keeps does not grow with depth."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import jaxinv
+from jaxinv.nn import momentum_net, reversible_blocks
+
+from helpers import assert_trees_close, nbytes
+
+WIDTH, BATCH = 8, 16
+X = jax.random.normal(jax.random.key(0), (BATCH, WIDTH))
+
+
+def weights(depth, seed=1):
+    return [0.5 * w for w in jax.random.normal(jax.random.key(seed), (depth, WIDTH, WIDTH)) / np.sqrt(WIDTH)]
+
+
+def functional_blocks(ws):
+    return [lambda x, w=w: jnp.tanh(x @ w) for w in ws]
+
+
+def loss_of(make_net):
+    return lambda ws, x: jnp.sum(jnp.sin(make_net(ws)(x)) ** 2)
+
+
+def residual_bytes_beyond_params(loss, ws, x):
+    """What jax.vjp of ``loss`` keeps for its backward pass, less the parameters themselves."""
+    _, vjp_fn = jax.vjp(loss, ws, x)
+    return nbytes(vjp_fn) - nbytes(ws)
+
+
+# ---------------------------------------------------------------- momentum_net
+
+
+@pytest.mark.parametrize("gamma", [0.5, 0.9])
+def test_momentum_net_gradients_equal_plain_ad(gamma):
+    ws = weights(6)
+    reversible = loss_of(lambda ws: momentum_net(functional_blocks(ws), gamma))
+    plain = loss_of(lambda ws: momentum_net(functional_blocks(ws), gamma, reversible=False))
+    assert_trees_close(jax.grad(reversible, argnums=(0, 1))(ws, X), jax.grad(plain, argnums=(0, 1))(ws, X))
+    assert_trees_close(jaxinv.grad(plain, argnums=(0, 1))(ws, X), jax.grad(plain, argnums=(0, 1))(ws, X))
+
+
+def test_momentum_net_is_the_residual_network_it_is_built_from_as_gamma_goes_to_0():
+    ws = weights(3)
+    resnet = X
+    for w in ws:
+        resnet = resnet + jnp.tanh(resnet @ w)
+    np.testing.assert_allclose(momentum_net(functional_blocks(ws), 1e-6)(X), resnet, rtol=1e-4, atol=1e-5)
+
+
+def test_momentum_net_memory_is_flat_in_depth():
+    kept = {}
+    for depth in (4, 16):
+        net = loss_of(lambda ws: momentum_net(functional_blocks(ws), 0.9))
+        plain = loss_of(lambda ws: momentum_net(functional_blocks(ws), 0.9, reversible=False))
+        kept[depth] = residual_bytes_beyond_params(net, weights(depth), X)
+        assert residual_bytes_beyond_params(plain, weights(depth), X) > depth * X.nbytes  # plain AD: per step
+    assert kept[4] == kept[16] <= 4 * X.nbytes
+
+
+def test_momentum_net_with_a_given_velocity_and_returning_it():
+    ws, v0 = weights(3), 0.1 * X[::-1]
+    net = momentum_net(functional_blocks(ws), 0.8, return_velocity=True)
+    x, v = net(X, v0)
+    x_want, v_want = X, v0
+    for w in ws:
+        v_want = 0.8 * v_want + 0.2 * jnp.tanh(x_want @ w)
+        x_want = x_want + v_want
+    assert_trees_close((x, v), (x_want, v_want))
+    loss = lambda ws, v0: jnp.sum(momentum_net(functional_blocks(ws), 0.8)(X, v0) ** 2)
+    plain = lambda ws, v0: jnp.sum(momentum_net(functional_blocks(ws), 0.8, reversible=False)(X, v0) ** 2)
+    assert_trees_close(jax.grad(loss, argnums=(0, 1))(ws, v0), jax.grad(plain, argnums=(0, 1))(ws, v0))
+
+
+@pytest.mark.parametrize("gamma, error", [(0.0, ValueError), (1.0, ValueError), (jnp.float32(0.9), TypeError)])
+def test_a_gamma_jaxinv_cannot_divide_by_is_refused(gamma, error):
+    with pytest.raises(error, match="gamma"):
+        momentum_net(functional_blocks(weights(2)), gamma)
+
+
+def test_a_residual_function_must_keep_its_input_shape():
+    net = momentum_net([lambda x: x[:, :2]], 0.9)
+    with pytest.raises(ValueError, match="keep its input's shape"):
+        net(X)
+
+
+# ---------------------------------------------------------------- framework modules
+
+
+def test_equinox_modules_as_residual_functions():
+    eqx = pytest.importorskip("equinox")
+    blocks = [eqx.nn.MLP(WIDTH, WIDTH, 16, 1, activation=jnp.tanh, key=k) for k in jax.random.split(jax.random.key(2), 4)]
+    batched = lambda block: jax.vmap(block)       # an eqx MLP takes one example
+
+    def loss(blocks, x, reversible):
+        return jnp.sum(jnp.sin(momentum_net([batched(b) for b in blocks], 0.9, reversible=reversible)(x)) ** 2)
+
+    got = eqx.filter_grad(lambda b, x: loss(b, x, True))(blocks, X)
+    want = eqx.filter_grad(lambda b, x: loss(b, x, False))(blocks, X)
+    assert_trees_close(eqx.filter(got, eqx.is_inexact_array), eqx.filter(want, eqx.is_inexact_array))
+
+
+def test_flax_nnx_modules_as_residual_functions():
+    nnx = pytest.importorskip("flax.nnx")
+
+    class Block(nnx.Module):
+        def __init__(self, rngs):
+            self.dense = nnx.Linear(WIDTH, WIDTH, rngs=rngs)
+
+        def __call__(self, x):
+            return jnp.tanh(self.dense(x))
+
+    class Net(nnx.Module):
+        def __init__(self, depth, reversible, rngs):
+            self.blocks = getattr(nnx, "List", list)([Block(rngs) for _ in range(depth)])  # nnx.List: flax >= 0.12
+            self.reversible = reversible
+
+        def __call__(self, x):
+            return momentum_net(list(self.blocks), 0.9, reversible=self.reversible)(x)
+
+    loss = lambda model, x: jnp.sum(jnp.sin(model(x)) ** 2)
+    got = nnx.grad(loss)(Net(4, True, nnx.Rngs(0)), X)
+    want = nnx.grad(loss)(Net(4, False, nnx.Rngs(0)), X)
+    assert_trees_close(jax.tree.leaves(got), jax.tree.leaves(want))
+
+
+# ---------------------------------------------------------------- reversible_blocks
+
+
+def two_branch_blocks(ws):
+    """Functional two-branch blocks: (f, g) per block, each closing over its weight."""
+    return [(lambda x, w=w: jnp.tanh(x @ w), lambda x, w=w: jnp.sin(x @ w.T)) for w in ws]
+
+
+@pytest.mark.parametrize("form", ["revnet", "momentum"])
+def test_reversible_blocks_gradients_equal_plain_ad_and_memory_is_flat(form):
+    make = lambda reversible: loss_of(lambda ws: reversible_blocks(two_branch_blocks(ws), lambda b: b, form=form,
+                                                                     reversible=reversible))
+    ws = weights(4)
+    assert_trees_close(jax.grad(make(True), argnums=(0, 1))(ws, X), jax.grad(make(False), argnums=(0, 1))(ws, X))
+    kept = {depth: residual_bytes_beyond_params(make(True), weights(depth), X) for depth in (2, 8)}
+    assert kept[2] == kept[8] <= 4 * X.nbytes
+
+
+def test_reversible_blocks_of_equinox_transformer_blocks():
+    eqx = pytest.importorskip("equinox")
+
+    class Block(eqx.Module):
+        attn: eqx.nn.MultiheadAttention
+        mlp: eqx.nn.MLP
+
+        def __init__(self, key):
+            k1, k2 = jax.random.split(key)
+            self.attn = eqx.nn.MultiheadAttention(2, WIDTH, key=k1)
+            self.mlp = eqx.nn.MLP(WIDTH, WIDTH, 16, 1, activation=jax.nn.gelu, key=k2)
+
+        def attention(self, x):          # x: (batch, seq, width)
+            return jax.vmap(lambda s: self.attn(s, s, s))(x)
+
+        def feed_forward(self, x):
+            return jax.vmap(jax.vmap(self.mlp))(x)
+
+    blocks = [Block(k) for k in jax.random.split(jax.random.key(3), 3)]
+    x = X.reshape(4, 4, WIDTH)
+
+    def loss(blocks, x, reversible):
+        net = reversible_blocks(blocks, lambda b: (b.attention, b.feed_forward), reversible=reversible)
+        return jnp.sum(jnp.sin(net(x)) ** 2)
+
+    got = eqx.filter_grad(lambda b, x: loss(b, x, True))(blocks, x)
+    want = eqx.filter_grad(lambda b, x: loss(b, x, False))(blocks, x)
+    assert_trees_close(eqx.filter(got, eqx.is_inexact_array), eqx.filter(want, eqx.is_inexact_array))
+
+
+def test_branches_must_give_two_residual_functions():
+    with pytest.raises(ValueError, match="two residual functions"):
+        reversible_blocks([object()], lambda b: (jnp.tanh,))
+    with pytest.raises(ValueError, match="form"):
+        reversible_blocks([object()], lambda b: (jnp.tanh, jnp.sin), form="reformer")
