@@ -43,6 +43,7 @@ from jaxinv.invertible import invertible  # noqa: E402
 from jaxinv.custom_ivjp import custom_ivjp  # noqa: E402
 from jaxinv.explain import explain  # noqa: E402
 from jaxinv.check import check_reconstruction  # noqa: E402
+from jaxinv.disable import disabled, is_enabled  # noqa: E402
 from jaxinv import rules as _rules  # noqa: E402,F401  (installs the built-in rule packs)
 
 
@@ -70,8 +71,8 @@ def __dir__():
 
 __all__ = [
     "Example", "NotInvertibleError", "RuleError", "RulePack", "RulePackConflictWarning", "RulePackWarning",
-    "anchor", "check_reconstruction", "custom_ivjp", "defbinary", "defpermutation", "defunary", "explain", "grad",
-    "ildj", "install_rule_pack", "inverse", "inverse_and_ildj", "invertible", "nonzero", "register_ildj", "register_inverse", "register_ivjp",
+    "anchor", "check_reconstruction", "custom_ivjp", "defbinary", "defpermutation", "defunary", "disabled", "explain", "grad",
+    "ildj", "install_rule_pack", "inverse", "inverse_and_ildj", "invertible", "is_enabled", "nonzero", "register_ildj", "register_inverse", "register_ivjp",
     "register_nonzero", "register_not_invertible", "require_nonsingular", "require_nonzero", "rule_packs",
     "uninstall_rule_pack", "value_and_grad", "vjp",
 ]

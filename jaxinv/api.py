@@ -9,6 +9,7 @@ import jax.numpy as jnp
 from jax.tree_util import register_pytree_node_class, tree_flatten, tree_leaves, tree_structure, tree_unflatten
 
 from jaxinv._src import interpreter
+from jaxinv.disable import is_enabled
 from jaxinv.registry import NotInvertibleError, RuleError
 from jaxinv._src.tracing import Traced, plan_traced, trace, trace_only
 from jaxinv._src.dtypes import zero_cotangent
@@ -84,6 +85,8 @@ def vjp(f: Callable, *primals, has_aux: bool = False):
         (ct_x,) = f_vjp(jnp.ones_like(y))
         ```
     """
+    if not is_enabled():  # jaxinv.disabled(): plain AD
+        return jax.vjp(f, *primals, has_aux=has_aux)
     t = trace(f, primals, has_aux=has_aux)
     flat_args = tree_leaves(primals)
     outs, residuals = interpreter.forward(t.plan, [*t.consts, *flat_args])

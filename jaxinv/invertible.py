@@ -28,6 +28,7 @@ from jax.interpreters import ad, batching, mlir
 from jax.tree_util import tree_flatten, tree_unflatten
 
 from jaxinv._src.flatten import register_inline
+from jaxinv.disable import is_enabled
 from jaxinv._src.dtypes import is_float, zero_cotangent
 from jaxinv._src.reversible import Batched, Reversible
 from jaxinv._src.tracing import trace
@@ -54,6 +55,8 @@ def invertible(f: Callable) -> Callable:
 
     @functools.wraps(f)
     def wrapped(*args):
+        if not is_enabled():  # jaxinv.disabled(): plain AD
+            return f(*args)
         t = trace(f, args)
         if t.aux_tree is not None:
             raise TypeError("invertible functions cannot return aux values")

@@ -184,3 +184,53 @@ def test_branches_must_give_two_residual_functions():
         reversible_blocks([object()], lambda b: (jnp.tanh,))
     with pytest.raises(ValueError, match="form"):
         reversible_blocks([object()], lambda b: (jnp.tanh, jnp.sin), form="reformer")
+
+
+def test_anchors_bound_the_drift_of_a_deep_momentum_net_for_one_stored_state_each():
+    """gamma = 0.5 doubles rounding errors at every rebuilt step: over 48 steps a rebuild
+    would return garbage (error 2e+01 measured). Storing (x, v) every k steps (jaxinv.anchor,
+    MemCNN's keep_input) restarts the rebuild from exact values; the default places them."""
+    ws = weights(48)
+    assert jaxinv.nn.steps_between_anchors(0.5, jnp.float32) == 11
+    plain = loss_of(lambda ws: momentum_net(functional_blocks(ws), 0.5, reversible=False))
+    want = jax.grad(plain)(ws, X)
+    kept = {}
+    for every in ("auto", 8, 1000):
+        loss = loss_of(lambda ws: momentum_net(functional_blocks(ws), 0.5, anchor_every=every))
+        if every == 1000:
+            with pytest.raises(ValueError, match=r"gamma\*\*-48 = 2.8e\+14.*anchor_every <= 11"):
+                jax.grad(loss)(ws, X)
+            continue
+        got = jax.grad(loss)(ws, X)
+        assert max(float(jnp.max(jnp.abs(g - w)) / jnp.max(jnp.abs(w))) for g, w in zip(got, want)) < 1e-4
+        kept[every] = residual_bytes_beyond_params(loss, ws, X)
+    # one (x, v) per anchor, less the velocity saved at the end (recomputed from the last anchor),
+    # beyond what the same depth keeps without anchors (gamma = 0.9 needs none)
+    base = residual_bytes_beyond_params(loss_of(lambda ws: momentum_net(functional_blocks(ws), 0.9)), ws, X)
+    assert kept[8] - base == (2 * (48 // 8 - 1) - 1) * X.nbytes       # anchors after steps 8, 16, ..., 40
+    assert kept["auto"] - base == (2 * (48 // 11) - 1) * X.nbytes     # after steps 11, 22, 33, 44
+
+
+def test_no_anchors_are_placed_where_none_are_needed():
+    ws = weights(32)
+    loss = loss_of(lambda ws: momentum_net(functional_blocks(ws), 0.9))   # 32 < 75 steps
+    assert "jaxinv_anchor" not in str(jax.make_jaxpr(lambda x: momentum_net(functional_blocks(ws), 0.9,
+                                                                            reversible=False)(x))(X))
+    assert residual_bytes_beyond_params(loss, ws, X) == residual_bytes_beyond_params(loss, ws[:4], X)
+
+
+@pytest.mark.parametrize("form", ["revnet", "momentum"])
+def test_reversible_blocks_anchors_store_the_state_every_k_blocks(form):
+    ws = weights(6)
+    make = lambda every, reversible=True: loss_of(lambda ws: reversible_blocks(
+        two_branch_blocks(ws), lambda b: b, form=form, reversible=reversible, anchor_every=every))
+    assert_trees_close(jax.grad(make(2))(ws, X), jax.grad(make(None, reversible=False))(ws, X))
+    assert residual_bytes_beyond_params(make(2), ws, X) - residual_bytes_beyond_params(make(None), ws, X) \
+        == (2 * 2 - 1) * X.nbytes   # both streams after blocks 2 and 4, less the end's save (now recomputed)
+
+
+def test_anchor_every_must_be_a_positive_int():
+    with pytest.raises(ValueError, match="anchor_every"):
+        momentum_net(functional_blocks(weights(2)), 0.9, anchor_every=0)
+    with pytest.raises(ValueError, match="anchor_every"):
+        momentum_net(functional_blocks(weights(2)), 0.9, anchor_every="sometimes")

@@ -21,12 +21,12 @@ from jaxinv.nn.coupling import MLP, AdditiveCoupling, AffineCoupling
 from jaxinv.nn.elementwise import ActNorm, LeakyReLU
 from jaxinv.nn.linear import Householder, InvertibleConv1x1, InvertibleDense
 from jaxinv.nn.reshape import HaarDownsampling, Squeeze
-from jaxinv.nn.residual import momentum_net, reversible_blocks
+from jaxinv.nn.residual import momentum_net, reversible_blocks, steps_between_anchors
 from jaxinv.nn.sequential import RevSequential, Sequential, rev_sequential
 from jaxinv.nn.transformer import ReversibleTransformerBlock
 
 __all__ = [
     "MLP", "ActNorm", "AdditiveCoupling", "AffineCoupling", "HaarDownsampling", "Householder", "InvertibleConv1x1",
     "InvertibleDense", "Layer", "LeakyReLU", "ReversibleTransformerBlock", "RevSequential", "Sequential", "Squeeze",
-    "momentum_net", "rev_sequential", "reversible_blocks",
+    "momentum_net", "rev_sequential", "reversible_blocks", "steps_between_anchors",
 ]

@@ -36,6 +36,7 @@ Example:
 
 from __future__ import annotations
 
+import math
 import numbers
 from typing import Any, Callable, Sequence
 
@@ -44,7 +45,7 @@ import jax.numpy as jnp
 
 import jaxinv
 
-__all__ = ["momentum_net", "reversible_blocks"]
+__all__ = ["momentum_net", "reversible_blocks", "steps_between_anchors"]
 
 Residual = Callable[[jax.Array], jax.Array]
 
@@ -69,14 +70,65 @@ def _check_residuals(residuals: Sequence[Residual], what: str) -> list[Residual]
     return residuals
 
 
-def _momentum_steps(residuals: Sequence[Residual], gamma: float, x: jax.Array, v: jax.Array):
-    for f in residuals:
+def _check_anchor_every(anchor_every: int | str | None) -> int | str | None:
+    if anchor_every not in (None, "auto") and (not isinstance(anchor_every, int) or anchor_every < 1):
+        raise ValueError(f"anchor_every must be a positive int, 'auto' or None, got {anchor_every!r}")
+    return anchor_every
+
+
+def steps_between_anchors(gamma: float, dtype: Any) -> int:
+    """The most momentum steps whose rebuild may run between two stored states.
+
+    Rebuilding a velocity divides by ``gamma``, so a rounding error of one
+    ulp grows to ``gamma ** -k`` ulps over ``k`` steps. jaxinv allows that
+    growth up to ``1 / sqrt(eps)`` of the dtype (about 2,900 in float32: the
+    rebuilt values keep half their digits; 11 in bfloat16).
+
+    Example:
+        ```python
+        steps_between_anchors(0.9, jnp.float32)    # 75
+        steps_between_anchors(0.5, jnp.float32)    # 11
+        ```
+    """
+    budget = 1.0 / math.sqrt(float(jnp.finfo(dtype).eps))
+    return max(1, int(math.floor(math.log(budget) / math.log(1.0 / gamma))))
+
+
+def _resolve_anchor_every(anchor_every, gamma: float, steps: int, dtype) -> int | None:
+    """``anchor_every`` as steps (``"auto"``: as few anchors as keep every rebuilt
+    segment within ``steps_between_anchors``); a refusal for a choice that would
+    rebuild longer segments (a silently wrong gradient otherwise)."""
+    limit = steps_between_anchors(gamma, dtype)
+    if anchor_every == "auto":
+        return None if steps <= limit else limit
+    segment = min(anchor_every or steps, steps)
+    if segment > limit:
+        growth = segment * math.log10(1.0 / gamma)   # gamma ** -segment, as a power of ten (it may overflow)
+        raise ValueError(
+            f"momentum_net with gamma={gamma} would rebuild {segment} steps between stored states in "
+            f"{jnp.dtype(dtype).name}: rounding errors grow by gamma**-{segment} = "
+            f"{10 ** (growth % 1):.1f}e+{int(growth):02d} there, and the gradient would be wrong. Use "
+            f"anchor_every <= {limit} (or 'auto', the default), or a gamma nearer 1")
+    return anchor_every
+
+
+def _anchored(state, step: int, last: int, anchor_every: int | None):
+    """``state`` stored (``jaxinv.anchor``) after every ``anchor_every``-th step but the last."""
+    if anchor_every is not None and step % anchor_every == 0 and step < last:
+        return jaxinv.anchor(state)
+    return state
+
+
+def _momentum_steps(residuals: Sequence[Residual], gamma: float, x: jax.Array, v: jax.Array,
+                    anchor_every: int | None = None):
+    for step, f in enumerate(residuals, 1):
         fx = f(x)
         if jnp.shape(fx) != jnp.shape(x):
             raise ValueError(f"a residual function must keep its input's shape: {jnp.shape(x)} became "
                              f"{jnp.shape(fx)} ({f!r})")
         v = gamma * v + (1.0 - gamma) * fx
         x = x + v
+        x, v = _anchored((x, v), step, len(residuals), anchor_every)
     return x, v
 
 
@@ -85,7 +137,7 @@ def _run(fn: Callable, reversible: bool) -> Callable:
 
 
 def momentum_net(residuals: Sequence[Residual], gamma: float = 0.9, *, reversible: bool = True,
-                 return_velocity: bool = False) -> Callable[..., Any]:
+                 anchor_every: int | str | None = "auto", return_velocity: bool = False) -> Callable[..., Any]:
     """A momentum residual network (MomentumNet) running ``residuals`` in order.
 
     Each step is ``v = gamma * v + (1 - gamma) * f(x); x = x + v``, with
@@ -95,9 +147,16 @@ def momentum_net(residuals: Sequence[Residual], gamma: float = 0.9, *, reversibl
     ``eqx.filter_grad``) keep one activation whatever the depth. Rebuilding
     ``v`` divides by ``gamma`` once per step: rounding errors grow like
     ``gamma ** -depth`` (``jaxinv.check_reconstruction`` measures it), so keep
-    ``gamma`` near 1 in deep networks, or put a ``jaxinv.anchor`` every few
-    dozen steps. ``reversible=False`` runs the same network with plain AD
-    (for debugging against it). ``return_velocity=True`` returns ``(x, v)``.
+    ``gamma`` near 1 in deep networks. ``anchor_every=k`` stores the state
+    every ``k`` steps (``jaxinv.anchor``, MemCNN's ``keep_input``): the
+    rebuild restarts from exact values there, for one stored ``(x, v)`` each.
+    The default, ``"auto"``, stores as few as keep the growth within
+    ``steps_between_anchors(gamma, dtype)`` (75 steps at ``gamma=0.9`` in
+    float32, none below that depth); a ``k``, or ``None`` (never), that would
+    exceed it is refused rather than give a wrong gradient.
+    ``reversible=False`` runs the same network with plain AD (for debugging
+    against it; ``jaxinv.disabled`` does it without touching the code).
+    ``return_velocity=True`` returns ``(x, v)``.
 
     Example:
         ```python
@@ -110,13 +169,16 @@ def momentum_net(residuals: Sequence[Residual], gamma: float = 0.9, *, reversibl
     """
     gamma = _check_gamma(gamma)
     residuals = _check_residuals(residuals, "momentum_net")
-
-    def steps(x, v):
-        x, v = _momentum_steps(residuals, gamma, x, v)
-        return (x, v) if return_velocity else x
+    anchor_every = _check_anchor_every(anchor_every)
 
     def net(x: jax.Array, v: jax.Array | None = None):
         x = jnp.asarray(x)
+        every = _resolve_anchor_every(anchor_every, gamma, len(residuals), x.dtype)
+
+        def steps(x, v):
+            x, v = _momentum_steps(residuals, gamma, x, v, every)
+            return (x, v) if return_velocity else x
+
         if v is None:
             return _run(lambda x: steps(x, jnp.zeros_like(x)), reversible)(x)
         return _run(steps, reversible)(x, jnp.asarray(v, x.dtype))
@@ -125,7 +187,8 @@ def momentum_net(residuals: Sequence[Residual], gamma: float = 0.9, *, reversibl
 
 
 def reversible_blocks(blocks: Sequence[Any], branches: Callable[[Any], tuple[Residual, Residual]], *,
-                      form: str = "revnet", gamma: float = 0.9, reversible: bool = True) -> Callable[..., Any]:
+                      form: str = "revnet", gamma: float = 0.9, reversible: bool = True,
+                      anchor_every: int | str | None = "auto") -> Callable[..., Any]:
     """A stack of two-branch residual blocks (a transformer's ``x + attn(x)``,
     then ``+ mlp(.)``) run in a reversible form, with the blocks' own parameters.
 
@@ -136,7 +199,10 @@ def reversible_blocks(blocks: Sequence[Any], branches: Callable[[Any], tuple[Res
     returns their mean (Reformer's recipe); ``form="momentum"`` runs
     ``f, g, f, g, ...`` as momentum steps (``momentum_net``). Either way the
     network's backward pass rebuilds its activations, so its memory is flat in
-    depth; ``reversible=False`` runs the same form with plain AD.
+    depth; ``anchor_every=k`` stores the state after every ``k`` blocks (drift
+    bounded by ``k`` blocks; ``"auto"``: none in the RevNet form, whose rebuild
+    only subtracts, and ``momentum_net``'s choice in the momentum form);
+    ``reversible=False`` runs the same form with plain AD.
 
     Example:
         ```python
@@ -152,14 +218,18 @@ def reversible_blocks(blocks: Sequence[Any], branches: Callable[[Any], tuple[Res
         if len(pair) != 2:
             raise ValueError(f"branches(block) must return two residual functions (f, g); block {i} gave {len(pair)}")
     residuals = _check_residuals([r for pair in pairs for r in pair], "reversible_blocks")
-    if form == "momentum":
-        return momentum_net(residuals, gamma, reversible=reversible)
+    anchor_every = _check_anchor_every(anchor_every)
+    if form == "momentum":  # two momentum steps per block
+        return momentum_net(residuals, gamma, reversible=reversible,
+                            anchor_every=2 * anchor_every if isinstance(anchor_every, int) else anchor_every)
+    anchor_every = None if anchor_every == "auto" else anchor_every
 
     def couple(x):
         x1 = x2 = x
-        for f, g in pairs:
+        for block, (f, g) in enumerate(pairs, 1):
             x1 = x1 + f(x2)
             x2 = x2 + g(x1)
+            x1, x2 = _anchored((x1, x2), block, len(pairs), anchor_every)
         return (x1 + x2) / 2
 
     def net(x: jax.Array) -> jax.Array:
