@@ -234,3 +234,24 @@ def test_anchor_every_must_be_a_positive_int():
         momentum_net(functional_blocks(weights(2)), 0.9, anchor_every=0)
     with pytest.raises(ValueError, match="anchor_every"):
         momentum_net(functional_blocks(weights(2)), 0.9, anchor_every="sometimes")
+
+
+def test_pytree_states_low_precision_jit_and_vmap():
+    """A state that is a dict of a bfloat16 and a float32 array, under jit and vmap:
+    dtypes and structure kept, gradients as plain AD's (the bfloat16 leaf sets the anchor budget)."""
+    ws = weights(30)
+    state = {"h": X.astype(jnp.bfloat16), "c": X[:, :4]}
+    blocks = [lambda s, w=w: {"h": jnp.tanh(s["h"] @ w.astype(jnp.bfloat16)), "c": jnp.sin(s["c"]) * 0.5}
+              for w in ws]
+    out = jax.jit(momentum_net(blocks, 0.9))(state)
+    assert jax.tree.map(lambda a: a.dtype, out) == {"h": jnp.bfloat16, "c": jnp.float32}
+    assert jaxinv.nn.steps_between_anchors(0.9, jnp.bfloat16) < 30 < jaxinv.nn.steps_between_anchors(0.9, jnp.float32)
+    loss = lambda reversible: lambda s: sum(jnp.sum(jnp.sin(a.astype(jnp.float32)))
+                                            for a in jax.tree.leaves(momentum_net(blocks, 0.9, reversible=reversible)(s)))
+    got = jax.jit(jax.vmap(jax.grad(loss(True))))(jax.tree.map(lambda a: a[None].repeat(2, 0), state))
+    want = jax.vmap(jax.grad(loss(False)))(jax.tree.map(lambda a: a[None].repeat(2, 0), state))
+    assert jax.tree.map(lambda a: a.dtype, got) == {"h": jnp.bfloat16, "c": jnp.float32}
+    assert_trees_close(got["c"], want["c"])
+    # the anchors keep rounding growth within 1/sqrt(eps): the rebuilt bfloat16 values keep half their digits
+    got_h, want_h = (np.asarray(a, np.float32) for a in (got["h"], want["h"]))
+    assert np.max(np.abs(got_h - want_h)) <= np.sqrt(float(jnp.finfo(jnp.bfloat16).eps)) * np.max(np.abs(want_h))

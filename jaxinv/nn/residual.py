@@ -20,8 +20,9 @@ jaxinv rebuilds every activation from the output instead:
   x2 = x2 + g(x1)
   ```
 
-A residual function is any callable ``x -> f(x)``: a function closing over
-its parameters, an Equinox module, a Flax NNX module. Under ``jax.grad``,
+A residual function is any callable ``x -> f(x)`` (``x`` an array or a
+pytree of arrays, ``f(x)`` of the same structure and shapes): a function
+closing over its parameters, an Equinox module, a Flax NNX module. Under ``jax.grad``,
 ``nnx.grad`` or ``eqx.filter_grad`` their parameters get gradients as usual;
 the network's backward pass is jaxinv's (``jaxinv.invertible``), keeping
 one activation and the parameters whatever the depth.
@@ -119,17 +120,25 @@ def _anchored(state, step: int, last: int, anchor_every: int | None):
     return state
 
 
-def _momentum_steps(residuals: Sequence[Residual], gamma: float, x: jax.Array, v: jax.Array,
-                    anchor_every: int | None = None):
+def _momentum_steps(residuals: Sequence[Residual], gamma: float, x, v, anchor_every: int | None = None):
     for step, f in enumerate(residuals, 1):
         fx = f(x)
-        if jnp.shape(fx) != jnp.shape(x):
-            raise ValueError(f"a residual function must keep its input's shape: {jnp.shape(x)} became "
-                             f"{jnp.shape(fx)} ({f!r})")
-        v = gamma * v + (1.0 - gamma) * fx
-        x = x + v
+        if jax.tree.structure(fx) != jax.tree.structure(x) or any(
+                jnp.shape(a) != jnp.shape(b) for a, b in zip(jax.tree.leaves(fx), jax.tree.leaves(x))):
+            raise ValueError(f"a residual function must keep its input's shape: {jax.tree.map(jnp.shape, x)} became "
+                             f"{jax.tree.map(jnp.shape, fx)} ({f!r})")
+        v = jax.tree.map(lambda v, fx: gamma * v + (1.0 - gamma) * fx, v, fx)
+        x = jax.tree.map(jnp.add, x, v)
         x, v = _anchored((x, v), step, len(residuals), anchor_every)
     return x, v
+
+
+def _least_precise(x) -> Any:
+    """The float dtype of ``x``'s leaves with the fewest mantissa bits (what bounds a rebuild)."""
+    floats = [jnp.result_type(a) for a in jax.tree.leaves(x) if jnp.issubdtype(jnp.result_type(a), jnp.floating)]
+    if not floats:
+        raise TypeError("momentum_net needs floating-point inputs")
+    return max(floats, key=lambda d: float(jnp.finfo(d).eps))
 
 
 def _run(fn: Callable, reversible: bool) -> Callable:
@@ -171,17 +180,17 @@ def momentum_net(residuals: Sequence[Residual], gamma: float = 0.9, *, reversibl
     residuals = _check_residuals(residuals, "momentum_net")
     anchor_every = _check_anchor_every(anchor_every)
 
-    def net(x: jax.Array, v: jax.Array | None = None):
-        x = jnp.asarray(x)
-        every = _resolve_anchor_every(anchor_every, gamma, len(residuals), x.dtype)
+    def net(x, v=None):
+        x = jax.tree.map(jnp.asarray, x)
+        every = _resolve_anchor_every(anchor_every, gamma, len(residuals), _least_precise(x))
 
         def steps(x, v):
             x, v = _momentum_steps(residuals, gamma, x, v, every)
             return (x, v) if return_velocity else x
 
         if v is None:
-            return _run(lambda x: steps(x, jnp.zeros_like(x)), reversible)(x)
-        return _run(steps, reversible)(x, jnp.asarray(v, x.dtype))
+            return _run(lambda x: steps(x, jax.tree.map(jnp.zeros_like, x)), reversible)(x)
+        return _run(steps, reversible)(x, jax.tree.map(lambda v, x: jnp.asarray(v, x.dtype), v, x))
 
     return net
 
@@ -227,12 +236,12 @@ def reversible_blocks(blocks: Sequence[Any], branches: Callable[[Any], tuple[Res
     def couple(x):
         x1 = x2 = x
         for block, (f, g) in enumerate(pairs, 1):
-            x1 = x1 + f(x2)
-            x2 = x2 + g(x1)
+            x1 = jax.tree.map(jnp.add, x1, f(x2))
+            x2 = jax.tree.map(jnp.add, x2, g(x1))
             x1, x2 = _anchored((x1, x2), block, len(pairs), anchor_every)
-        return (x1 + x2) / 2
+        return jax.tree.map(lambda a, b: (a + b) / 2, x1, x2)
 
-    def net(x: jax.Array) -> jax.Array:
-        return _run(couple, reversible)(jnp.asarray(x))
+    def net(x):
+        return _run(couple, reversible)(jax.tree.map(jnp.asarray, x))
 
     return net
