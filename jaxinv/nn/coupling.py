@@ -32,6 +32,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxinv.nn.base import Layer, Params
+from jaxinv.nn.exact import check_exact_stream, to_grid
 
 __all__ = ["MLP", "AdditiveCoupling", "AffineCoupling"]
 
@@ -127,7 +128,9 @@ class AdditiveCoupling(Layer):
     are modules (see the module docstring) called as ``F(params_f, x2)`` and
     ``G(params_g, y1)``, initialised on the half they read (``f.init(key, x2)``,
     ``g.init(key, x1)``); ``F`` must map ``x2``'s shape to ``x1``'s and ``G``
-    the reverse. ``None`` (default) uses an ``MLP`` with ``hidden``
+    the reverse. ``exact_bits=b`` turns on exact mode (``jaxinv.nn.exact``):
+    ``F`` and ``G``'s outputs are rounded to multiples of ``2 ** -b``, so that
+    a stream on that grid (``jaxinv.nn.to_grid``) is rebuilt bit for bit. ``None`` (default) uses an ``MLP`` with ``hidden``
     widths, its last layer scaled by ``init_scale`` (so that a deep stack starts
     near the identity and stays well conditioned). ``split`` is the size of ``x1`` (default: half the last axis,
     rounded down). Params: ``{"f": params_f, "g": params_g}``.
@@ -153,12 +156,23 @@ class AdditiveCoupling(Layer):
     hidden: tuple[int, ...] = (64,)
     split: int | None = None
     init_scale: float = 0.1
+    exact_bits: int | None = None
 
     def _fg(self, d1: int, d2: int):
         default = lambda d: MLP(self.hidden, d, last_scale=self.init_scale)
         f = _module(self.f, "AdditiveCoupling.f") if self.f is not None else _module(default(d1), "")
         g = _module(self.g, "AdditiveCoupling.g") if self.g is not None else _module(default(d2), "")
         return f, g
+
+    def _residuals(self, x1, x2):
+        """``F(params, x2)`` and ``G(params, y1)``, rounded onto the grid in exact mode, in the stream's dtype."""
+        (_, f), (_, g) = self._fg(x1.shape[-1], x2.shape[-1])
+        if self.exact_bits is None:
+            return f, g
+        for half in (x1, x2):
+            check_exact_stream(half, self.exact_bits, "AdditiveCoupling")
+        on_grid = lambda fn, like: lambda p, h: to_grid(fn(p, h).astype(like.dtype), self.exact_bits)
+        return on_grid(f, x1), on_grid(g, x2)
 
     def _k(self, x):
         return _split_size(self.split, x.shape[-1], "AdditiveCoupling")
@@ -171,14 +185,14 @@ class AdditiveCoupling(Layer):
 
     def apply(self, params: Params, x: jax.Array) -> jax.Array:
         x1, x2 = _halves(x, self._k(x))
-        (_, f), (_, g) = self._fg(x1.shape[-1], x2.shape[-1])
+        f, g = self._residuals(x1, x2)
         y1 = x1 + f(params["f"], x2)
         y2 = x2 + g(params["g"], y1)
         return jnp.concatenate([y1, y2], axis=-1)
 
     def inverse(self, params: Params, y: jax.Array) -> jax.Array:
         y1, y2 = _halves(y, self._k(y))
-        (_, f), (_, g) = self._fg(y1.shape[-1], y2.shape[-1])
+        f, g = self._residuals(y1, y2)
         x2 = y2 - g(params["g"], y1)
         x1 = y1 - f(params["f"], x2)
         return jnp.concatenate([x1, x2], axis=-1)
