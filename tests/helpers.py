@@ -12,6 +12,7 @@ the small reversible networks many tests differentiate.
   (``coupling_block(*carry, *layer)``) or a wrapper (``jit``, ``custom_ivjp``)
   takes; ``head`` is a non-invertible loss on a tuple of outputs, and
   ``assert_grads_match_jax`` compares jaxinv's gradients of it with JAX's.
+* ``nnx_train_step``: a jitted Flax NNX training step (Flax imported on call).
 """
 
 import jax
@@ -108,3 +109,20 @@ def assert_grads_match_jax(net, *args, argnums=(0, 1, 2), **tolerance):
     assert_trees_close(jaxinv.grad(loss, argnums=argnums)(*args), want, **tolerance)
     invertible = jaxinv.invertible(net)
     assert_trees_close(jax.grad(lambda *a: head(invertible(*a)), argnums=argnums)(*args), want, **tolerance)
+
+
+# ---------------------------------------------------------------- Flax NNX training
+
+
+def nnx_train_step(loss_fn):
+    """``step(model, optimizer, *batch) -> loss``: one jitted optimizer step on
+    ``loss_fn(model, *batch)``, updating the model and optimizer in place."""
+    from flax import nnx
+
+    @nnx.jit
+    def step(model, optimizer, *batch):
+        loss, grads = nnx.value_and_grad(loss_fn)(model, *batch)
+        optimizer.update(model, grads)
+        return loss
+
+    return step

@@ -21,7 +21,7 @@ import pytest
 import jaxinv
 from jaxinv.nn import ActNorm, AdditiveCoupling, InvertibleDense, Layer, Sequential
 
-from helpers import assert_trees_close, nbytes
+from helpers import assert_trees_close, nbytes, nnx_train_step
 
 nnx = pytest.importorskip("flax.nnx")
 eqx = pytest.importorskip("equinox")
@@ -137,13 +137,7 @@ def test_nnx_gradient_of_the_inverse_and_log_det():
 def test_nnx_optimizer_steps_lower_the_loss():
     model = NnxClassifier(DEPTH, X, rngs=nnx.Rngs(0))
     optimizer = nnx.Optimizer(model, optax.adam(1e-2), wrt=nnx.Param)
-
-    @nnx.jit
-    def step(model, optimizer, x, labels):
-        loss, grads = nnx.value_and_grad(nnx_loss)(model, x, labels)
-        optimizer.update(model, grads)
-        return loss
-
+    step = nnx_train_step(nnx_loss)
     losses = [float(step(model, optimizer, X, LABELS)) for _ in range(30)]
     assert losses[-1] < 0.7 * losses[0], losses
 

@@ -10,7 +10,7 @@ import pytest
 
 from jaxinv.nn import reversible_blocks
 
-from helpers import nbytes
+from helpers import nbytes, nnx_train_step
 
 nnx = pytest.importorskip("flax.nnx")
 optax = pytest.importorskip("optax")
@@ -88,13 +88,7 @@ def loss_fn(model, inputs, targets):
 def train(form, depth=2, steps=STEPS):
     model = LanguageModel(depth, form, rngs=nnx.Rngs(0))
     optimizer = nnx.Optimizer(model, optax.adam(3e-3), wrt=nnx.Param)
-
-    @nnx.jit
-    def step(model, optimizer, inputs, targets):
-        loss, grads = nnx.value_and_grad(loss_fn)(model, inputs, targets)
-        optimizer.update(model, grads)
-        return loss
-
+    step = nnx_train_step(loss_fn)
     data = batches()
     return np.array([float(step(model, optimizer, *next(data))) for _ in range(steps)])
 
