@@ -12,8 +12,7 @@ from jaxinv._src import interpreter
 from jaxinv.disable import is_enabled
 from jaxinv.registry import NotInvertibleError, RuleError
 from jaxinv._src.tracing import Traced, plan_traced, trace, trace_only
-from jaxinv._src.dtypes import zero_cotangent
-from jaxinv._src.dtypes import is_float
+from jaxinv._src.dtypes import is_float, zero_cotangent
 
 
 @register_pytree_node_class

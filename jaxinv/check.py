@@ -38,9 +38,9 @@ Example:
 
 from __future__ import annotations
 
-import functools
 import contextlib
 import dataclasses
+import functools
 import math
 import os
 from collections import Counter
@@ -443,10 +443,10 @@ def check_reconstruction(f: Callable, *args, loss: Callable | None = None, refer
     out_cts = _output_cts(loss, t.out_tree, outs, t.num_out)
     known = [*t.consts, *[None] * len(flat_args)]
     recorder = _Recorder(set(watch_vars) | set(arg_vars), watch_eqns)
-    arg_cts = interpreter._Sweep(plan, known, residuals, outs, observer=recorder).run(out_cts)[nc:]
+    arg_cts = interpreter.Sweep(plan, known, residuals, outs, observer=recorder).run(out_cts)[nc:]
     missing = [v for v in (*watch_vars, *arg_vars) if v not in recorder.rebuilt and v in plan.sources]
     if missing:  # values no cotangent needed: rebuild them by a plain reconstruction
-        plain = interpreter._Sweep(plan, known, residuals, outs)
+        plain = interpreter.Sweep(plan, known, residuals, outs)
         for v in reversed(missing):
             recorder.rebuilt[v] = plain.value(v)
 
@@ -497,8 +497,6 @@ def check_reconstruction(f: Callable, *args, loss: Callable | None = None, refer
         dtype=dtype, reference_dtype=str(np.dtype(reference_dtype)), angle_tol=angle_tol,
         grads=tree_unflatten(in_tree, [mine_g.get(j, zero_cotangent(x)) for j, x in enumerate(flat_args)]),
         reference_grads=tree_unflatten(in_tree, [ref_g.get(j, zero_cotangent(x)) for j, x in enumerate(flat_args)]))
-
-
 
 
 _KIND_NAMES = {"invert": "rebuilt", "assemble": "rebuilt", "recompute": "recomputed", "saved": "saved", "output": "output",

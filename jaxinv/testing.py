@@ -27,8 +27,8 @@ Needs ``hypothesis`` (``pip install jaxinv[test]``) for ``check_rule`` and
 
 from __future__ import annotations
 
-import functools
 import dataclasses
+import functools
 from typing import Any, Callable, Sequence
 
 import jax
@@ -156,8 +156,6 @@ def _name(fn) -> str:
     code = getattr(fn, "__code__", None)
     where = f" at {code.co_filename.split('/')[-1]}:{code.co_firstlineno}" if code else ""
     return f"{getattr(fn, '__name__', repr(fn))}{where}"
-
-
 
 
 def _tolerance(dtype, scale: float) -> dict:

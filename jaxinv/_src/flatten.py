@@ -22,9 +22,7 @@ from jax.extend.core import ClosedJaxpr, Jaxpr, Literal, Primitive
 from jax.extend.core import primitives as P
 from jax.tree_util import PyTreeDef, tree_structure, tree_unflatten
 
-from jaxinv._src.compat import bind_equation, jit_p, literal_value, remat_p
-
-from jaxinv._src.compat import aval_spec
+from jaxinv._src.compat import aval_spec, bind_equation, jit_p, literal_value, remat_p
 
 
 # prim -> fn(params) -> ClosedJaxpr | None: the body to inline, or None to keep

@@ -27,9 +27,8 @@ from jax.extend.core import Literal, Var
 from jaxinv import registry
 from jaxinv._src import partial, stable_vjp
 from jaxinv._src.compat import (aval_spec, literal_value, trace_context, vary_like, varying_axes, with_sharding_of,
-                           without_dead_code)
-from jaxinv._src.flatten import atom_value, eval_eqn
-from jaxinv._src.flatten import hashable_params
+                                without_dead_code)
+from jaxinv._src.flatten import atom_value, eval_eqn, hashable_params
 from jaxinv._src.graph import eqn_name, source_line
 from jaxinv._src.knowledge import REBUILT, Source, SourceKind
 from jaxinv._src.plan import Plan
@@ -86,7 +85,7 @@ class SweepObserver(Protocol):
     def cotangents(self, i: int, outvars: Sequence[Var], cts: Sequence[Any]) -> None: ...
 
 
-class _Sweep:
+class Sweep:
     """State of one backward / reconstruction pass over a plan."""
 
     def __init__(self, plan: Plan, inputs, residuals, outvals, *, track_ildj: bool = False,
@@ -324,8 +323,6 @@ def call_rule(table, e, invals, outvals, *cts):
         raise err.at(eqn_name(e), source_line(e)) from None
 
 
-
-
 def _accumulate(cts: dict, v: Var, ct) -> None:
     if not is_float(v.aval):
         return
@@ -377,7 +374,7 @@ def backward(plan: Plan, inputs, residuals, outvals, out_cts, *, return_inputs: 
         ```
     """
     inputs, residuals, outvals = _opaque(inputs, residuals, outvals)
-    sweep = _Sweep(plan, inputs, residuals, outvals)
+    sweep = Sweep(plan, inputs, residuals, outvals)
     in_cts = [with_sharding_of(ct, v.aval) for ct, v in zip(sweep.run(out_cts), plan.jaxpr.invars)]
     if not return_inputs:
         return in_cts
@@ -393,7 +390,7 @@ def reconstruct(plan: Plan, inputs, residuals, outvals) -> list:
         ```
     """
     with registry.principal_branches(plan.principal_branch):
-        sweep = _Sweep(plan, inputs, residuals, outvals)
+        sweep = Sweep(plan, inputs, residuals, outvals)
         return [sweep.value(v) for v in plan.jaxpr.invars]
 
 
@@ -408,7 +405,7 @@ def reconstruct_and_ildj(plan: Plan, inputs, residuals, outvals) -> tuple[list, 
         ```
     """
     with registry.principal_branches(plan.principal_branch):
-        sweep = _Sweep(plan, inputs, residuals, outvals, track_ildj=True)
+        sweep = Sweep(plan, inputs, residuals, outvals, track_ildj=True)
         values = [sweep.value(v) for v in plan.jaxpr.invars]
     total = log_det_zero([*values, *outvals])
     for term in sweep.ildj:
@@ -422,8 +419,6 @@ def log_det_zero(values):
     floats = [jnp.result_type(v) for v in values if v is not None and is_float(v)]
     dtype = jnp.result_type(*floats) if floats else jnp.result_type(float)
     return jnp.zeros((), jnp.finfo(dtype).dtype if jnp.issubdtype(dtype, jnp.complexfloating) else dtype)
-
-
 
 
 def eqn_ildj(table, e, invals, outvals, mask=None):

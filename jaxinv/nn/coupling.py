@@ -169,10 +169,9 @@ class AdditiveCoupling(Layer):
         (_, f), (_, g) = self._fg(x1.shape[-1], x2.shape[-1])
         if self.exact_bits is None:
             return f, g
-        for half in (x1, x2):
-            check_exact_stream(half, self.exact_bits, "AdditiveCoupling")
-        on_grid = lambda fn, like: lambda p, h: to_grid(fn(p, h).astype(like.dtype), self.exact_bits)
-        return on_grid(f, x1), on_grid(g, x2)
+        check_exact_stream(x1, self.exact_bits, "AdditiveCoupling")   # both halves of one array: one dtype
+        on_grid = lambda fn: lambda p, h: to_grid(fn(p, h).astype(x1.dtype), self.exact_bits)
+        return on_grid(f), on_grid(g)
 
     def _k(self, x):
         return _split_size(self.split, x.shape[-1], "AdditiveCoupling")

@@ -170,7 +170,7 @@ def declared_examples(prim: Primitive, kind: str = "inverse") -> list[Example]:
 
     Example:
         ```python
-        declared_examples(lax.exp_p)[0].domains    # (reals(-10, 10),)
+        declared_examples(lax.exp_p)[0].args       # (reals(-10, 10),)
         ```
     """
     owner = provider(prim, kind) or provider(prim, "ivjp")
