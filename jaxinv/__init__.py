@@ -37,7 +37,7 @@ from jaxinv.packs import (  # noqa: E402
     rule_packs,
     uninstall_rule_pack,
 )
-from jaxinv.markers import anchor, nonzero  # noqa: E402
+from jaxinv.markers import anchor, keep_input, nonzero  # noqa: E402
 from jaxinv.api import grad, ildj, inverse, inverse_and_ildj, value_and_grad, vjp  # noqa: E402
 from jaxinv.invertible import invertible  # noqa: E402
 from jaxinv.custom_ivjp import custom_ivjp  # noqa: E402
@@ -72,7 +72,7 @@ def __dir__():
 __all__ = [
     "Example", "NotInvertibleError", "RuleError", "RulePack", "RulePackConflictWarning", "RulePackWarning",
     "anchor", "check_reconstruction", "custom_ivjp", "defbinary", "defpermutation", "defunary", "disabled", "explain", "grad",
-    "ildj", "install_rule_pack", "inverse", "inverse_and_ildj", "invertible", "is_enabled", "nonzero", "register_ildj", "register_inverse", "register_ivjp",
+    "ildj", "install_rule_pack", "inverse", "inverse_and_ildj", "invertible", "is_enabled", "keep_input", "nonzero", "register_ildj", "register_inverse", "register_ivjp",
     "register_nonzero", "register_not_invertible", "require_nonsingular", "require_nonzero", "rule_packs",
     "uninstall_rule_pack", "value_and_grad", "vjp",
 ]

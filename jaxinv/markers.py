@@ -9,13 +9,20 @@ it promises the matrix is nonsingular.
 ``jaxinv.anchor``: a value the reversible backward pass stores instead of
 rebuilding, so reconstruction drift restarts from an exact value there
 (docs/numerics.md).
+
+``jaxinv.keep_input``: a function (a block) that the reversible backward pass
+never inverts: its input is stored and its gradient is JAX's own (MemCNN's
+``keep_input``; also how to turn reversibility off for one block).
 """
 
 from __future__ import annotations
 
+import functools
+
 import jax
 from jax.extend.core import Primitive
 from jax.interpreters import ad, batching, mlir
+
 
 def _identity_marker(name: str) -> Primitive:
     """An identity primitive that JAX's transformations see through (impl,
@@ -68,3 +75,51 @@ def anchor(x):
         ```
     """
     return jax.tree_util.tree_map(anchor_p.bind, x)
+
+
+
+# ---------------------------------------------------------------- kept inputs
+
+keep_input_p = _identity_marker("jaxinv_keep_input")
+
+
+def keep_input(f):
+    """``f`` with its input stored by jaxinv's backward pass, and its gradient
+    taken by JAX (plain AD), never by inverting ``f``.
+
+    MemCNN's ``keep_input``, for any function of positional array (or pytree)
+    arguments, invertible or not: the backward pass holds the block's input,
+    runs ``f`` forward again from it and differentiates it as ``jax.grad``
+    would (as ``jax.checkpoint`` does), and rebuilds the blocks before it
+    starting from that exact value. It costs one stored input per call; it
+    is also how to turn reversibility off for one block (to debug against
+    plain AD, or to run a non-invertible block inside a reversible network).
+    ``jaxinv.inverse`` inverts ``f`` as usual.
+
+    Example:
+        ```python
+        def net(params, x):
+            for i, p in enumerate(params):
+                block = functools.partial(coupling, p)
+                x = jaxinv.keep_input(block)(x) if i == 3 else block(x)   # block 3: plain AD
+            return x
+        g = jaxinv.grad(loss)(params, x)
+        ```
+    """
+    @functools.wraps(f)
+    def kept(*args):
+        body, consts = jax.closure_convert(f, *args)   # f's closed-over arrays become arguments, with gradients
+        return _kept_call(body, tuple(consts), args)
+    return kept
+
+
+@functools.partial(jax.custom_jvp, nondiff_argnums=(0,))
+def _kept_call(body, consts, args):
+    # The marker names the inputs to store; with no inverse rule for gradients,
+    # it makes the call one unit the planner cannot invert (see save_policy).
+    return body(*jax.tree_util.tree_map(keep_input_p.bind, args), *consts)
+
+
+@_kept_call.defjvp
+def _kept_call_jvp(body, primals, tangents):
+    return jax.jvp(lambda consts, args: body(*args, *consts), primals, tangents)

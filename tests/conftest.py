@@ -24,7 +24,7 @@ EVERY_JAX_FILES = {
     "test_invertible.py", "test_check.py", "test_packs.py", "test_rules.py", "test_errors.py", "test_flatten.py",
     "test_policy.py", "test_stable_vjp.py", "test_oryx_cases.py", "test_partial.py", "test_docs.py",
     "test_readme.py", "test_api_reference.py", "test_nn_residual.py", "test_disable.py",
-    "test_nn_exact.py",
+    "test_nn_exact.py", "test_keep_input.py",
 }
 EVERY_JAX_TESTS = {"test_demo.py::test_demo_quick", "test_nn_coupling.py::test_round_trip",
                    "test_nn_coupling.py::test_stack_grad_matches_jax",

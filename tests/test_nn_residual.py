@@ -94,20 +94,23 @@ def test_a_residual_function_must_keep_its_input_shape():
 # ---------------------------------------------------------------- framework modules
 
 
-def test_equinox_modules_as_residual_functions():
+@pytest.mark.parametrize("keep", [(), (1,)])
+def test_equinox_modules_as_residual_functions(keep):
     eqx = pytest.importorskip("equinox")
     blocks = [eqx.nn.MLP(WIDTH, WIDTH, 16, 1, activation=jnp.tanh, key=k) for k in jax.random.split(jax.random.key(2), 4)]
     batched = lambda block: jax.vmap(block)       # an eqx MLP takes one example
 
     def loss(blocks, x, reversible):
-        return jnp.sum(jnp.sin(momentum_net([batched(b) for b in blocks], 0.9, reversible=reversible)(x)) ** 2)
+        net = momentum_net([batched(b) for b in blocks], 0.9, reversible=reversible, keep_input=keep)
+        return jnp.sum(jnp.sin(net(x)) ** 2)
 
     got = eqx.filter_grad(lambda b, x: loss(b, x, True))(blocks, X)
     want = eqx.filter_grad(lambda b, x: loss(b, x, False))(blocks, X)
     assert_trees_close(eqx.filter(got, eqx.is_inexact_array), eqx.filter(want, eqx.is_inexact_array))
 
 
-def test_flax_nnx_modules_as_residual_functions():
+@pytest.mark.parametrize("keep", [(), (1,)])
+def test_flax_nnx_modules_as_residual_functions(keep):
     nnx = pytest.importorskip("flax.nnx")
 
     class Block(nnx.Module):
@@ -123,7 +126,7 @@ def test_flax_nnx_modules_as_residual_functions():
             self.reversible = reversible
 
         def __call__(self, x):
-            return momentum_net(list(self.blocks), 0.9, reversible=self.reversible)(x)
+            return momentum_net(list(self.blocks), 0.9, reversible=self.reversible, keep_input=keep)(x)
 
     loss = lambda model, x: jnp.sum(jnp.sin(model(x)) ** 2)
     got = nnx.grad(loss)(Net(4, True, nnx.Rngs(0)), X)

@@ -31,6 +31,7 @@ from jaxinv import registry
 from jaxinv._src.compat import DropVar, jaxprs_in_params, literal_value
 from jaxinv._src.flatten import eval_eqn
 from jaxinv._src.dtypes import is_float  # noqa: F401  (graph's users ask it of avals)
+from jaxinv.markers import keep_input_p
 
 # Constants up to this size are evaluated at plan time (masks, index arrays).
 CONCRETE_BYTES = 1 << 24
@@ -76,6 +77,17 @@ def loop_carries(e) -> int:
     if e.primitive is P.scan_p:
         return e.params["num_carry"]
     return len(e.invars) - loop_consts(e)
+
+
+def kept_inputs(e) -> list[int]:
+    """The positions of the inputs a ``jaxinv.keep_input`` call stores (its
+    body marks them); empty for any other equation."""
+    if e.primitive is not P.custom_jvp_call_p:
+        return []
+    body = e.params["call_jaxpr"]
+    body = body.jaxpr if isinstance(body, ClosedJaxpr) else body
+    marked = {b.invars[0] for b in body.eqns if b.primitive is keep_input_p}
+    return [j for j, v in enumerate(body.invars) if v in marked]
 
 
 def without_dropvars(closed: ClosedJaxpr) -> ClosedJaxpr:

@@ -7,12 +7,13 @@ and the first that finds something wins (the values it names are saved, and
 propagation resumes). Each strategy is documented once, in its docstring:
 
 1. ``stored_by_anchor``
-2. ``unread_outputs``
-3. ``parameters_next_to_known``
-4. ``parameters_unlocking_an_inversion``
-5. ``cheapest_unlocking_subset``
-6. ``loop_weights``
-7. ``inputs_of_the_last_stuck_equation``
+2. ``inputs_of_kept_blocks``
+3. ``unread_outputs``
+4. ``parameters_next_to_known``
+5. ``parameters_unlocking_an_inversion``
+6. ``cheapest_unlocking_subset``
+7. ``loop_weights``
+8. ``inputs_of_the_last_stuck_equation``
 
 Throughout, a *parameter* is a function input (or a short chain computed from
 one input alone, given values aside: ``W / |W|``, a dropout mask from its
@@ -37,7 +38,7 @@ from typing import Callable
 from jax.extend.core import Var
 from jax.extend.core import primitives as P
 
-from jaxinv._src.graph import LOOPS, eqn_name, loop_carries, loop_consts, nbytes, source_line
+from jaxinv._src.graph import LOOPS, eqn_name, kept_inputs, loop_carries, loop_consts, nbytes, source_line
 from jaxinv._src.knowledge import Knowledge, SourceKind
 from jaxinv.markers import anchor_p
 from jaxinv._src.probe import probe
@@ -72,6 +73,22 @@ def stored_by_anchor(k: Knowledge, pending: list[int]) -> Found:
                      for v in e.invars if isinstance(v, Var) and not k.known(v)}
             k.anchored.update(found)
             return found
+    return {}
+
+
+def inputs_of_kept_blocks(k: Knowledge, pending: list[int]) -> Found:
+    """``jaxinv.keep_input(f)(x)``: store ``x`` once the block's outputs are
+    known; the block is differentiated by JAX from it, never inverted, and
+    the blocks before it are rebuilt from it. Never pruned: without it the
+    planner could recompute every block before this one forward instead."""
+    for i in pending:
+        e = k.eqns[i]
+        if k.outputs_ready(e):
+            found = {v: "the input of a jaxinv.keep_input block (differentiated by JAX from it)"
+                     for v in (e.invars[j] for j in kept_inputs(e)) if isinstance(v, Var) and not k.known(v)}
+            if found:
+                k.anchored.update(found)
+                return found
     return {}
 
 
@@ -215,6 +232,7 @@ Strategy = Callable[[Knowledge, list[int]], Found]
 
 STRATEGIES: tuple[Strategy, ...] = (
     stored_by_anchor,
+    inputs_of_kept_blocks,
     unread_outputs,
     parameters_next_to_known,
     parameters_unlocking_an_inversion,

@@ -20,6 +20,7 @@ from jaxinv.nn.base import Layer
 from jaxinv.nn.coupling import MLP, AdditiveCoupling, AffineCoupling
 from jaxinv.nn.elementwise import ActNorm, LeakyReLU
 from jaxinv.nn.exact import to_grid
+from jaxinv.nn.keep import KeepInput
 from jaxinv.nn.linear import Householder, InvertibleConv1x1, InvertibleDense
 from jaxinv.nn.reshape import HaarDownsampling, Squeeze
 from jaxinv.nn.residual import momentum_net, reversible_blocks, steps_between_anchors
@@ -28,6 +29,6 @@ from jaxinv.nn.transformer import ReversibleTransformerBlock
 
 __all__ = [
     "MLP", "ActNorm", "AdditiveCoupling", "AffineCoupling", "HaarDownsampling", "Householder", "InvertibleConv1x1",
-    "InvertibleDense", "Layer", "LeakyReLU", "ReversibleTransformerBlock", "RevSequential", "Sequential", "Squeeze",
+    "InvertibleDense", "KeepInput", "Layer", "LeakyReLU", "ReversibleTransformerBlock", "RevSequential", "Sequential", "Squeeze",
     "momentum_net", "rev_sequential", "reversible_blocks", "steps_between_anchors", "to_grid",
 ]

@@ -37,9 +37,10 @@ Example:
 
 from __future__ import annotations
 
+import functools
 import math
 import numbers
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Collection, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -77,6 +78,16 @@ def _check_anchor_every(anchor_every: int | str | None) -> int | str | None:
     return anchor_every
 
 
+def _check_keep_input(keep_input: Collection[int], n: int, what: str) -> frozenset[int]:
+    """``keep_input`` as indices in ``range(n)`` (negative ones count from the end)."""
+    if isinstance(keep_input, (int, str)) or not all(isinstance(i, int) for i in keep_input):
+        raise TypeError(f"{what}: keep_input must be a collection of int indices, got {keep_input!r}")
+    wrong = [i for i in keep_input if not -n <= i < n]
+    if wrong:
+        raise ValueError(f"{what}: keep_input indices {wrong} are out of range for {n} blocks")
+    return frozenset(i % n for i in keep_input)
+
+
 def steps_between_anchors(gamma: float, dtype: Any) -> int:
     """The most momentum steps whose rebuild may run between two stored states.
 
@@ -95,19 +106,21 @@ def steps_between_anchors(gamma: float, dtype: Any) -> int:
     return max(1, int(math.floor(math.log(budget) / math.log(1.0 / gamma))))
 
 
-def _resolve_anchor_every(anchor_every, gamma: float, steps: int, dtype) -> int | None:
-    """``anchor_every`` as steps (``"auto"``: as few anchors as keep every rebuilt
-    segment within ``steps_between_anchors``); a refusal for a choice that would
-    rebuild longer segments (a silently wrong gradient otherwise)."""
-    limit = steps_between_anchors(gamma, dtype)
+def _resolve_anchor_every(anchor_every, gamma: float, units: int, steps_per_unit: int, dtype) -> int | None:
+    """``anchor_every`` in units (a unit: ``steps_per_unit`` momentum steps;
+    ``"auto"``: as few anchors as keep every rebuilt segment within
+    ``steps_between_anchors``); a refusal for a choice that would rebuild
+    longer segments (a silently wrong gradient otherwise)."""
+    limit = max(1, steps_between_anchors(gamma, dtype) // steps_per_unit)
     if anchor_every == "auto":
-        return None if steps <= limit else limit
-    segment = min(anchor_every or steps, steps)
+        return None if units <= limit else limit
+    segment = min(anchor_every or units, units)
     if segment > limit:
-        growth = segment * math.log10(1.0 / gamma)   # gamma ** -segment, as a power of ten (it may overflow)
+        steps = segment * steps_per_unit
+        growth = steps * math.log10(1.0 / gamma)   # gamma ** -steps, as a power of ten (it may overflow)
         raise ValueError(
-            f"momentum_net with gamma={gamma} would rebuild {segment} steps between stored states in "
-            f"{jnp.dtype(dtype).name}: rounding errors grow by gamma**-{segment} = "
+            f"momentum_net with gamma={gamma} would rebuild {steps} steps between stored states in "
+            f"{jnp.dtype(dtype).name}: rounding errors grow by gamma**-{steps} = "
             f"{10 ** (growth % 1):.1f}e+{int(growth):02d} there, and the gradient would be wrong. Use "
             f"anchor_every <= {limit} (or 'auto', the default), or a gamma nearer 1")
     return anchor_every
@@ -120,8 +133,13 @@ def _anchored(state, step: int, last: int, anchor_every: int | None):
     return state
 
 
-def _momentum_steps(residuals: Sequence[Residual], gamma: float, x, v, anchor_every: int | None = None):
-    for step, f in enumerate(residuals, 1):
+def _kept_if(run: Callable, keep: bool) -> Callable:
+    return jaxinv.keep_input(run) if keep else run
+
+
+def _momentum_unit(residuals: Sequence[Residual], gamma: float, x, v):
+    """The momentum steps of one unit (one residual function, or a block's two)."""
+    for f in residuals:
         fx = f(x)
         if jax.tree.structure(fx) != jax.tree.structure(x) or any(
                 jnp.shape(a) != jnp.shape(b) for a, b in zip(jax.tree.leaves(fx), jax.tree.leaves(x))):
@@ -129,7 +147,6 @@ def _momentum_steps(residuals: Sequence[Residual], gamma: float, x, v, anchor_ev
                              f"{jax.tree.map(jnp.shape, fx)} ({f!r})")
         v = jax.tree.map(lambda v, fx: gamma * v + (1.0 - gamma) * fx, v, fx)
         x = jax.tree.map(jnp.add, x, v)
-        x, v = _anchored((x, v), step, len(residuals), anchor_every)
     return x, v
 
 
@@ -146,7 +163,8 @@ def _run(fn: Callable, reversible: bool) -> Callable:
 
 
 def momentum_net(residuals: Sequence[Residual], gamma: float = 0.9, *, reversible: bool = True,
-                 anchor_every: int | str | None = "auto", return_velocity: bool = False) -> Callable[..., Any]:
+                 anchor_every: int | str | None = "auto", keep_input: Collection[int] = (),
+                 return_velocity: bool = False) -> Callable[..., Any]:
     """A momentum residual network (MomentumNet) running ``residuals`` in order.
 
     Each step is ``v = gamma * v + (1 - gamma) * f(x); x = x + v``, with
@@ -163,6 +181,8 @@ def momentum_net(residuals: Sequence[Residual], gamma: float = 0.9, *, reversibl
     ``steps_between_anchors(gamma, dtype)`` (75 steps at ``gamma=0.9`` in
     float32, none below that depth); a ``k``, or ``None`` (never), that would
     exceed it is refused rather than give a wrong gradient.
+    ``keep_input=(i, ...)`` stores the state before step ``i`` and lets JAX
+    differentiate that step (``jaxinv.keep_input``): plain AD for those steps.
     ``reversible=False`` runs the same network with plain AD (for debugging
     against it; ``jaxinv.disabled`` does it without touching the code).
     ``return_velocity=True`` returns ``(x, v)``.
@@ -176,16 +196,25 @@ def momentum_net(residuals: Sequence[Residual], gamma: float = 0.9, *, reversibl
         grads = eqx.filter_grad(loss)(blocks, x)        # the blocks' parameters get their gradients
         ```
     """
-    gamma = _check_gamma(gamma)
     residuals = _check_residuals(residuals, "momentum_net")
-    anchor_every = _check_anchor_every(anchor_every)
+    keep = _check_keep_input(keep_input, len(residuals), "momentum_net")
+    return _momentum([[f] for f in residuals], _check_gamma(gamma), reversible=reversible,
+                     anchor_every=_check_anchor_every(anchor_every), keep=keep, return_velocity=return_velocity)
+
+
+def _momentum(units: list[list[Residual]], gamma: float, *, reversible: bool, anchor_every, keep: frozenset[int],
+              return_velocity: bool = False) -> Callable[..., Any]:
+    """A momentum network over ``units`` (each one or more residual functions,
+    anchored and kept as a whole); ``anchor_every`` counts units."""
 
     def net(x, v=None):
         x = jax.tree.map(jnp.asarray, x)
-        every = _resolve_anchor_every(anchor_every, gamma, len(residuals), _least_precise(x))
+        every = _resolve_anchor_every(anchor_every, gamma, len(units), len(units[0]), _least_precise(x))
 
         def steps(x, v):
-            x, v = _momentum_steps(residuals, gamma, x, v, every)
+            for i, unit in enumerate(units):
+                x, v = _kept_if(functools.partial(_momentum_unit, unit, gamma), i in keep)(x, v)
+                x, v = _anchored((x, v), i + 1, len(units), every)
             return (x, v) if return_velocity else x
 
         if v is None:
@@ -197,7 +226,7 @@ def momentum_net(residuals: Sequence[Residual], gamma: float = 0.9, *, reversibl
 
 def reversible_blocks(blocks: Sequence[Any], branches: Callable[[Any], tuple[Residual, Residual]], *,
                       form: str = "revnet", gamma: float = 0.9, reversible: bool = True,
-                      anchor_every: int | str | None = "auto") -> Callable[..., Any]:
+                      anchor_every: int | str | None = "auto", keep_input: Collection[int] = ()) -> Callable[..., Any]:
     """A stack of two-branch residual blocks (a transformer's ``x + attn(x)``,
     then ``+ mlp(.)``) run in a reversible form, with the blocks' own parameters.
 
@@ -211,6 +240,8 @@ def reversible_blocks(blocks: Sequence[Any], branches: Callable[[Any], tuple[Res
     depth; ``anchor_every=k`` stores the state after every ``k`` blocks (drift
     bounded by ``k`` blocks; ``"auto"``: none in the RevNet form, whose rebuild
     only subtracts, and ``momentum_net``'s choice in the momentum form);
+    ``keep_input=(i, ...)`` stores the input of block ``i`` and lets JAX
+    differentiate that block (``jaxinv.keep_input``: plain AD there);
     ``reversible=False`` runs the same form with plain AD.
 
     Example:
@@ -226,19 +257,23 @@ def reversible_blocks(blocks: Sequence[Any], branches: Callable[[Any], tuple[Res
     for i, pair in enumerate(pairs):
         if len(pair) != 2:
             raise ValueError(f"branches(block) must return two residual functions (f, g); block {i} gave {len(pair)}")
-    residuals = _check_residuals([r for pair in pairs for r in pair], "reversible_blocks")
+    _check_residuals([r for pair in pairs for r in pair], "reversible_blocks")
+    keep = _check_keep_input(keep_input, len(pairs), "reversible_blocks")
     anchor_every = _check_anchor_every(anchor_every)
-    if form == "momentum":  # two momentum steps per block
-        return momentum_net(residuals, gamma, reversible=reversible,
-                            anchor_every=2 * anchor_every if isinstance(anchor_every, int) else anchor_every)
+    if form == "momentum":  # f and g as two momentum steps of one unit
+        return _momentum([list(pair) for pair in pairs], _check_gamma(gamma), reversible=reversible,
+                         anchor_every=anchor_every, keep=keep)
     anchor_every = None if anchor_every == "auto" else anchor_every
+
+    def coupling(f, g, x1, x2):
+        x1 = jax.tree.map(jnp.add, x1, f(x2))
+        return x1, jax.tree.map(jnp.add, x2, g(x1))
 
     def couple(x):
         x1 = x2 = x
-        for block, (f, g) in enumerate(pairs, 1):
-            x1 = jax.tree.map(jnp.add, x1, f(x2))
-            x2 = jax.tree.map(jnp.add, x2, g(x1))
-            x1, x2 = _anchored((x1, x2), block, len(pairs), anchor_every)
+        for i, (f, g) in enumerate(pairs):
+            x1, x2 = _kept_if(functools.partial(coupling, f, g), i in keep)(x1, x2)
+            x1, x2 = _anchored((x1, x2), i + 1, len(pairs), anchor_every)
         return jax.tree.map(lambda a, b: (a + b) / 2, x1, x2)
 
     def net(x):

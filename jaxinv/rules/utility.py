@@ -40,7 +40,7 @@ from jaxinv._src.plan import make_plan
 from jaxinv.custom_ivjp import custom_ivjp, custom_ivjp_call_p, eval_body
 from jaxinv._version import __version__
 from jaxinv.domains import Example, integers, reals
-from jaxinv.markers import anchor, anchor_p, nonzero, nonzero_p
+from jaxinv.markers import anchor, anchor_p, keep_input_p, nonzero, nonzero_p
 from jaxinv.packs import RulePack
 from jaxinv.registry import NotInvertibleError, input_avals
 
@@ -63,6 +63,13 @@ pack.defunary(anchor_p, lambda y: y, principal_branch=True, examples=Example(anc
               notes="identity; for gradients its input is stored instead")
 pack.register_ildj(anchor_p)
 pack.register_not_invertible(anchor_p, "an anchor stores its input (the backward pass restarts from it)")
+
+# jaxinv.keep_input marks the inputs of a block the gradient path never
+# inverts (its call is one unit; the save policy stores what it marks).
+pack.defunary(keep_input_p, lambda y: y, principal_branch=True, examples=Example(keep_input_p.bind, reals()),
+              notes="identity; for gradients the block it marks is not inverted: its input is stored")
+pack.register_ildj(keep_input_p)
+pack.register_not_invertible(keep_input_p, "a jaxinv.keep_input block stores its input (JAX differentiates it)")
 
 # ---------------------------------------------------------------- custom_ivjp calls
 
