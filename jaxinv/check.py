@@ -39,6 +39,7 @@ Example:
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import dataclasses
 import functools
 import math
@@ -361,7 +362,7 @@ def _backprop(closed, env, out_cts, watch_eqns) -> tuple[list, dict]:
         active_in = [isinstance(v, Var) and v in active for v in e.invars]
         if not any(active_in) or all(c is None for c in out_ct):
             continue
-        out_ct = [c if c is not None else interpreter._zeros_ct(v.aval) for v, c in zip(e.outvars, out_ct)]
+        out_ct = [c if c is not None else zero_cotangent(v.aval) for v, c in zip(e.outvars, out_ct)]
         in_cts = interpreter.primitive_vjp(e, [read(v) for v in e.invars], out_ct, active_in)
         for v, c in zip(e.invars, in_cts):
             if c is not None:
@@ -507,11 +508,37 @@ def _how(kinds) -> str:
     return ", ".join(dict.fromkeys(_KIND_NAMES.get(k, k) for k in kinds))
 
 
+_run_dtype: contextvars.ContextVar[Any] = contextvars.ContextVar("jaxinv_check_run_dtype", default=None)
+
+
+def run_dtype(dtype: Any) -> Any:
+    """The dtype a function traced now runs in: ``dtype``, except while
+    ``check_reconstruction`` traces its wider reference, where it is the
+    checked run's. A function choosing its plan by precision (``momentum_net``'s
+    anchors) calls it, so that the reference has the same blocks.
+
+    Example:
+        ```python
+        every = steps_between_anchors(gamma, run_dtype(x.dtype))
+        ```
+    """
+    return _run_dtype.get() or dtype
+
+
 def _reference(marked, args, dtype, groups, jit_blocks, loss) -> tuple[list, list]:
     """Plain AD of the same (marked) function with the float arguments cast to
     ``dtype``: the gradient of each flat argument (None for zero) and, for each
     of ``groups`` (matched by name), the cotangents of its values."""
     wide = np.dtype(dtype).itemsize > 4 and not jax.config.jax_enable_x64
+    floats = [jnp.result_type(x) for x in tree_leaves(args) if jnp.issubdtype(jnp.result_type(x), jnp.floating)]
+    token = _run_dtype.set(max(floats, key=lambda d: float(jnp.finfo(d).eps)) if floats else None)
+    try:
+        return _reference_in(marked, args, dtype, groups, jit_blocks, loss, wide)
+    finally:
+        _run_dtype.reset(token)
+
+
+def _reference_in(marked, args, dtype, groups, jit_blocks, loss, wide) -> tuple[list, list]:
     with enable_x64(True) if wide else contextlib.nullcontext():
         cast = lambda x: jnp.asarray(x, dtype) if jnp.issubdtype(jnp.result_type(x), jnp.floating) else x
         args_ref = jax.tree_util.tree_map(cast, args)

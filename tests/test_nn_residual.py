@@ -258,3 +258,11 @@ def test_pytree_states_low_precision_jit_and_vmap():
     # the anchors keep rounding growth within 1/sqrt(eps): the rebuilt bfloat16 values keep half their digits
     got_h, want_h = (np.asarray(a, np.float32) for a in (got["h"], want["h"]))
     assert np.max(np.abs(got_h - want_h)) <= np.sqrt(float(jnp.finfo(jnp.bfloat16).eps)) * np.max(np.abs(want_h))
+
+
+def test_check_reconstruction_sees_the_anchors_of_the_checked_dtype():
+    # Its float64 reference would place fewer automatic anchors (26 steps fit
+    # between two at gamma=0.5, 11 in float32): the reference keeps the run's.
+    report = jaxinv.check_reconstruction(momentum_net(functional_blocks(weights(24)), 0.5), X)
+    assert [row.name for row in report.rows if row.kind == "anchor"] == ["anchor#0", "anchor#1"]
+    assert report.ok

@@ -30,8 +30,14 @@ import functools
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
-__all__ = ["to_grid", "check_exact_stream"]
+import jaxinv
+
+__all__ = ["to_grid", "onto_grid", "check_exact_stream", "shift_out", "BUFFER_BITS"]
+
+# The lost bits of exact momentum steps are kept in one uint32 per element.
+BUFFER_BITS = 32
 
 
 @functools.partial(jax.custom_jvp, nondiff_argnums=(1,))
@@ -52,6 +58,73 @@ def to_grid(x: jax.Array, bits: int) -> jax.Array:
 def _to_grid_jvp(bits, primals, tangents):
     (x,), (t,) = primals, tangents
     return to_grid(x, bits), t
+
+
+@functools.lru_cache(maxsize=None)
+def onto_grid(bits: int) -> jaxinv.custom_ivjp:
+    """``x -> (to_grid(x, bits), remainder)``, inverted as their sum (exact).
+
+    Where a network rounds its input onto the grid, the remainder (unread)
+    is what jaxinv saves, and ``x`` is rebuilt from it: rounding with
+    ``to_grid`` alone, which cannot be inverted, would make the planner save
+    ``x`` and may recompute the network forward from it.
+
+    Example:
+        ```python
+        x_grid, _ = onto_grid(12)(x)
+        ```
+    """
+    @jaxinv.custom_ivjp
+    def round_onto_grid(x):
+        grid = to_grid(x, bits)
+        return grid, x - grid
+
+    round_onto_grid.definverse(lambda grid, remainder: grid + remainder)
+    return round_onto_grid
+
+
+@functools.partial(jax.custom_jvp, nondiff_argnums=(1,))
+def _floor_to_grid(x: jax.Array, bits: int) -> jax.Array:
+    scale = 2.0 ** bits
+    return jnp.floor(x * scale) / scale
+
+
+@_floor_to_grid.defjvp
+def _floor_to_grid_jvp(bits, primals, tangents):
+    (x,), (t,) = primals, tangents
+    return _floor_to_grid(x, bits), t
+
+
+@functools.lru_cache(maxsize=None)
+def shift_out(bits: int, shift: int) -> jaxinv.custom_ivjp:
+    """``(g, buffer) -> (kept, buffer')``: ``g`` (a multiple of ``2 ** -(bits + shift)``)
+    rounded down to the grid of ``bits``, the ``shift`` bits it loses pushed
+    into the uint32 ``buffer``; inverted exactly by popping them back.
+
+    This is the information buffer of MacKay et al. (2018): multiplying a grid
+    value by ``2 ** -shift`` (a momentum step's ``gamma * v``) leaves the grid,
+    and rounding back loses ``shift`` bits, which the buffer keeps (32 of them
+    per element). The derivative of ``kept`` is taken as 1 (straight through).
+
+    Example:
+        ```python
+        kept, buffer = shift_out(12, 1)(0.5 * v, buffer)        # v on the grid of 12 bits
+        ```
+    """
+    fine, mask = 2.0 ** (bits + shift), np.uint32(2 ** shift - 1)
+
+    @jaxinv.custom_ivjp
+    def push_lost_bits(g, buffer):
+        kept = _floor_to_grid(g, bits)
+        lost = ((g - kept) * fine).astype(jnp.uint32)    # exact: an integer below 2 ** shift
+        return kept, jnp.left_shift(buffer, np.uint32(shift)) | lost
+
+    @push_lost_bits.definverse
+    def pop_lost_bits(kept, buffer):
+        lost = (buffer & mask).astype(kept.dtype)
+        return kept + lost / fine, jnp.right_shift(buffer, np.uint32(shift))
+
+    return push_lost_bits
 
 
 def check_exact_stream(x: jax.Array, bits: int, where: str) -> None:

@@ -40,12 +40,14 @@ from __future__ import annotations
 import functools
 import math
 import numbers
-from typing import Any, Callable, Collection, Sequence
+from typing import Any, Callable, Collection, NamedTuple, Sequence
 
 import jax
 import jax.numpy as jnp
 
 import jaxinv
+from jaxinv.check import run_dtype
+from jaxinv.nn.exact import BUFFER_BITS, check_exact_stream, onto_grid, shift_out, to_grid
 
 __all__ = ["momentum_net", "reversible_blocks", "steps_between_anchors"]
 
@@ -137,25 +139,60 @@ def _kept_if(run: Callable, keep: bool) -> Callable:
     return jaxinv.keep_input(run) if keep else run
 
 
-def _momentum_unit(residuals: Sequence[Residual], gamma: float, x, v):
-    """The momentum steps of one unit (one residual function, or a block's two)."""
+class _Exact(NamedTuple):
+    """Exact mode of a momentum network: the grid ``2 ** -bits``, ``gamma = 2 ** -shift``."""
+    bits: int
+    shift: int
+
+
+def _check_exact(exact_bits: int | None, gamma: float) -> _Exact | None:
+    if exact_bits is None:
+        return None
+    if not isinstance(exact_bits, int) or exact_bits < 0:
+        raise ValueError(f"momentum_net: exact_bits must be a non-negative int, got {exact_bits!r}")
+    shift = -math.log2(gamma)
+    if not shift.is_integer():
+        raise ValueError(f"momentum_net: exact mode needs gamma a power of two (0.5, 0.25, ...), got {gamma}: "
+                         "then gamma * v is exact, and the bits it drops below the grid are kept")
+    return _Exact(exact_bits, int(shift))
+
+
+def _momentum_unit(residuals: Sequence[Residual], gamma: float, exact: _Exact | None, x, v, buffer):
+    """The momentum steps of one unit (one residual function, or a block's two).
+    In exact mode, ``v`` and ``x`` stay on the grid and ``buffer`` (uint32 per
+    element) keeps the bits ``gamma * v`` drops."""
     for f in residuals:
         fx = f(x)
         if jax.tree.structure(fx) != jax.tree.structure(x) or any(
                 jnp.shape(a) != jnp.shape(b) for a, b in zip(jax.tree.leaves(fx), jax.tree.leaves(x))):
             raise ValueError(f"a residual function must keep its input's shape: {jax.tree.map(jnp.shape, x)} became "
                              f"{jax.tree.map(jnp.shape, fx)} ({f!r})")
-        v = jax.tree.map(lambda v, fx: gamma * v + (1.0 - gamma) * fx, v, fx)
+        if exact is None:
+            v = jax.tree.map(lambda v, fx: gamma * v + (1.0 - gamma) * fx, v, fx)
+        else:
+            v, buffer = _exact_velocity(v, fx, buffer, gamma, exact)
         x = jax.tree.map(jnp.add, x, v)
-    return x, v
+    return x, v, buffer
+
+
+def _exact_velocity(v, fx, buffer, gamma: float, exact: _Exact):
+    """``gamma * v + (1 - gamma) * f(x)`` on the grid: the first term rounded
+    down with its lost bits pushed into ``buffer``, the second rounded."""
+    leaves, tree = jax.tree.flatten(v)
+    push = shift_out(exact.bits, exact.shift)
+    pairs = [push(gamma * a, b) for a, b in zip(leaves, tree.flatten_up_to(buffer))]
+    kept, buffer = tree.unflatten([k for k, _ in pairs]), tree.unflatten([b for _, b in pairs])
+    step = jax.tree.map(lambda fx, v: to_grid(((1.0 - gamma) * fx).astype(v.dtype), exact.bits), fx, v)
+    return jax.tree.map(jnp.add, kept, step), buffer
 
 
 def _least_precise(x) -> Any:
-    """The float dtype of ``x``'s leaves with the fewest mantissa bits (what bounds a rebuild)."""
+    """The float dtype of ``x``'s leaves with the fewest mantissa bits (what bounds
+    a rebuild; the checked run's while ``check_reconstruction`` traces its reference)."""
     floats = [jnp.result_type(a) for a in jax.tree.leaves(x) if jnp.issubdtype(jnp.result_type(a), jnp.floating)]
     if not floats:
         raise TypeError("momentum_net needs floating-point inputs")
-    return max(floats, key=lambda d: float(jnp.finfo(d).eps))
+    return run_dtype(max(floats, key=lambda d: float(jnp.finfo(d).eps)))
 
 
 def _run(fn: Callable, reversible: bool) -> Callable:
@@ -164,7 +201,7 @@ def _run(fn: Callable, reversible: bool) -> Callable:
 
 def momentum_net(residuals: Sequence[Residual], gamma: float = 0.9, *, reversible: bool = True,
                  anchor_every: int | str | None = "auto", keep_input: Collection[int] = (),
-                 return_velocity: bool = False) -> Callable[..., Any]:
+                 exact_bits: int | None = None, return_velocity: bool = False) -> Callable[..., Any]:
     """A momentum residual network (MomentumNet) running ``residuals`` in order.
 
     Each step is ``v = gamma * v + (1 - gamma) * f(x); x = x + v``, with
@@ -183,6 +220,12 @@ def momentum_net(residuals: Sequence[Residual], gamma: float = 0.9, *, reversibl
     exceed it is refused rather than give a wrong gradient.
     ``keep_input=(i, ...)`` stores the state before step ``i`` and lets JAX
     differentiate that step (``jaxinv.keep_input``): plain AD for those steps.
+    ``exact_bits=b`` (with ``gamma`` a power of two: 0.5, 0.25, ...) is exact
+    mode (``jaxinv.nn.exact``): ``x`` and ``v`` stay on the grid of multiples
+    of ``2 ** -b`` and are rebuilt bit for bit at any depth, no anchors
+    needed; the bits ``gamma * v`` drops below the grid are kept in a buffer
+    (MacKay et al. 2018), ``log2(1 / gamma)`` bits per element per step
+    (1/64 of storing the float32 state ``(x, v)`` at ``gamma=0.5``).
     ``reversible=False`` runs the same network with plain AD (for debugging
     against it; ``jaxinv.disabled`` does it without touching the code).
     ``return_velocity=True`` returns ``(x, v)``.
@@ -198,28 +241,40 @@ def momentum_net(residuals: Sequence[Residual], gamma: float = 0.9, *, reversibl
     """
     residuals = _check_residuals(residuals, "momentum_net")
     keep = _check_keep_input(keep_input, len(residuals), "momentum_net")
-    return _momentum([[f] for f in residuals], _check_gamma(gamma), reversible=reversible,
-                     anchor_every=_check_anchor_every(anchor_every), keep=keep, return_velocity=return_velocity)
+    gamma = _check_gamma(gamma)
+    return _momentum([[f] for f in residuals], gamma, reversible=reversible,
+                     anchor_every=_check_anchor_every(anchor_every), keep=keep, exact=_check_exact(exact_bits, gamma),
+                     return_velocity=return_velocity)
 
 
 def _momentum(units: list[list[Residual]], gamma: float, *, reversible: bool, anchor_every, keep: frozenset[int],
-              return_velocity: bool = False) -> Callable[..., Any]:
+              exact: _Exact | None = None, return_velocity: bool = False) -> Callable[..., Any]:
     """A momentum network over ``units`` (each one or more residual functions,
     anchored and kept as a whole); ``anchor_every`` counts units."""
 
     def net(x, v=None):
         x = jax.tree.map(jnp.asarray, x)
-        every = _resolve_anchor_every(anchor_every, gamma, len(units), len(units[0]), _least_precise(x))
+        given = () if v is None else (jax.tree.map(lambda v, x: jnp.asarray(v, x.dtype), v, x),)
+        if exact is None:
+            every = _resolve_anchor_every(anchor_every, gamma, len(units), len(units[0]), _least_precise(x))
+        else:   # nothing drifts: anchors only where asked; the stream enters on the grid
+            for leaf in jax.tree.leaves(x):
+                check_exact_stream(leaf, exact.bits, "momentum_net")
+            every = None if anchor_every == "auto" else anchor_every
+            x, given = jax.tree.map(lambda a: onto_grid(exact.bits)(a)[0], (x, given))
 
-        def steps(x, v):
+        def steps(x, v=None):
+            v = jax.tree.map(jnp.zeros_like, x) if v is None else v    # zeros: a constant, nothing to rebuild
+            buffer, used = None, BUFFER_BITS
             for i, unit in enumerate(units):
-                x, v = _kept_if(functools.partial(_momentum_unit, unit, gamma), i in keep)(x, v)
+                if exact is not None and used + exact.shift * len(unit) > BUFFER_BITS:
+                    buffer, used = jax.tree.map(lambda a: jnp.zeros(a.shape, jnp.uint32), x), 0   # a full one is kept
+                x, v, buffer = _kept_if(functools.partial(_momentum_unit, unit, gamma, exact), i in keep)(x, v, buffer)
+                used += 0 if exact is None else exact.shift * len(unit)
                 x, v = _anchored((x, v), i + 1, len(units), every)
             return (x, v) if return_velocity else x
 
-        if v is None:
-            return _run(lambda x: steps(x, jax.tree.map(jnp.zeros_like, x)), reversible)(x)
-        return _run(steps, reversible)(x, jax.tree.map(lambda v, x: jnp.asarray(v, x.dtype), v, x))
+        return _run(steps, reversible)(x, *given)
 
     return net
 
