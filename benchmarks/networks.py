@@ -5,7 +5,10 @@ Each network is a :class:`Network`: a block ``block(p, carry) -> carry`` run
 ``lax.scan`` (params stacked along a leading ``depth`` axis); a scalar loss of the stack's output; and the block
 run backwards by hand, ``reverse(p, carry_out, ct_out) -> (carry_in, dp,
 ct_in)``, for the hand-fused baseline (see ``methods.py``). The forward code
-is plain JAX: jaxinv sees nothing but what ``jax.grad`` sees.
+is plain JAX: jaxinv sees nothing but what ``jax.grad`` sees. A network built
+by one of ``jaxinv.nn``'s functions (``momentum_net``, ``reversible_blocks``,
+with ``reversible=False``: plain JAX again) gives its own ``stack``; its
+``block`` is then one residual function, and it has no hand-fused backward.
 
 Example::
 
@@ -17,6 +20,7 @@ Example::
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from typing import Any, Callable
 
@@ -24,7 +28,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from jaxinv.nn import MLP, ActNorm, AffineCoupling, InvertibleDense
+from jaxinv.nn import MLP, ActNorm, AffineCoupling, InvertibleDense, momentum_net, reversible_blocks, to_grid
 from jaxinv.nn.transformer import layer_norm, multi_head_attention
 
 Params = Any
@@ -38,10 +42,11 @@ class Network:
     scan: bool
     init_block: Callable[[jax.Array], Params]        # key -> one block's params
     block: Callable[[Params, Any], Any]               # (p, carry) -> carry
-    reverse: Callable[[Params, Any, Any], tuple]      # (p, carry_out, ct_out) -> (carry_in, dp, ct_in)
+    reverse: Callable[[Params, Any, Any], tuple] | None   # (p, carry_out, ct_out) -> (carry_in, dp, ct_in)
     input_shape: tuple[int, ...]
     to_carry: Callable[[jax.Array], Any]              # input -> first carry
     objective: Callable[[Any], jax.Array]             # last carry -> scalar loss
+    stack: Callable[[Params, Any, Callable], Any] | None = None   # (params, carry, block) -> carry, if not a loop
 
     @property
     def label(self) -> str:
@@ -60,6 +65,8 @@ class Network:
         """The stack forward, from a carry to a carry (``block`` overrides the block,
         e.g. with ``jax.checkpoint(net.block)``)."""
         block = block or self.block
+        if self.stack is not None:
+            return self.stack(params, carry, block)
         if self.scan:
             carry, _ = lax.scan(lambda c, p: (block(p, c), None), carry, params)
             return carry
@@ -113,14 +120,20 @@ def _mean_square(carry) -> jax.Array:
     return sum(jnp.mean(jnp.square(c)) for c in carry)
 
 
-def revnet_mlp(depth: int, scan: bool, batch: int = 128, width: int = 128, hidden: int = 128) -> Network:
-    """A RevNet of additive couplings whose residual functions are one-hidden-layer
-    MLPs (``width/2 -> hidden -> width/2``, tanh), on ``(batch, width)`` inputs."""
-    half = width // 2
+def _mlp(p, h):
+    (w1, b1), (w2, b2) = p
+    return jnp.tanh(h @ w1 + b1) @ w2 + b2
 
-    def mlp(p, h):
-        (w1, b1), (w2, b2) = p
-        return jnp.tanh(h @ w1 + b1) @ w2 + b2
+
+def revnet_mlp(depth: int, scan: bool, batch: int = 128, width: int = 128, hidden: int = 128,
+               exact_bits: int | None = None) -> Network:
+    """A RevNet of additive couplings whose residual functions are one-hidden-layer
+    MLPs (``width/2 -> hidden -> width/2``, tanh), on ``(batch, width)`` inputs.
+    ``exact_bits``: exact mode (``jaxinv.nn.exact``), the residual functions'
+    outputs and the input rounded to that grid."""
+    half = width // 2
+    mlp = _mlp if exact_bits is None else (lambda p, h: to_grid(_mlp(p, h), exact_bits))
+    name = "RevNet MLP" if exact_bits is None else f"RevNet MLP, exact_bits={exact_bits}"
 
     def init_block(key):
         k = jax.random.split(key, 4)
@@ -128,8 +141,30 @@ def revnet_mlp(depth: int, scan: bool, batch: int = 128, width: int = 128, hidde
         return {"F": (_dense_init(k[0], half, hidden), _dense_init(k[1], hidden, half, 0.1)),
                 "G": (_dense_init(k[2], half, hidden), _dense_init(k[3], hidden, half, 0.1))}
 
-    return Network("RevNet MLP", depth, scan, init_block, _coupling_block(mlp, mlp),
-                   _coupling_reverse(mlp, mlp), (batch, width), _split, _mean_square)
+    to_carry = _split if exact_bits is None else (lambda x: _split(to_grid(x, exact_bits)))
+    return Network(name, depth, scan, init_block, _coupling_block(mlp, mlp),
+                   _coupling_reverse(mlp, mlp), (batch, width), to_carry, _mean_square)
+
+
+def momentum_mlp(depth: int, scan: bool = False, batch: int = 128, width: int = 128, hidden: int = 128,
+                 gamma: float = 0.9, exact_bits: int | None = None) -> Network:
+    """``jaxinv.nn.momentum_net`` over one-hidden-layer MLPs (``width -> hidden
+    -> width``, tanh): ``v = gamma v + (1 - gamma) f(x); x = x + v``, its
+    automatic anchors included (``exact_bits``: exact mode, no anchors)."""
+    if scan:
+        raise ValueError("momentum_net runs a list of residual functions: unrolled only")
+
+    def init_block(key):
+        k = jax.random.split(key)
+        return (_dense_init(k[0], width, hidden), _dense_init(k[1], hidden, width, 0.1))
+
+    def stack(params, x, block):
+        residuals = [functools.partial(block, p) for p in params]
+        return momentum_net(residuals, gamma, reversible=False, exact_bits=exact_bits)(x)
+
+    name = f"MomentumNet MLP, gamma={gamma}" + ("" if exact_bits is None else f", exact_bits={exact_bits}")
+    return Network(name, depth, False, init_block, _mlp, None, (batch, width), lambda x: x,
+                   lambda x: jnp.mean(jnp.square(x)), stack=stack)
 
 
 def reversible_transformer(depth: int, scan: bool = True, batch: int = 8, seq: int = 64, d_model: int = 64,
@@ -155,6 +190,30 @@ def reversible_transformer(depth: int, scan: bool = True, batch: int = 8, seq: i
 
     return Network("Reversible transformer", depth, scan, init_block, _coupling_block(attention, mlp),
                    _coupling_reverse(attention, mlp), (batch, seq, 2 * d_model), _split, _mean_square)
+
+
+def converted_transformer(depth: int, scan: bool = False, batch: int = 8, seq: int = 64, d_model: int = 64,
+                          n_heads: int = 4, d_ff: int = 128) -> Network:
+    """A pre-LayerNorm transformer's blocks (``x + attn(ln(x))``, then ``+
+    mlp(ln(.))``) converted by ``jaxinv.nn.reversible_blocks`` to the RevNet
+    form (two copies of the input, averaged at the end), on ``(batch, seq,
+    d_model)`` inputs. Its ``block`` is one residual branch."""
+    if scan:
+        raise ValueError("reversible_blocks runs a list of blocks: unrolled only")
+    init_block = reversible_transformer(1, d_model=d_model, d_ff=d_ff).init_block   # the same branches' params
+
+    def branch(p, h):
+        if "attn" in p:
+            return multi_head_attention(p["attn"], layer_norm(p["ln"], h), n_heads)
+        (w1, b1), (w2, b2) = p["mlp"]
+        return jax.nn.gelu(layer_norm(p["ln"], h) @ w1 + b1) @ w2 + b2
+
+    def stack(params, x, block):
+        branches = lambda p: (functools.partial(block, p["F"]), functools.partial(block, p["G"]))
+        return reversible_blocks(params, branches, reversible=False)(x)
+
+    return Network("Converted transformer (reversible_blocks)", depth, False, init_block, branch, None,
+                   (batch, seq, d_model), lambda x: x, lambda x: jnp.mean(jnp.square(x)), stack=stack)
 
 
 # ------------------------------------------------------------------ Glow-style flow
@@ -233,6 +292,8 @@ def glow_flow(depth: int, scan: bool = True, batch: int = 256, width: int = 64, 
 
 NETWORKS = {
     "revnet_mlp": revnet_mlp,
+    "momentum_mlp": momentum_mlp,
     "transformer": reversible_transformer,
+    "converted_transformer": converted_transformer,
     "glow": glow_flow,
 }

@@ -167,11 +167,11 @@ def markdown(records: list[dict[str, Any]], checked: list[Target], command: str 
                   "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
         for r in rows:
             base = _get(records, network, mode, r["depth"], "jax.grad", "time_s")
-            hand = _get(records, network, mode, r["depth"], "hand-fused", "time_s")
+            hand = _ratio(r["time_s"], _get(records, network, mode, r["depth"], "hand-fused", "time_s"))
             lines.append(f"| {r['depth']} | {r['method']} | {_kib(r['peak_bytes'])} | {_kib(r['temp_bytes'])} | "
                          f"{_kib(r['residual_bytes'])} | "
                          f"{r['time_s'] * 1e3:.1f} | {_ratio(r['time_s'], base):.2f} | "
-                         f"{_ratio(r['time_s'], hand):.2f} | {r['trace_s'] + r['compile_s']:.2f} | "
+                         f"{'—' if hand is None else f'{hand:.2f}'} | {r['trace_s'] + r['compile_s']:.2f} | "
                          f"{r['grad_error']:.1e} |")
         lines.append("")
     return "\n".join(lines)

@@ -50,6 +50,12 @@ SWEEPS = {
         Config("revnet_mlp", True, (8, 64, 512, 1024), builds=5),
         Config("transformer", True, (4, 16, 64, 256)),
         Config("glow", True, (4, 16, 64, 256)),
+        # jaxinv.nn's conversions of residual networks, and the cost of exact mode
+        # (unrolled: XLA's compile time grows faster than linearly in their depth, ~30 s at 64 steps)
+        Config("momentum_mlp", False, (16, 64)),
+        Config("converted_transformer", False, (4, 8, 16)),
+        Config("revnet_mlp", False, (16, 64), dict(exact_bits=12)),
+        Config("momentum_mlp", False, (16, 64), dict(gamma=0.5, exact_bits=12)),
         # where activations dominate (the targets' shape), wide, and data-parallel
         Config("revnet_mlp", False, (16, 64), dict(batch=1024), name="RevNet MLP, batch 1024"),
         Config("revnet_mlp", False, (4, 16, 64), dict(width=1024, hidden=1024), name="RevNet MLP, width 1024"),
@@ -62,6 +68,8 @@ SWEEPS = {
     "smoke": [
         Config("revnet_mlp", False, (2, 3), dict(batch=4, width=8, hidden=8)),
         Config("revnet_mlp", True, (2,), dict(batch=4, width=8, hidden=8)),
+        Config("momentum_mlp", False, (2,), dict(batch=4, width=8, hidden=8, gamma=0.5, exact_bits=12)),
+        Config("converted_transformer", False, (2,), dict(batch=2, seq=4, d_model=8, n_heads=2, d_ff=8)),
         Config("revnet_mlp", False, (2,), dict(batch=8, width=8, hidden=8), name="RevNet MLP on 2 devices",
                devices=2),
         Config("revnet_mlp", False, (2,), dict(batch=8, width=8, hidden=8),
@@ -77,8 +85,8 @@ def total_steps(configs) -> int:
 def measure_depth(config: Config, depth: int, repeats: int, time_budget_s: float,
                   methods=None) -> list[dict[str, Any]]:
     """All figures for every method on one network at one depth."""
-    methods = methods or list(METHODS.values())
     net = NETWORKS[config.network](depth=depth, scan=config.scan, **config.sizes)
+    methods = [m for m in methods or METHODS.values() if m.name != "hand-fused" or net.reverse is not None]
     params, x = net.init(jax.random.PRNGKey(0))
     reference = reference_grad(net, params, x)
     if config.devices > 1:

@@ -40,18 +40,32 @@ def test_smoke_run_writes_its_table(tmp_path, capsys):
 
 
 SMALL = {"revnet_mlp": dict(batch=4, width=8, hidden=8), "transformer": dict(batch=2, seq=4, d_model=8, d_ff=8),
-         "glow": dict(batch=4, width=6, hidden=8)}
+         "glow": dict(batch=4, width=6, hidden=8), "momentum_mlp": dict(batch=4, width=8, hidden=8),
+         "converted_transformer": dict(batch=2, seq=4, d_model=8, n_heads=2, d_ff=8)}
+UNROLLED_ONLY = {"momentum_mlp", "converted_transformer"}   # jaxinv.nn's conversions take lists of blocks
+CASES = [(network, scan, {}) for network in NETWORKS for scan in (False, True)
+         if not (scan and network in UNROLLED_ONLY)]
+CASES += [("revnet_mlp", False, dict(exact_bits=12)), ("momentum_mlp", False, dict(gamma=0.5, exact_bits=12))]
 
 
-@pytest.mark.parametrize("scan", [False, True], ids=["unrolled", "scan"])
-@pytest.mark.parametrize("network", list(NETWORKS))
-def test_every_method_computes_jax_grads_gradient(network, scan):
-    """The hand-fused backward and jaxinv's agree with jax.grad on every benchmarked network."""
-    net = NETWORKS[network](depth=3, scan=scan, **SMALL[network])
+@pytest.mark.parametrize("network, scan, options", CASES,
+                         ids=[f"{n}-{'scan' if s else 'unrolled'}{'-exact' if o else ''}" for n, s, o in CASES])
+def test_every_method_computes_jax_grads_gradient(network, scan, options):
+    """The hand-fused backward (where the network has one) and jaxinv's agree
+    with jax.grad on every benchmarked network."""
+    net = NETWORKS[network](depth=3, scan=scan, **SMALL[network], **options)
     params, x = net.init(jax.random.PRNGKey(0))
     want = jax.jit(METHODS["jax.grad"].grad(net))(params, x)
-    for method in METHODS.values():
+    methods = [m for m in METHODS.values() if m.name != "hand-fused" or net.reverse is not None]
+    assert len(methods) == len(METHODS) - (net.reverse is None)
+    for method in methods:
         assert_trees_close(jax.jit(method.grad(net))(params, x), want, rtol=1e-4, atol=1e-5, relative_atol=True)
+
+
+def test_networks_that_take_lists_of_blocks_refuse_a_scan():
+    for network in UNROLLED_ONLY:
+        with pytest.raises(ValueError, match="unrolled only"):
+            NETWORKS[network](depth=2, scan=True, **SMALL[network])
 
 
 def test_targets_are_ratios_of_the_measured_figures():
