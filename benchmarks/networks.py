@@ -28,7 +28,8 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from jaxinv.nn import MLP, ActNorm, AffineCoupling, InvertibleDense, momentum_net, reversible_blocks, to_grid
+from jaxinv.nn import (MLP, ActNorm, AffineCoupling, InvertibleDense, momentum_net, onto_grid, reversible_blocks,
+                       steps_between_anchors, to_grid)
 from jaxinv.nn.transformer import layer_norm, multi_head_attention
 
 Params = Any
@@ -141,7 +142,7 @@ def revnet_mlp(depth: int, scan: bool, batch: int = 128, width: int = 128, hidde
         return {"F": (_dense_init(k[0], half, hidden), _dense_init(k[1], hidden, half, 0.1)),
                 "G": (_dense_init(k[2], half, hidden), _dense_init(k[3], hidden, half, 0.1))}
 
-    to_carry = _split if exact_bits is None else (lambda x: _split(to_grid(x, exact_bits)))
+    to_carry = _split if exact_bits is None else (lambda x: _split(onto_grid(x, exact_bits)))
     return Network(name, depth, scan, init_block, _coupling_block(mlp, mlp),
                    _coupling_reverse(mlp, mlp), (batch, width), to_carry, _mean_square)
 
@@ -158,13 +159,25 @@ def momentum_mlp(depth: int, scan: bool = False, batch: int = 128, width: int = 
         k = jax.random.split(key)
         return (_dense_init(k[0], width, hidden), _dense_init(k[1], hidden, width, 0.1))
 
-    def stack(params, x, block):
+    def stack(params, carry, block):
         residuals = [functools.partial(block, p) for p in params]
-        return momentum_net(residuals, gamma, reversible=False, exact_bits=exact_bits)(x)
+        return momentum_net(residuals, gamma, reversible=False, exact_bits=exact_bits, return_velocity=True)(*carry)
 
+    def reverse(p, carry, ct):
+        """A step backwards, fused by hand: ``x = x' - v'``, then one MLP
+        evaluation gives ``v = (v' - (1 - gamma) f(x)) / gamma`` and the VJP."""
+        (x, v), (dx, dv) = carry, ct
+        x = x - v
+        f, f_vjp = jax.vjp(_mlp, p, x)
+        dv = dv + dx                                       # x' = x + v'
+        dp, dx_from_f = f_vjp((1.0 - gamma) * dv)
+        return (x, (v - (1.0 - gamma) * f) / gamma), dp, (dx + dx_from_f, gamma * dv)
+
+    # the hand-fused backward has no anchors nor lost bits: where momentum_net needs neither
+    by_hand = reverse if exact_bits is None and depth <= steps_between_anchors(gamma, jnp.float32) else None
     name = f"MomentumNet MLP, gamma={gamma}" + ("" if exact_bits is None else f", exact_bits={exact_bits}")
-    return Network(name, depth, False, init_block, _mlp, None, (batch, width), lambda x: x,
-                   lambda x: jnp.mean(jnp.square(x)), stack=stack)
+    return Network(name, depth, False, init_block, _mlp, by_hand, (batch, width), lambda x: (x, jnp.zeros_like(x)),
+                   lambda carry: jnp.mean(jnp.square(carry[0])), stack=stack)
 
 
 def reversible_transformer(depth: int, scan: bool = True, batch: int = 8, seq: int = 64, d_model: int = 64,

@@ -1,5 +1,6 @@
-"""``jaxinv.nonzero``: the user's promise that a value is safe to divide by.
+"""``jaxinv.nonzero``, ``jaxinv.anchor``, ``jaxinv.keep_input``: markers that tell the planner something.
 
+``jaxinv.nonzero``: the user's promise that a value is safe to divide by.
 jaxinv inverts ``y = x * s`` as ``x = y / s`` only when it can prove ``s``
 nonzero (literals without zeros, outputs of ``exp`` or ``logistic``): dividing
 by a zero would turn a finite gradient into NaN. ``nonzero(s)`` is the identity
@@ -107,7 +108,10 @@ def keep_input(f):
         ```
     """
     @functools.wraps(f)
-    def kept(*args):
+    def kept(*args, **kwargs):
+        if kwargs:
+            raise TypeError(f"jaxinv.keep_input({getattr(f, '__name__', f)!r}) takes positional arguments only, got "
+                            f"keywords {sorted(kwargs)}: bind them first (functools.partial) or pass them in order")
         body, consts = jax.closure_convert(f, *args)   # f's closed-over arrays become arguments, with gradients
         return _kept_call(body, tuple(consts), args)
     return kept

@@ -108,6 +108,11 @@ def test_plain_jax_and_disabled_see_the_function_itself():
                            jax.grad(lambda x: jnp.sum(revnet()(x, X2, W)[0]))(X1), **TOL)
 
 
+def test_keywords_are_refused_with_a_way_out():
+    with pytest.raises(TypeError, match=r"takes positional arguments only, got keywords \['w'\]"):
+        jaxinv.keep_input(lambda x, w: x @ w)(X1, w=W[0, 0])
+
+
 def test_closed_over_arrays_get_their_gradients():
     scale = jnp.float32(1.5)
 

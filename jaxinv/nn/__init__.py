@@ -19,7 +19,7 @@ Example:
 from jaxinv.nn.base import Layer
 from jaxinv.nn.coupling import MLP, AdditiveCoupling, AffineCoupling
 from jaxinv.nn.elementwise import ActNorm, LeakyReLU
-from jaxinv.nn.exact import to_grid
+from jaxinv.nn.exact import onto_grid, to_grid
 from jaxinv.nn.keep import KeepInput
 from jaxinv.nn.linear import Householder, InvertibleConv1x1, InvertibleDense
 from jaxinv.nn.reshape import HaarDownsampling, Squeeze
@@ -30,5 +30,5 @@ from jaxinv.nn.transformer import ReversibleTransformerBlock
 __all__ = [
     "MLP", "ActNorm", "AdditiveCoupling", "AffineCoupling", "HaarDownsampling", "Householder", "InvertibleConv1x1",
     "InvertibleDense", "KeepInput", "Layer", "LeakyReLU", "ReversibleTransformerBlock", "RevSequential", "Sequential", "Squeeze",
-    "momentum_net", "rev_sequential", "reversible_blocks", "steps_between_anchors", "to_grid",
+    "momentum_net", "onto_grid", "rev_sequential", "reversible_blocks", "steps_between_anchors", "to_grid",
 ]

@@ -19,6 +19,7 @@ Example:
     ```python
     layer = jaxinv.nn.AdditiveCoupling(hidden=(32,), exact_bits=12)
     x = jaxinv.nn.to_grid(x, 12)                 # the stream starts on the grid
+    # (inside a function jaxinv differentiates, enter it with onto_grid)
     y = layer.apply(params, x)
     assert (jaxinv.inverse(lambda x: layer.apply(params, x), x)(y) == x).all()
     ```
@@ -40,7 +41,21 @@ __all__ = ["to_grid", "onto_grid", "check_exact_stream", "shift_out", "BUFFER_BI
 BUFFER_BITS = 32
 
 
-@functools.partial(jax.custom_jvp, nondiff_argnums=(1,))
+def _snap(rounding):
+    """``x`` rounded by ``rounding`` to a multiple of ``2 ** -bits`` (same
+    dtype), with the derivative taken as 1 (straight through)."""
+    @functools.partial(jax.custom_jvp, nondiff_argnums=(1,))
+    def snap(x, bits):
+        scale = 2.0 ** bits                # a power of two: scaling is exact
+        return rounding(x * scale) / scale
+
+    snap.defjvp(lambda bits, primals, tangents: (snap(primals[0], bits), tangents[0]))
+    return snap
+
+
+_round_to_grid, _floor_to_grid = _snap(jnp.round), _snap(jnp.floor)
+
+
 def to_grid(x: jax.Array, bits: int) -> jax.Array:
     """``x`` rounded to the nearest multiple of ``2 ** -bits`` (same dtype);
     its derivative is taken as 1 (straight through).
@@ -50,30 +65,32 @@ def to_grid(x: jax.Array, bits: int) -> jax.Array:
         to_grid(jnp.array([0.3, -1.26]), 2)      # [0.25, -1.25]
         ```
     """
-    scale = 2.0 ** bits                # a power of two: scaling is exact
-    return jnp.round(x * scale) / scale
+    return _round_to_grid(x, bits)
 
 
-@to_grid.defjvp
-def _to_grid_jvp(bits, primals, tangents):
-    (x,), (t,) = primals, tangents
-    return to_grid(x, bits), t
+def onto_grid(x: jax.Array, bits: int) -> jax.Array:
+    """``to_grid(x, bits)`` where a stream *enters* the grid (a network's input,
+    inside the function jaxinv differentiates).
 
-
-@functools.lru_cache(maxsize=None)
-def onto_grid(bits: int) -> jaxinv.custom_ivjp:
-    """``x -> (to_grid(x, bits), remainder)``, inverted as their sum (exact).
-
-    Where a network rounds its input onto the grid, the remainder (unread)
-    is what jaxinv saves, and ``x`` is rebuilt from it: rounding with
-    ``to_grid`` alone, which cannot be inverted, would make the planner save
-    ``x`` and may recompute the network forward from it.
+    ``to_grid`` cannot be inverted, so jaxinv would keep ``x`` there and may
+    recompute the whole network forward from it (memory growing with depth
+    again). ``onto_grid`` also returns, unread, the remainder ``x - to_grid(x)``:
+    jaxinv saves that one array and rebuilds ``x`` as the sum. Same value and
+    straight-through gradient as ``to_grid``.
 
     Example:
         ```python
-        x_grid, _ = onto_grid(12)(x)
+        def net(params, x):
+            x = jaxinv.nn.onto_grid(x, 12)           # the stream enters the grid
+            return stack.apply(params, x)              # exact couplings
         ```
     """
+    return _split_onto_grid(bits)(x)[0]
+
+
+@functools.lru_cache(maxsize=None)
+def _split_onto_grid(bits: int) -> jaxinv.custom_ivjp:
+    """``x -> (to_grid(x, bits), remainder)``, inverted as their sum (exact)."""
     @jaxinv.custom_ivjp
     def round_onto_grid(x):
         grid = to_grid(x, bits)
@@ -81,18 +98,6 @@ def onto_grid(bits: int) -> jaxinv.custom_ivjp:
 
     round_onto_grid.definverse(lambda grid, remainder: grid + remainder)
     return round_onto_grid
-
-
-@functools.partial(jax.custom_jvp, nondiff_argnums=(1,))
-def _floor_to_grid(x: jax.Array, bits: int) -> jax.Array:
-    scale = 2.0 ** bits
-    return jnp.floor(x * scale) / scale
-
-
-@_floor_to_grid.defjvp
-def _floor_to_grid_jvp(bits, primals, tangents):
-    (x,), (t,) = primals, tangents
-    return _floor_to_grid(x, bits), t
 
 
 @functools.lru_cache(maxsize=None)

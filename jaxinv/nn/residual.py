@@ -212,7 +212,7 @@ def momentum_net(residuals: Sequence[Residual], gamma: float = 0.9, *, reversibl
     ``v`` divides by ``gamma`` once per step: rounding errors grow like
     ``gamma ** -depth`` (``jaxinv.check_reconstruction`` measures it), so keep
     ``gamma`` near 1 in deep networks. ``anchor_every=k`` stores the state
-    every ``k`` steps (``jaxinv.anchor``, MemCNN's ``keep_input``): the
+    every ``k`` steps (``jaxinv.anchor``): the
     rebuild restarts from exact values there, for one stored ``(x, v)`` each.
     The default, ``"auto"``, stores as few as keep the growth within
     ``steps_between_anchors(gamma, dtype)`` (75 steps at ``gamma=0.9`` in
@@ -261,7 +261,7 @@ def _momentum(units: list[list[Residual]], gamma: float, *, reversible: bool, an
             for leaf in jax.tree.leaves(x):
                 check_exact_stream(leaf, exact.bits, "momentum_net")
             every = None if anchor_every == "auto" else anchor_every
-            x, given = jax.tree.map(lambda a: onto_grid(exact.bits)(a)[0], (x, given))
+            x, given = jax.tree.map(lambda a: onto_grid(a, exact.bits), (x, given))
 
         def steps(x, v=None):
             v = jax.tree.map(jnp.zeros_like, x) if v is None else v    # zeros: a constant, nothing to rebuild
