@@ -10,7 +10,7 @@ run's summary in README.md. Exits 1 if a target is missed in a full run.
 
 Example::
 
-    python -m benchmarks                  # the full sweep, ~15 min on 2 CPU cores
+    python -m benchmarks                  # the full sweep, ~25 min on 2 CPU cores
     python -m benchmarks --smoke --out /tmp/bench
 """
 

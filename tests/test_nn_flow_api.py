@@ -53,6 +53,7 @@ LAYERS = {
     "squeeze": (nn.Squeeze(), (2, 4, 4, 2), 1),
     "haar": (nn.HaarDownsampling(), IMAGE, 1),
     "transformer": (nn.ReversibleTransformerBlock(d_model=4, n_heads=2, d_ff=16), SEQUENCE, 1),
+    "keep_input": (nn.KeepInput(nn.AffineCoupling(hidden=(16,))), IMAGE, 1),
     "sequential_image": (mixed_image_flow(), (2, 4, 4, 2), 10),
     "sequential_sequence": (nn.Sequential((nn.ReversibleTransformerBlock(4, 2, 16), nn.ActNorm(),
                                            nn.LeakyReLU(0.3), nn.Householder(8, 2), nn.InvertibleDense(8))),
